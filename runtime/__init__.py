@@ -1,0 +1,1 @@
+"""kgen.runtime: the only code that talks to Vulkan."""

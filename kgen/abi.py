@@ -1,0 +1,84 @@
+"""The kernel interface every FA variant shares: descriptor bindings and one push-constant block.
+
+Designed once for the whole feature list, so that a new feature adds shader code, not a new
+interface. The GLSL declarations are rendered from these tables (templates/common/abi.glsl) and
+the runtime binds buffers and packs values from them: the layout is written nowhere else.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PushField:
+    name: str
+    glsl: str   # "uint" | "float"
+    doc: str
+
+
+PUSH_FIELDS: tuple[PushField, ...] = (
+    PushField("n_q", "uint", "query rows per head (Nq)"),
+    PushField("n_kv", "uint", "KV length (Nkv)"),
+    PushField("n_head_q", "uint", "query heads (Hq)"),
+    PushField("gqa_ratio", "uint", "Hq / Hkv: query heads sharing one KV head"),
+    PushField("n_batch", "uint", "batch size (B)"),
+    # Strides are in elements of each tensor's own type (for block types: elements, always
+    # a multiple of the block size), so views such as MLA's V-inside-K need no copy.
+    PushField("q_stride_row", "uint", "Q: elements between query rows"),
+    PushField("q_stride_head", "uint", "Q: elements between heads"),
+    PushField("q_stride_batch", "uint", "Q: elements between batches"),
+    PushField("k_stride_row", "uint", "K: elements between KV rows"),
+    PushField("k_stride_head", "uint", "K: elements between KV heads"),
+    PushField("k_stride_batch", "uint", "K: elements between batches"),
+    PushField("v_stride_row", "uint", "V: elements between KV rows"),
+    PushField("v_stride_head", "uint", "V: elements between KV heads"),
+    PushField("v_stride_batch", "uint", "V: elements between batches"),
+    PushField("k_offset", "uint", "K: first element in its buffer"),
+    PushField("v_offset", "uint", "V: first element in its buffer"),
+    PushField("mask_stride_row", "uint", "mask: elements between query rows (0 = broadcast)"),
+    PushField("mask_stride_head", "uint", "mask: elements between heads (0 = broadcast)"),
+    PushField("mask_stride_batch", "uint", "mask: elements between batches (0 = broadcast)"),
+    PushField("scale", "float", "score scale (1/sqrt(Dk) by default)"),
+    PushField("softcap", "float", "softcap value; scores become softcap * tanh(score / softcap)"),
+    PushField("alibi_m0", "float", "ALiBi base for heads below alibi_n2"),
+    PushField("alibi_m1", "float", "ALiBi base for the other heads"),
+    PushField("alibi_n2", "uint", "ALiBi: 2^floor(log2(Hq))"),
+    PushField("window", "uint", "sliding window width with the causal feature (0 = none)"),
+    PushField("split_kv", "uint", "split-k: KV columns per split (a multiple of bc)"),
+    PushField("split_count", "uint", "split-k: number of splits (grid z = n_batch * split_count)"),
+)
+PUSH_BYTES = 4 * len(PUSH_FIELDS)
+# 128 bytes is the smallest maxPushConstantsSize Vulkan allows: every device takes the block.
+assert PUSH_BYTES <= 128, PUSH_BYTES
+
+
+def pack(**values) -> bytes:
+    """Pack run-time values in block order; every field must be given, nothing else."""
+    names = [f.name for f in PUSH_FIELDS]
+    unknown = sorted(set(values) - set(names))
+    missing = [n for n in names if n not in values]
+    if unknown or missing:
+        raise ValueError(f"push constants: unknown {unknown}, missing {missing}")
+    fmt = "<" + "".join("I" if f.glsl == "uint" else "f" for f in PUSH_FIELDS)
+    return struct.pack(fmt, *(values[n] for n in names))
+
+
+@dataclass(frozen=True)
+class Binding:
+    index: int
+    name: str
+    doc: str
+
+
+# Optional inputs a variant does not use (mask, sinks, split-k stats) are bound to a dummy.
+BINDINGS: tuple[Binding, ...] = (
+    Binding(0, "q", "Q, f32, (B, Hq, Nq, Dk) by the q strides"),
+    Binding(1, "k", "K in the variant's k_type, by the k strides and k_offset"),
+    Binding(2, "v", "V in the variant's v_type, by the v strides and v_offset"),
+    Binding(3, "mask", "additive mask, f16, (Nq, Nkv) rows by the mask strides"),
+    Binding(4, "sinks", "one f32 logit per query head"),
+    Binding(5, "out", "O, f32, (B, Hq, Nq, Dv) contiguous; with split_k: (splits, B, Hq, Nq, Dv)"),
+    Binding(6, "stats", "split_k only: f32 (max, sum) per (split, b, h, row)"),
+)
+BINDING = {b.name: b.index for b in BINDINGS}

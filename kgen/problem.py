@@ -1,0 +1,73 @@
+"""Problem classes: what a kernel must compute, independent of how (the tuning key's shape part)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .types import KvType
+from .variant import FEATURES, HEAD_MAX, HEAD_MIN, HEAD_STEP
+
+# Bucket edges (inclusive upper bounds); a shape maps to the first bucket that holds it.
+NQ_BUCKETS = (1, 8, 64, 512, None)            # 1, 2-8, 9-64, 65-512, >512
+NKV_BUCKETS = (256, 1024, 4096, 16384, None)
+GQA_BUCKETS = (1, 2, 4, 8, 16, None)
+
+
+def bucket(value: int, edges: tuple) -> int:
+    """Index of the first bucket whose upper edge holds `value` (None = unbounded)."""
+    for index, edge in enumerate(edges):
+        if edge is None or value <= edge:
+            return index
+    raise AssertionError("the last bucket edge is None")
+
+
+def bucket_rep(index: int, edges: tuple) -> int:
+    """A representative size for a bucket: its upper edge, or twice the last finite one."""
+    edge = edges[index]
+    return edge if edge is not None else 2 * edges[index - 1]
+
+
+@dataclass(frozen=True)
+class ProblemClass:
+    head_k: int
+    head_v: int
+    k_type: KvType = KvType.F16
+    v_type: KvType = KvType.F16
+    features: tuple[str, ...] = ()   # subset of FEATURES, in FEATURES order
+    acc: int = 32
+    nq_bucket: int = 3
+    nkv_bucket: int = 3
+    gqa_bucket: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "k_type", KvType.parse(self.k_type))
+        object.__setattr__(self, "v_type", KvType.parse(self.v_type))
+        unknown = set(self.features) - set(FEATURES)
+        if unknown:
+            raise ValueError(f"features: unknown {sorted(unknown)}; known: {', '.join(FEATURES)}")
+        object.__setattr__(self, "features", tuple(f for f in FEATURES if f in self.features))
+        for name in ("head_k", "head_v"):
+            h = getattr(self, name)
+            if not (HEAD_MIN <= h <= HEAD_MAX and h % HEAD_STEP == 0):
+                raise ValueError(f"{name}={h}: head sizes are multiples of {HEAD_STEP} "
+                                 f"from {HEAD_MIN} to {HEAD_MAX}")
+
+    @classmethod
+    def of(cls, *, head_k: int, head_v: int, n_q: int, n_kv: int, gqa: int = 1, **rest) -> "ProblemClass":
+        return cls(head_k=head_k, head_v=head_v, nq_bucket=bucket(n_q, NQ_BUCKETS),
+                   nkv_bucket=bucket(n_kv, NKV_BUCKETS), gqa_bucket=bucket(gqa, GQA_BUCKETS), **rest)
+
+    @property
+    def n_q(self) -> int:
+        return bucket_rep(self.nq_bucket, NQ_BUCKETS)
+
+    @property
+    def n_kv(self) -> int:
+        return bucket_rep(self.nkv_bucket, NKV_BUCKETS)
+
+    @property
+    def gqa(self) -> int:
+        return bucket_rep(self.gqa_bucket, GQA_BUCKETS)
+
+    def feature_flags(self) -> dict[str, bool]:
+        """Variant keyword arguments for this class's features."""
+        return {f: f in self.features for f in FEATURES}

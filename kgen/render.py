@@ -1,0 +1,63 @@
+"""Variant -> GLSL. Templates bind constants and choose code blocks; arithmetic stays in Python."""
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+
+import jinja2
+
+from . import abi
+from .paths import path_spec
+from .variant import Variant
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+if not (TEMPLATE_DIR / "common").is_dir():  # installed (not editable): templates ship as kgen.templates
+    import kgen.templates
+    TEMPLATE_DIR = Path(kgen.templates.__file__).resolve().parent
+
+
+@functools.cache
+def environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+        undefined=jinja2.StrictUndefined,  # a misspelt variable is an error, never ""
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def render(v: Variant) -> str:
+    """The GLSL compute shader for `v`: readable, self-contained, deterministic."""
+    spec = path_spec(v.path)
+    template = environment().get_template(spec.TEMPLATE)
+    text = template.render(
+        v=v,
+        L=spec.layout(v),
+        push_fields=abi.PUSH_FIELDS,
+        binding=abi.BINDING,
+    )
+    return _tidy(text)
+
+
+def _tidy(text: str) -> str:
+    """Collapse runs of blank lines left by skipped template blocks; strip trailing spaces."""
+    lines, blank = [], 0
+    for line in text.splitlines():
+        line = line.rstrip()
+        blank = blank + 1 if not line else 0
+        if blank <= 1:
+            lines.append(line)
+    return "\n".join(lines).strip("\n") + "\n"
+
+
+def template_hash() -> str:
+    """sha256 over every template file: part of the tuning DB key (a template edit re-tunes)."""
+    h = hashlib.sha256()
+    for path in sorted(TEMPLATE_DIR.rglob("*")):
+        if path.is_file() and path.suffix in (".j2", ".glsl", ".comp"):
+            h.update(path.relative_to(TEMPLATE_DIR).as_posix().encode() + b"\0")
+            h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()

@@ -1,0 +1,171 @@
+"""One frozen dataclass per FA kernel variant. Its `uri` is derived from the fields and parses back.
+
+Adding a field here updates the name, the cache key and the tuning DB key with no other edit:
+all three are derived from `uri`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import InvalidVariant
+from .types import KvType
+
+HEAD_MIN, HEAD_MAX, HEAD_STEP = 32, 576, 8
+MAX_WORKGROUP = 1024
+
+
+class PathKind(enum.Enum):
+    SCALAR = "scalar"
+    COOPMAT1 = "coopmat1"
+    COOPMAT2 = "coopmat2"
+
+    @property
+    def short(self) -> str:
+        return {"scalar": "sc", "coopmat1": "cm1", "coopmat2": "cm2"}[self.value]
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, name: "str | PathKind") -> "PathKind":
+        if isinstance(name, PathKind):
+            return name
+        for p in cls:
+            if name in (p.value, p.short):
+                return p
+        raise ValueError(f"unknown path {name!r}; known: {', '.join(p.value for p in cls)}")
+
+
+# Compiled-in features, in uri order. `causal` also covers the sliding window (its width is a
+# run-time value); `split_k` makes the kernel write partial outputs for a reduce pass.
+FEATURES = ("mask", "causal", "alibi", "softcap", "sinks", "split_k")
+
+
+@dataclass(frozen=True)
+class Variant:
+    path: PathKind
+    head_k: int
+    head_v: int
+    k_type: KvType
+    v_type: KvType
+    br: int                  # query rows per workgroup
+    bc: int                  # KV columns per inner step
+    wg: int                  # workgroup size (invocations)
+    acc: int = 32            # accumulator bits: 32 = f32 end to end, 16 = f16 where the path allows
+    subgroup: int = 32       # required subgroup size
+    d_split: int = 0         # scalar: threads per dot product
+    row_split: int = 0       # scalar: row groups per workgroup
+    kv_staging: bool = False  # scalar/coopmat1: stage K/V tiles through shared memory
+    mat_m: int = 0           # coopmat1: matrix shape M x N x K
+    mat_n: int = 0
+    mat_k: int = 0
+    mask: bool = False
+    causal: bool = False
+    alibi: bool = False
+    softcap: bool = False
+    sinks: bool = False
+    split_k: bool = False
+    aligned: bool = False    # the runtime guarantees Nkv % bc == 0: no KV bounds checks
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", PathKind.parse(self.path))
+        object.__setattr__(self, "k_type", KvType.parse(self.k_type))
+        object.__setattr__(self, "v_type", KvType.parse(self.v_type))
+        reason = _intrinsic_reason(self)
+        if reason is None:
+            from .paths import path_spec  # the path modules import this one
+            reason = path_spec(self.path).check(self)
+        if reason:
+            raise InvalidVariant(self._label(), reason)
+
+    # --- naming ---------------------------------------------------------------------------
+    @property
+    def uri(self) -> str:
+        return "_".join(tok for fmt, _ in _TOKENS if (tok := fmt(self)))
+
+    def __str__(self) -> str:
+        return self.uri
+
+    @classmethod
+    def parse(cls, uri: str) -> "Variant":
+        m = _URI_RE.fullmatch(uri)
+        if not m:
+            raise ValueError(f"not a kgen variant uri: {uri!r}")
+        g = m.groupdict()
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict = {"path": PathKind.parse(g.pop("path")),
+                         "k_type": KvType.parse(g.pop("k_type")),
+                         "v_type": KvType.parse(g.pop("v_type"))}
+        for name, text in g.items():
+            if text is not None:
+                values[name] = True if fields[name].type in (bool, "bool") else int(text)
+        return cls(**values)
+
+    def replace(self, **changes) -> "Variant":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(f for f in FEATURES if getattr(self, f))
+
+    def _label(self) -> str:
+        try:
+            return self.uri
+        except Exception:  # the fields may be too broken to name; show them instead
+            return repr(self)
+
+
+def _intrinsic_reason(v: Variant) -> str | None:
+    """Rules every path shares. Path-specific rules live in kgen/paths/<path>.py."""
+    for name in ("head_k", "head_v"):
+        h = getattr(v, name)
+        if not (HEAD_MIN <= h <= HEAD_MAX and h % HEAD_STEP == 0):
+            return f"{name}={h}: head sizes are multiples of {HEAD_STEP} from {HEAD_MIN} to {HEAD_MAX}"
+    if v.acc not in (16, 32):
+        return f"acc={v.acc}: accumulator precision is 16 or 32 bits"
+    if v.subgroup not in (4, 8, 16, 32, 64, 128):
+        return f"subgroup={v.subgroup}: a power of two from 4 to 128"
+    if not (0 < v.wg <= MAX_WORKGROUP) or v.wg % v.subgroup:
+        return f"wg={v.wg}: a multiple of the subgroup size ({v.subgroup}) up to {MAX_WORKGROUP}"
+    if v.br < 1 or v.bc < 1:
+        return f"br={v.br}, bc={v.bc}: tile sizes are positive"
+    if v.alibi and not v.mask:
+        return "alibi scales the mask (score + slope * mask): it needs the mask feature"
+    return None
+
+
+# --- uri grammar: one (format, regex) pair per token, in order ---------------------------------
+def _flag(name: str, token: str) -> tuple[Callable[[Variant], str], str]:
+    return (lambda v: token if getattr(v, name) else ""), rf"(?:_(?P<{name}>{token}))?"
+
+
+def _knob(name: str, prefix: str) -> tuple[Callable[[Variant], str], str]:
+    return (lambda v: f"{prefix}{getattr(v, name)}" if getattr(v, name) else ""), \
+        rf"(?:_{prefix}(?P<{name}>\d+))?"
+
+
+_TYPE_RE = "|".join(sorted((re.escape(t.label) for t in KvType), key=len, reverse=True))
+_TOKENS: list[tuple[Callable[[Variant], str], str]] = [
+    (lambda v: "fa", "fa"),
+    (lambda v: v.path.short, r"_(?P<path>sc|cm1|cm2)"),
+    (lambda v: f"k{v.head_k}", r"_k(?P<head_k>\d+)"),
+    (lambda v: f"v{v.head_v}", r"_v(?P<head_v>\d+)"),
+    (lambda v: f"{v.k_type}{v.v_type}", rf"_(?P<k_type>{_TYPE_RE})(?P<v_type>{_TYPE_RE})"),
+    (lambda v: f"acc{v.acc}", r"_acc(?P<acc>\d+)"),
+    (lambda v: f"br{v.br}", r"_br(?P<br>\d+)"),
+    (lambda v: f"bc{v.bc}", r"_bc(?P<bc>\d+)"),
+    (lambda v: f"wg{v.wg}", r"_wg(?P<wg>\d+)"),
+    (lambda v: f"sg{v.subgroup}", r"_sg(?P<subgroup>\d+)"),
+    _knob("d_split", "ds"),
+    _knob("row_split", "rs"),
+    _flag("kv_staging", "stage"),
+    (lambda v: f"m{v.mat_m}n{v.mat_n}k{v.mat_k}" if v.mat_m else "",
+     r"(?:_m(?P<mat_m>\d+)n(?P<mat_n>\d+)k(?P<mat_k>\d+))?"),
+    *(_flag(f, f.replace("_", "")) for f in FEATURES),
+    _flag("aligned", "aligned"),
+]
+_URI_RE = re.compile("".join(rx for _, rx in _TOKENS))

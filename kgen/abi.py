@@ -80,5 +80,6 @@ BINDINGS: tuple[Binding, ...] = (
     Binding(4, "sinks", "one f32 logit per query head"),
     Binding(5, "out", "O, f32, (B, Hq, Nq, Dv) contiguous; with split_k: (splits, B, Hq, Nq, Dv)"),
     Binding(6, "stats", "split_k only: f32 (max, sum) per (split, b, h, row)"),
+    Binding(7, "reduced", "split_k reduce pass only: the final O, f32, (B, Hq, Nq, Dv)"),
 )
 BINDING = {b.name: b.index for b in BINDINGS}

@@ -42,6 +42,16 @@ def render(v: Variant) -> str:
     return _tidy(text)
 
 
+REDUCE_WG = 64
+
+
+def render_split_k_reduce(head_v: int, sinks: bool) -> str:
+    """The pass that combines split-k partial outputs (see templates/README.md, split_k)."""
+    template = environment().get_template("fa_split_k_reduce.comp.j2")
+    return _tidy(template.render(head_v=head_v, sinks=sinks, wg=REDUCE_WG,
+                                 push_fields=abi.PUSH_FIELDS, binding=abi.BINDING))
+
+
 def _tidy(text: str) -> str:
     """Collapse runs of blank lines left by skipped template blocks; strip trailing spaces."""
     lines, blank = [], 0

@@ -1,0 +1,145 @@
+"""The public API: kgen.attention() and kgen.plan().
+
+Everything is validated here, before anything reaches the GPU; a plan then does a lookup, an
+upload, one recorded submission and a download per call.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import knobs
+from .kvtensor import KVTensor
+from .types import KvType
+from .variant import HEAD_MAX, HEAD_MIN, HEAD_STEP, PathKind
+
+PRECISIONS = {"f32": 32, "f16": 16}
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """Everything a plan is specialized on (arrays excluded)."""
+
+    batch: int
+    heads_q: int
+    heads_kv: int
+    n_q: int
+    n_kv: int
+    head_k: int
+    head_v: int
+    k_type: KvType = KvType.F16
+    v_type: KvType = KvType.F16
+    mask_shape: tuple[int, int, int, int] | None = None   # as stored: each dim 1 or full
+    causal: bool = False
+    window: int = 0
+    scale: float | None = None
+    softcap: float = 0.0
+    alibi_max_bias: float = 0.0
+    sinks: bool = False
+    precision: str = "f32"
+
+    def validate(self) -> None:
+        for name in ("batch", "heads_q", "heads_kv", "n_q", "n_kv"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.heads_q % self.heads_kv:
+            raise ValueError(f"Hq={self.heads_q} must be a multiple of Hkv={self.heads_kv} (GQA/MQA)")
+        for name in ("head_k", "head_v"):
+            h = getattr(self, name)
+            if not (HEAD_MIN <= h <= HEAD_MAX and h % HEAD_STEP == 0):
+                raise ValueError(f"{name}={h}: kgen supports multiples of {HEAD_STEP} from {HEAD_MIN} to {HEAD_MAX}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}: one of {', '.join(PRECISIONS)}")
+        if self.window < 0:
+            raise ValueError(f"window={self.window}: must be >= 1 (or None)")
+        if not (math.isfinite(self.softcap) and self.softcap >= 0):
+            raise ValueError(f"softcap={self.softcap}: must be finite and >= 0")
+        if not (math.isfinite(self.alibi_max_bias) and self.alibi_max_bias >= 0):
+            raise ValueError(f"alibi_max_bias={self.alibi_max_bias}: must be finite and >= 0")
+        if self.alibi_max_bias > 0 and self.mask_shape is None:
+            raise ValueError("alibi_max_bias > 0 scales the mask (score + slope * mask): pass a mask")
+        if self.scale is not None and not math.isfinite(self.scale):
+            raise ValueError(f"scale={self.scale}: must be finite")
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        on = {"mask": self.mask_shape is not None, "causal": self.causal or self.window > 0,
+              "alibi": self.alibi_max_bias > 0, "softcap": self.softcap > 0, "sinks": self.sinks}
+        return tuple(f for f, enabled in on.items() if enabled)
+
+
+def _dims4(a, name: str) -> tuple[int, int, int, int]:
+    shape = tuple(a.shape)
+    if len(shape) != 4:
+        raise ValueError(f"{name} has shape {shape}: expected 4 dims (B, H, N, D)")
+    return shape
+
+
+def _mask_shape(mask, full: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
+    if mask is None:
+        return None
+    m = np.asarray(mask)
+    if m.ndim > 4:
+        raise ValueError(f"mask has {m.ndim} dims: at most 4, broadcastable to (B, Hq, Nq, Nkv)={full}")
+    shape = (1,) * (4 - m.ndim) + m.shape
+    for have, want in zip(shape, full):
+        if have not in (1, want):
+            raise ValueError(f"mask shape {m.shape} does not broadcast to (B, Hq, Nq, Nkv)={full}")
+    # Columns are always stored in full: the kernels read a mask row as a contiguous run.
+    return shape[:3] + (full[3],)
+
+
+def shapes_of(q, k, v, *, mask=None, causal=False, window=None, scale=None, softcap=0.0,
+              alibi_max_bias=0.0, sinks=None, k_type=None, v_type=None, precision="f32") -> Shapes:
+    b, hq, nq, dk = _dims4(q, "q")
+    bk, hkv, nkv, dk2 = _dims4(k, "k")
+    bv, hkv2, nkv2, dv = _dims4(v, "v")
+    if (bk, dk2) != (b, dk) or (bv, hkv2, nkv2) != (b, hkv, nkv):
+        raise ValueError(f"shapes disagree: q {tuple(q.shape)} (B, Hq, Nq, Dk), k {tuple(k.shape)} "
+                         f"(B, Hkv, Nkv, Dk), v {tuple(v.shape)} (B, Hkv, Nkv, Dv)")
+    if sinks is not None and np.shape(sinks) != (hq,):
+        raise ValueError(f"sinks has shape {np.shape(sinks)}: expected (Hq,) = ({hq},)")
+    if window is not None and window < 1:
+        raise ValueError(f"window={window}: must be >= 1 (or None)")
+    k_type = KvType.parse(k.type if isinstance(k, KVTensor) else (k_type or "f16"))
+    v_type = KvType.parse(v.type if isinstance(v, KVTensor) else (v_type or "f16"))
+    shapes = Shapes(b, hq, hkv, nq, nkv, dk, dv, k_type, v_type, _mask_shape(mask, (b, hq, nq, nkv)),
+                    bool(causal), int(window or 0), scale, float(softcap), float(alibi_max_bias),
+                    sinks is not None, precision)
+    shapes.validate()
+    return shapes
+
+
+def resolve_path(path: "str | PathKind | None") -> PathKind | None:
+    chosen = path if path is not None else knobs.get("KGEN_PATH")
+    if chosen is None:
+        return None
+    try:
+        return PathKind.parse(chosen)
+    except ValueError:
+        raise ValueError(f"path={chosen!r}: one of scalar, coopmat1, coopmat2 (or None)") from None
+
+
+def plan(q, k, v, *, mask=None, causal=False, window=None, scale=None, softcap=0.0,
+         alibi_max_bias=0.0, sinks=None, k_type=None, v_type=None, precision="f32", path=None,
+         device=None, split_k: int | None = None, variant=None):
+    """A reusable, device-resident attention for these shapes and features. q, k, v (and mask)
+    may be arrays or anything with `.shape`; the data is given to the call. Close it when done
+    (or use it as a context manager)."""
+    from .plan import Plan
+    shapes = shapes_of(q, k, v, mask=mask, causal=causal, window=window, scale=scale, softcap=softcap,
+                       alibi_max_bias=alibi_max_bias, sinks=sinks, k_type=k_type, v_type=v_type,
+                       precision=precision)
+    return Plan(shapes, path=resolve_path(path), device=device, split_k=split_k, variant=variant)
+
+
+def attention(q, k, v, *, mask=None, causal=False, window=None, scale=None, softcap=0.0,
+              alibi_max_bias=0.0, sinks=None, k_type=None, v_type=None, precision="f32",
+              path=None, device=None) -> np.ndarray:
+    """Flash attention on a Vulkan device; returns (B, Hq, Nq, Dv) float32. See README: API."""
+    with plan(q, k, v, mask=mask, causal=causal, window=window, scale=scale, softcap=softcap,
+              alibi_max_bias=alibi_max_bias, sinks=sinks, k_type=k_type, v_type=v_type,
+              precision=precision, path=path, device=device) as p:
+        return p(q, k, v, mask=mask, sinks=sinks)

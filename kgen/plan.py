@@ -1,0 +1,218 @@
+"""Plan: one attention shape on one device, compiled, resident and recorded once."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import abi, knobs
+from .api import PRECISIONS, Shapes
+from .compile import compile_source, compile_variant
+from .errors import UnsupportedVariant
+from .kvtensor import KVTensor
+from .problem import ProblemClass
+from .render import render_split_k_reduce
+from .space import default_variant, why_invalid
+from .variant import PathKind, Variant
+
+F32 = np.dtype("<f4")
+
+
+def split_count(shapes: Shapes, caps, br: int, bc: int) -> int:
+    """KV splits that fill a GPU whose row tiles alone leave it idle (decode). CPUs get 1."""
+    if caps.device_type == "cpu":
+        return 1
+    groups = math.ceil(shapes.n_q / br) * shapes.heads_q * shapes.batch
+    target = 256  # a few workgroups per compute unit on current GPUs (132 SMs on an H100)
+    return max(1, min(math.ceil(target / groups), shapes.n_kv // (4 * bc)))
+
+
+def choose_variant(shapes: Shapes, caps, path: PathKind | None, splits: int | None) -> tuple[Variant, int]:
+    features = shapes.features
+    problem = ProblemClass.of(head_k=shapes.head_k, head_v=shapes.head_v, k_type=shapes.k_type,
+                              v_type=shapes.v_type, features=features, acc=PRECISIONS[shapes.precision],
+                              n_q=shapes.n_q, n_kv=shapes.n_kv, gqa=shapes.heads_q // shapes.heads_kv)
+    v = default_variant(problem, caps, path)
+    if splits is None:
+        splits = split_count(shapes, caps, v.br, v.bc)
+    if splits > 1:
+        v = default_variant(ProblemClass(**{**problem.__dict__, "features": features + ("split_k",)}), caps, path)
+    if shapes.n_kv % v.bc == 0:
+        v = v.replace(aligned=True)
+    return v, splits
+
+
+class Plan:
+    def __init__(self, shapes: Shapes, *, path: PathKind | None = None, device=None,
+                 split_k: int | None = None, variant: Variant | None = None):
+        from .runtime import open_device  # the only place kgen reaches Vulkan from
+        self.shapes = s = shapes
+        self.device = open_device(device)
+        caps = self.device.caps
+        if split_k is not None and split_k < 1:
+            raise ValueError(f"split_k={split_k}: must be >= 1")
+        if variant is None:
+            variant, splits = choose_variant(s, caps, path, split_k)
+        else:
+            splits = split_k or 1
+        if (reason := why_invalid(variant, caps)) is not None:
+            raise UnsupportedVariant(variant.uri, reason)
+        self._check_variant(variant, splits)
+        self.variant, self.splits = variant, splits
+        self.split_kv = math.ceil(math.ceil(s.n_kv / splits) / variant.bc) * variant.bc
+        self.splits = math.ceil(s.n_kv / self.split_kv)
+        if knobs.get("KGEN_DEBUG") >= 1:
+            print(f"kgen: plan {s} -> {variant.uri} (splits {self.splits})")
+        self._buffers = {}
+        self._sequence = None
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_variant(self, v: Variant, splits: int) -> None:
+        s = self.shapes
+        want = (s.head_k, s.head_v, s.k_type, s.v_type, PRECISIONS[s.precision])
+        have = (v.head_k, v.head_v, v.k_type, v.v_type, v.acc)
+        if want != have:
+            raise ValueError(f"variant {v.uri} computes (head_k, head_v, k_type, v_type, acc)={have}, "
+                             f"the call needs {want}")
+        if v.features != s.features + (("split_k",) if splits > 1 else ()):
+            raise ValueError(f"variant {v.uri} has features {v.features}; the call needs "
+                             f"{s.features + (('split_k',) if splits > 1 else ())}")
+        if v.aligned and s.n_kv % v.bc:
+            raise ValueError(f"variant {v.uri} is aligned (Nkv % {v.bc} == 0) but Nkv={s.n_kv}")
+
+    # --- construction ----------------------------------------------------------------------
+    def _build(self) -> None:
+        s, v, dev = self.shapes, self.variant, self.device
+        caps = dev.caps
+        fa = dev.pipeline(compile_variant(v).spirv, name=v.uri, required_subgroup_size=v.subgroup,
+                          full_subgroups=caps.compute_full_subgroups)
+        rows = s.batch * s.heads_q * s.n_q
+        sizes = {
+            "q": rows * s.head_k * 4,
+            "k": _kv_bytes(s.k_type, s.batch, s.heads_kv, s.n_kv, s.head_k),
+            "v": _kv_bytes(s.v_type, s.batch, s.heads_kv, s.n_kv, s.head_v),
+            "out": self.splits * rows * s.head_v * 4,
+        }
+        if s.mask_shape is not None:
+            sizes["mask"] = max(4, 2 * math.prod(s.mask_shape))
+        if s.sinks:
+            sizes["sinks"] = s.heads_q * 4
+        if self.splits > 1:
+            sizes["stats"] = self.splits * rows * 8
+            sizes["reduced"] = rows * s.head_v * 4
+        self._buffers = {name: dev.buffer(n) for name, n in sizes.items()}
+        binds = {abi.BINDING[name]: buf for name, buf in self._buffers.items()}
+        push = self._push()
+        groups = (math.ceil(s.n_q / v.br), s.heads_q, s.batch * self.splits)
+        steps = [(fa, binds, push, groups)]
+        if self.splits > 1:
+            reduce = dev.pipeline(compile_source(render_split_k_reduce(s.head_v, s.sinks),
+                                                 name=f"fa_reduce_v{s.head_v}{'_sinks' if s.sinks else ''}").spirv,
+                                  name="split_k_reduce")
+            steps.append((reduce, binds, push, (s.n_q, s.heads_q, s.batch)))
+        self._sequence = dev.sequence(steps)
+
+    def _push(self) -> bytes:
+        s = self.shapes
+        k_row = _row_elems(s.k_type, s.head_k)
+        v_row = _row_elems(s.v_type, s.head_v)
+        mb, mh, mq, _ = s.mask_shape or (1, 1, 1, 1)
+        n_kv = s.n_kv
+        slopes_n2 = 1 << (s.heads_q.bit_length() - 1)
+        m0 = 2.0 ** (-s.alibi_max_bias / slopes_n2)
+        m1 = 2.0 ** (-s.alibi_max_bias / 2 / slopes_n2)
+        return abi.pack(
+            n_q=s.n_q, n_kv=n_kv, n_head_q=s.heads_q, gqa_ratio=s.heads_q // s.heads_kv, n_batch=s.batch,
+            q_stride_row=s.head_k, q_stride_head=s.n_q * s.head_k, q_stride_batch=s.heads_q * s.n_q * s.head_k,
+            k_stride_row=k_row, k_stride_head=n_kv * k_row, k_stride_batch=s.heads_kv * n_kv * k_row,
+            v_stride_row=v_row, v_stride_head=n_kv * v_row, v_stride_batch=s.heads_kv * n_kv * v_row,
+            k_offset=0, v_offset=0,
+            mask_stride_row=n_kv if mq > 1 else 0,
+            mask_stride_head=mq * n_kv if mh > 1 else 0,
+            mask_stride_batch=mh * mq * n_kv if mb > 1 else 0,
+            scale=s.scale if s.scale is not None else 1.0 / math.sqrt(s.head_k),
+            softcap=s.softcap, alibi_m0=m0, alibi_m1=m1, alibi_n2=slopes_n2,
+            window=s.window, split_kv=self.split_kv, split_count=self.splits)
+
+    # --- use -------------------------------------------------------------------------------
+    def upload(self, q, k, v, mask=None, sinks=None) -> None:
+        s = self.shapes
+        _expect(q, "q", (s.batch, s.heads_q, s.n_q, s.head_k))
+        self._buffers["q"].write(np.ascontiguousarray(q, dtype=F32))
+        for name, x, t, d in (("k", k, s.k_type, s.head_k), ("v", v, s.v_type, s.head_v)):
+            _expect(x, name, (s.batch, s.heads_kv, s.n_kv, d))
+            if isinstance(x, KVTensor):
+                raise NotImplementedError("KVTensor inputs with their own strides: plan with "
+                                          "arrays for now (the layout is dense)")
+            self._buffers[name].write(KVTensor.from_array(np.asarray(x), t).raw)
+        if s.mask_shape is not None:
+            if mask is None:
+                raise ValueError("this plan was made with a mask: pass mask=")
+            self._buffers["mask"].write(_mask_f16(mask, s.mask_shape))
+        elif mask is not None:
+            raise ValueError("this plan was made without a mask; make a plan with mask= to use one")
+        if s.sinks:
+            if sinks is None:
+                raise ValueError("this plan was made with sinks: pass sinks=")
+            self._buffers["sinks"].write(np.ascontiguousarray(sinks, dtype=F32))
+        elif sinks is not None:
+            raise ValueError("this plan was made without sinks; make a plan with sinks= to use them")
+
+    def run_device(self) -> float:
+        """Run on the resident buffers; returns GPU microseconds (all passes)."""
+        return float(sum(self._sequence.run(wait=True)))
+
+    def result(self) -> np.ndarray:
+        s = self.shapes
+        name = "reduced" if self.splits > 1 else "out"
+        n = s.batch * s.heads_q * s.n_q * s.head_v
+        out = np.frombuffer(self._buffers[name].read(n * 4), dtype=F32).copy()
+        return out.reshape(s.batch, s.heads_q, s.n_q, s.head_v)
+
+    def __call__(self, q, k, v, *, mask=None, sinks=None) -> np.ndarray:
+        self.upload(q, k, v, mask=mask, sinks=sinks)
+        self.run_device()
+        return self.result()
+
+    def close(self) -> None:
+        if self._sequence is not None:
+            self._sequence.close()
+            self._sequence = None
+        for buf in self._buffers.values():
+            buf.close()
+        self._buffers = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _row_elems(t, d: int) -> int:
+    """Elements between rows of a dense tensor: whole blocks for block types."""
+    return math.ceil(d / t.block_size) * t.block_size
+
+
+def _kv_bytes(t, b: int, h: int, n: int, d: int) -> int:
+    return b * h * n * (_row_elems(t, d) // t.block_size) * t.block_bytes
+
+
+def _expect(x, name: str, shape: tuple) -> None:
+    if tuple(x.shape) != shape:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}; this plan was made for {shape}")
+
+
+def _mask_f16(mask, stored: tuple) -> np.ndarray:
+    m = np.asarray(mask)
+    if m.dtype == bool:
+        m = np.where(m, 0.0, -np.inf)
+    m = np.asarray(m, dtype=np.float64)
+    if np.isnan(m).any() or np.isposinf(m).any():
+        raise ValueError("mask has NaN or +inf entries: use finite values or -inf")
+    m = m.reshape((1,) * (4 - m.ndim) + m.shape)
+    return np.ascontiguousarray(np.broadcast_to(m, stored), dtype=np.float16)

@@ -78,9 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_devices)
 
     p = sub.add_parser("space", help="enumerate the variant space for a device and problem class")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--device", type=int, help="device index (see `kgen devices`)")
-    src.add_argument("--caps", help="capability JSON file (as `kgen devices --json` writes)")
+    p.add_argument("--device", type=int, help="device index (see `kgen devices`, or into --caps)")
+    p.add_argument("--caps", help="capability JSON file (as `kgen devices --json` writes)")
     p.add_argument("--head-k", type=int, default=128)
     p.add_argument("--head-v", type=int, help="default: head-k")
     p.add_argument("--k-type", default="f16")

@@ -1,0 +1,54 @@
+"""The command line as a user runs it."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from kgen.caps import Caps
+from kgen.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kgen.cli", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_devices_json_lists_lavapipe_and_round_trips():
+    result = run_cli("devices", "--json")
+    assert result.returncode == 0, result.stderr
+    records = json.loads(result.stdout)
+    caps = [Caps.from_dict(r) for r in records]
+    assert any("llvmpipe" in c.name and c.device_type == "cpu" for c in caps)
+    assert all(Caps.from_json(c.to_json()) == c for c in caps)
+
+
+def test_devices_text_names_the_limits():
+    result = run_cli("devices")
+    assert result.returncode == 0 and "llvmpipe" in result.stdout and "shared" in result.stdout
+
+
+def test_space_from_caps_file_explains_cuts(tmp_path, capsys):
+    caps_file = ROOT / "kgen" / "data" / "lavapipe.json"
+    assert main(["space", "--caps", str(caps_file), "--head-k", "576", "--head-v", "512",
+                 "--k-type", "q8_0", "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "path coopmat2: unsupported" in out and "path scalar:" in out
+    assert "fa_sc_k576_v512_q8_0q8_0" in out
+    assert "rejected:" in out
+
+
+def test_space_rejects_a_bad_device_index(capsys):
+    caps_file = ROOT / "kgen" / "data" / "h100.json"
+    try:
+        main(["space", "--caps", str(caps_file), "--device", "3"])
+    except SystemExit as exc:
+        assert "--device 3: there are 1 device(s)" in str(exc)
+    else:
+        raise AssertionError("an out-of-range device must fail")
+
+
+def test_generated_folder_is_fresh():
+    """A template refactor shows as a diff of generated/: re-render and compare."""
+    result = run_cli("generate", "--check", "--no-compile")
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,297 @@
+"""The coopmat1 path: VK_KHR_cooperative_matrix at subgroup scope, K/V decoded into shared memory.
+
+Per KV tile of `bc` columns (templates/fa_coopmat1.comp.j2):
+  1. S = Q K^T on matrix units, f32 accumulators. Q (f16) sits in shared memory for the whole
+     kernel; K is decoded to f16 into shared memory `k_chunk` head columns at a time, and each
+     subgroup keeps its S tiles in registers across the chunks.
+  2. S goes to shared memory; `tpr` adjacent lanes of one subgroup own each row and run the
+     online softmax in f32 (score modifiers, running max m and sum l), writing P (f16) and the
+     row's rescale factor exp(m_old - m_new).
+  3. O = diag(alpha) O + P V on matrix units. O stays in accumulator tiles owned by subgroups;
+     the per-row rescale is a component-wise product with a tile loaded from a row-broadcast
+     array. V is decoded `v_rows` KV rows at a time.
+Head sizes are zero-padded to the matrix dimensions in shared memory. `kv_staging` stages the
+whole K and V tiles at once (fewest barriers); without it K streams over the head dimension and
+V over KV rows, which is what lets 576/512 (MLA) fit in 48 KiB. Staging steps are software-
+pipelined: each thread loads the next step into registers while the current one is multiplied.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ..caps import Caps
+from ..errors import InvalidVariant
+from ..problem import ProblemClass
+from ..variant import PathKind, Variant
+
+KIND = PathKind.COOPMAT1
+TEMPLATE = "fa_coopmat1.comp.j2"
+
+MAT_DIMS = (8, 16, 32)   # matrix dimensions the template accepts (devices list their own)
+BR_MAX, BC_MAX = 128, 256
+K_CHUNK = 64             # head columns of K per staging step without kv_staging
+Q_BATCH = 8              # global vec4 loads of Q each thread keeps in flight
+STAGED_MAX = 32          # vec4s per thread of one K/V staging step (held in registers)
+F16_PAD, F32_PAD = 8, 4  # row padding in elements (16 bytes): rows stay 16-byte aligned, as
+                         # coopMatLoad/Store require, and consecutive rows shift banks
+# Bytes per element of the shared array types the template declares.
+_TYPE_BYTES = {"f16vec4": 8, "float16_t": 2, "float": 4}
+
+
+def _pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def check(v: Variant) -> str | None:
+    """Device-independent rules of the coopmat1 template; the reason names the field and limit."""
+    if v.d_split or v.row_split:
+        return (f"d_split={v.d_split}, row_split={v.row_split}: the coopmat1 path splits work "
+                "by matrix tiles and uses neither (both 0)")
+    for name in ("mat_m", "mat_n", "mat_k"):
+        if getattr(v, name) not in MAT_DIMS:
+            return f"{name}={getattr(v, name)}: coopmat1 matrix dimensions are one of {MAT_DIMS}"
+    if v.br % v.mat_m or v.br > BR_MAX:
+        return f"br={v.br} must be a multiple of mat_m={v.mat_m} and at most {BR_MAX}"
+    if v.bc % v.mat_n or v.bc % v.mat_k or v.bc > BC_MAX:
+        return (f"bc={v.bc} must be a multiple of mat_n={v.mat_n} (S columns) and of "
+                f"mat_k={v.mat_k} (P.V depth), and at most {BC_MAX}")
+    # Softmax: each row is owned by tpr adjacent lanes that reduce by xor shuffles.
+    if v.wg >= v.br:
+        tpr = v.wg // v.br
+        if v.wg % v.br or not _pow2(tpr) or v.subgroup % tpr:
+            return (f"wg={v.wg}, br={v.br}: wg/br={v.wg / v.br:g} lanes per softmax row must be a "
+                    f"power of two dividing subgroup={v.subgroup}")
+        if v.bc % tpr:
+            return f"bc={v.bc} must be a multiple of the lanes per softmax row wg/br={tpr}"
+    elif v.br % v.wg:
+        return f"br={v.br} must be a multiple of wg={v.wg} when wg < br (rows per thread)"
+    staged = layout(v).staged
+    if staged > STAGED_MAX:
+        return (f"bc={v.bc}, wg={v.wg}, kv_staging={v.kv_staging}: a K/V staging step is {staged} "
+                f"vec4 loads per thread, held in registers; at most {STAGED_MAX}")
+    return None
+
+
+@dataclass(frozen=True)
+class SharedArray:
+    """One `shared` array the template declares: `shared <type> <name>[<length>];`."""
+
+    name: str
+    type: str
+    length: int
+    doc: str
+
+    @property
+    def bytes(self) -> int:
+        return _TYPE_BYTES[self.type] * self.length
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Numbers derived from a valid coopmat1 variant; the template binds them as constants.
+    Strides and chunk widths are in elements (f16 halves or f32 floats), never bytes."""
+
+    subgroups: int        # wg / subgroup
+    hsk_pad: int          # head_k rounded up to mat_k (q.k depth); padding is zero
+    hsv_pad: int          # head_v rounded up to mat_n (O columns); padding is zero
+    q_stride: int         # halves between Q rows in shared memory
+    k_chunk: int          # K head columns decoded per staging step
+    k_chunks: int         # staging steps per tile: ceil(hsk_pad / k_chunk); the last may be short
+    k_stride: int         # halves between staged K rows
+    v_rows: int           # V rows (KV columns) decoded per staging step
+    v_chunks: int         # bc / v_rows
+    v_stride: int         # halves between staged V rows
+    s_stride: int         # floats between S rows
+    p_stride: int         # halves between P rows
+    s_cols: int           # S tiles per tile row: bc / mat_n
+    s_tiles: int          # (br / mat_m) * s_cols, dealt round-robin to subgroups
+    s_per_sg: int         # ceil(s_tiles / subgroups)
+    o_cols: int           # O tiles per tile row: hsv_pad / mat_n
+    o_tiles: int          # (br / mat_m) * o_cols, dealt round-robin to subgroups
+    o_per_sg: int         # ceil(o_tiles / subgroups): accumulators each subgroup keeps
+    tpr: int              # lanes per softmax row
+    row_groups: int       # rows handled at once: wg / tpr
+    rows_per_thread: int  # br / row_groups
+    q_batch: int          # vec4 loads of Q in flight per thread: min(Q_BATCH, its share)
+    k_step: int           # vec4s per thread of one K staging step: bc * k_chunk / 4 / wg
+    v_step: int           # vec4s per thread of one V staging step: v_rows * hsv_pad / 4 / wg
+    staged: int           # max(k_step, v_step): registers holding the step in flight
+    o_type: str           # O accumulator component: float (acc 32) or float16_t (acc 16)
+    row_max_offset: float  # added to the row max: 3 ln 2 with f16 O (every p <= 1/8), else 0
+    shared: tuple[SharedArray, ...]
+
+    @property
+    def shared_bytes(self) -> int:
+        """Bytes of every `shared` array the rendered template declares (it declares exactly
+        `shared`, so this is exact)."""
+        return sum(a.bytes for a in self.shared)
+
+
+def _v_rows(v: Variant, k_buffer: int, v_stride: int) -> int:
+    """The most V rows per staging step that divide bc and fit the K staging buffer (at least
+    mat_k: one P.V depth step); the whole tile with kv_staging."""
+    if v.kv_staging:
+        return v.bc
+    budget = max(k_buffer, v.mat_k * v_stride)
+    best = v.mat_k
+    for rows in range(v.mat_k, v.bc + 1, v.mat_k):
+        if v.bc % rows == 0 and rows * v_stride <= budget:
+            best = rows
+    return best
+
+
+def _per_thread(vec4s: int, wg: int) -> int:
+    return -(-vec4s // wg)
+
+
+def layout(v: Variant) -> Layout:
+    nsg = v.wg // v.subgroup
+    hsk_pad = _round_up(v.head_k, v.mat_k)
+    hsv_pad = _round_up(v.head_v, v.mat_n)
+    k_chunk = hsk_pad if v.kv_staging else min(hsk_pad, K_CHUNK)
+    q_stride, k_stride, v_stride = hsk_pad + F16_PAD, k_chunk + F16_PAD, hsv_pad + F16_PAD
+    v_rows = _v_rows(v, v.bc * k_stride, v_stride)
+    s_stride, p_stride = v.bc + F32_PAD, v.bc + F16_PAD
+    s_cols, o_cols = v.bc // v.mat_n, hsv_pad // v.mat_n
+    s_tiles, o_tiles = v.br // v.mat_m * s_cols, v.br // v.mat_m * o_cols
+    tpr = max(1, v.wg // v.br)
+    k_step = _per_thread(v.bc * k_chunk // 4, v.wg)
+    v_step = _per_thread(v_rows * hsv_pad // 4, v.wg)
+    kv_halves = max(v.bc * k_stride, v_rows * v_stride)
+    shared = (
+        SharedArray("Qsh", "f16vec4", v.br * q_stride // 4, "Q tile (f16), rows padded"),
+        SharedArray("KVsh", "f16vec4", kv_halves // 4,
+                    "decoded K chunk (bc rows x k_chunk), then V chunk (v_rows x hsv_pad)"),
+        # Scores, then in the epilogue one mat_m x mat_n output tile per subgroup.
+        SharedArray("Ssh", "float", max(v.br * s_stride, nsg * v.mat_m * v.mat_n),
+                    "S = Q K^T (f32); per-subgroup output staging at the end"),
+        SharedArray("Psh", "float16_t", v.br * p_stride, "P = exp(S - m), the A operand of P V"),
+        SharedArray("Rsh", "float", v.br * v.mat_n,
+                    "per-row factor repeated mat_n times: a coopmat load broadcasts it over a tile"),
+    )
+    return Layout(
+        subgroups=nsg, hsk_pad=hsk_pad, hsv_pad=hsv_pad, q_stride=q_stride,
+        k_chunk=k_chunk, k_chunks=-(-hsk_pad // k_chunk), k_stride=k_stride,
+        v_rows=v_rows, v_chunks=v.bc // v_rows, v_stride=v_stride,
+        s_stride=s_stride, p_stride=p_stride,
+        s_cols=s_cols, s_tiles=s_tiles, s_per_sg=-(-s_tiles // nsg),
+        o_cols=o_cols, o_tiles=o_tiles, o_per_sg=-(-o_tiles // nsg),
+        tpr=tpr, row_groups=v.wg // tpr, rows_per_thread=max(1, v.br * tpr // v.wg),
+        q_batch=min(Q_BATCH, _per_thread(v.br * hsk_pad // 4, v.wg)),
+        k_step=k_step, v_step=v_step, staged=max(k_step, v_step),
+        o_type="float16_t" if v.acc == 16 else "float",
+        row_max_offset=3 * math.log(2) if v.acc == 16 else 0.0,
+        shared=shared,
+    )
+
+
+# --- device ----------------------------------------------------------------------------------
+def _has_shape(caps: Caps, m: int, n: int, k: int, acc_type: str) -> bool:
+    return any(s.scope == "subgroup" and (s.m, s.n, s.k) == (m, n, k)
+               and s.a_type == s.b_type == "f16" and s.c_type == s.result_type == acc_type
+               and not s.saturating
+               for s in caps.coopmat_shapes)
+
+
+def _acc_types(acc: int) -> tuple[str, ...]:
+    """Accumulator types a variant multiplies with: S is always f32 (q.k in f16 overflows and
+    loses the logits' precision); O is f32 or f16 by acc."""
+    return ("f32",) if acc == 32 else ("f32", "f16")
+
+
+def _shapes(caps: Caps, acc: int) -> list[tuple[int, int, int]]:
+    """(m, n, k) the device lists for every accumulator type `acc` needs, in listing order."""
+    out = []
+    for s in caps.coopmat_shapes:
+        shape = (s.m, s.n, s.k)
+        if shape not in out and all(_has_shape(caps, *shape, t) for t in _acc_types(acc)):
+            out.append(shape)
+    return out
+
+
+def supports(caps: Caps) -> str | None:
+    if not caps.has_coopmat1:
+        return "no VK_KHR_cooperative_matrix (cooperative matrix extension or shapes missing)"
+    if not _shapes(caps, 32):
+        return "no subgroup-scope f16 x f16 -> f32 cooperative matrix shape"
+    if not caps.shader_float16:
+        return "f16 shared tiles and matrix operands need shaderFloat16"
+    if not caps.storage_buffer_16bit:
+        return "K, V and the mask are read through 16-bit storage (storageBuffer16BitAccess)"
+    if not (caps.subgroup_size_control and caps.compute_full_subgroups):
+        # Matrix tiles are dealt per subgroup and softmax rows to lanes of one subgroup: the
+        # template needs exactly wg / subgroup full subgroups of the required size.
+        return "needs subgroup size control with computeFullSubgroups"
+    return None
+
+
+def device_reason(v: Variant, caps: Caps) -> str | None:
+    # Shared memory, workgroup and subgroup sizes and shaderFloat16 are the common checks.
+    for acc_type in _acc_types(v.acc):
+        if not _has_shape(caps, v.mat_m, v.mat_n, v.mat_k, acc_type):
+            use = "S = Q K^T" if acc_type == "f32" else "O (acc=16)"
+            return (f"mat {v.mat_m}x{v.mat_n}x{v.mat_k}: the device lists no subgroup-scope "
+                    f"f16 x f16 -> {acc_type} shape of that size (needed for {use})")
+    return None
+
+
+# --- tuning space ----------------------------------------------------------------------------
+def _tile_rows(problem: ProblemClass, m: int) -> list[int]:
+    """br choices: multiples of mat_m up to 64, only the smallest when Nq fits in it."""
+    rows = [br for br in (m, 16, 32, 64) if br % m == 0 and br >= m]
+    rows = sorted(set(rows))
+    return [br for br in rows if br == rows[0] or br <= _round_up(problem.n_q, m)]
+
+
+def _common(problem: ProblemClass, caps: Caps) -> dict:
+    return dict(path=KIND, head_k=problem.head_k, head_v=problem.head_v, k_type=problem.k_type,
+                v_type=problem.v_type, acc=problem.acc, subgroup=caps.subgroup_size,
+                aligned=False, **problem.feature_flags())
+
+
+def _same_as_streamed(knobs: dict) -> bool:
+    """True when whole-tile staging gives the streamed kernel's layout (small heads): the
+    kv_staging candidate would only time the same code twice."""
+    try:
+        whole, streamed = (layout(Variant(**dict(knobs, kv_staging=s))) for s in (True, False))
+    except InvalidVariant:
+        return False  # let the enumerator reject it with its reason
+    return (whole.k_chunk, whole.v_rows) == (streamed.k_chunk, streamed.v_rows)
+
+
+def candidates(problem: ProblemClass, caps: Caps) -> Iterator[dict]:
+    common = _common(problem, caps)
+    for (m, n, k) in _shapes(caps, problem.acc):
+        for br, bc, nsg in itertools.product(_tile_rows(problem, m), (16, 32, 64, 128), (2, 4, 8)):
+            knobs = dict(common, br=br, bc=bc, wg=nsg * caps.subgroup_size, mat_m=m, mat_n=n,
+                         mat_k=k, kv_staging=False)
+            yield knobs
+            if not _same_as_streamed(knobs):
+                yield dict(knobs, kv_staging=True)
+
+
+def default(problem: ProblemClass, caps: Caps) -> Variant:
+    """llama.cpp's cm1 choice: Br 16, Bc 64, 4 subgroups, 16x16x16, with streamed K/V staging
+    (on the H100 it beat whole-tile staging: 1.17 vs 1.88 ms at 128/128, Nq 512, Nkv 4096);
+    a smaller Bc when that does not fit the device's shared memory."""
+    shapes = _shapes(caps, problem.acc) or [(16, 16, 16)]
+    m, n, k = (16, 16, 16) if (16, 16, 16) in shapes else shapes[0]
+    common = dict(_common(problem, caps), br=_round_up(16, m), wg=4 * caps.subgroup_size,
+                  mat_m=m, mat_n=n, mat_k=k, kv_staging=False)
+    first = None
+    for bc in (64, 32, 16):
+        try:
+            v = Variant(**common, bc=bc)
+        except InvalidVariant:
+            continue
+        first = first or v
+        if layout(v).shared_bytes <= caps.max_shared_memory and device_reason(v, caps) is None:
+            return v
+    return first or Variant(**common, bc=64)  # the latter raises, naming the broken rule

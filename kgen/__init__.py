@@ -9,6 +9,12 @@ import importlib
 
 __version__ = "0.1.0"
 
+from .api import attention, plan  # noqa: E402  (no Vulkan import until a plan is made)
+from .kvtensor import KVTensor  # noqa: E402
+from .types import KvType  # noqa: E402
+
+__all__ = ["attention", "plan", "KVTensor", "KvType", "runtime"]
+
 
 def __getattr__(name: str):
     if name == "runtime":

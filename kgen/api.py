@@ -128,7 +128,7 @@ def plan(q, k, v, *, mask=None, causal=False, window=None, scale=None, softcap=0
     """A reusable, device-resident attention for these shapes and features. q, k, v (and mask)
     may be arrays or anything with `.shape`; the data is given to the call. Close it when done
     (or use it as a context manager)."""
-    from .plan import Plan
+    from .planning import Plan
     shapes = shapes_of(q, k, v, mask=mask, causal=causal, window=window, scale=scale, softcap=softcap,
                        alibi_max_bias=alibi_max_bias, sinks=sinks, k_type=k_type, v_type=v_type,
                        precision=precision)

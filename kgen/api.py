@@ -132,7 +132,10 @@ def plan(q, k, v, *, mask=None, causal=False, window=None, scale=None, softcap=0
     shapes = shapes_of(q, k, v, mask=mask, causal=causal, window=window, scale=scale, softcap=softcap,
                        alibi_max_bias=alibi_max_bias, sinks=sinks, k_type=k_type, v_type=v_type,
                        precision=precision)
-    return Plan(shapes, path=resolve_path(path), device=device, split_k=split_k, variant=variant)
+    from .kvtensor import layout_of
+    kv_layouts = {"k": layout_of(k, shapes.k_type, tuple(k.shape)), "v": layout_of(v, shapes.v_type, tuple(v.shape))}
+    return Plan(shapes, path=resolve_path(path), device=device, split_k=split_k, variant=variant,
+                kv_layouts=kv_layouts)
 
 
 def attention(q, k, v, *, mask=None, causal=False, window=None, scale=None, softcap=0.0,

@@ -57,3 +57,22 @@ class KVTensor:
         raw = quantize(np.ascontiguousarray(x, dtype=np.float32), t)
         row = (raw.shape[-1] // t.block_bytes) * t.block_size
         return cls(raw.tobytes(), t, (b, h, n, d), (row, row * n, row * n * h))
+
+
+@dataclass(frozen=True)
+class KvLayout:
+    """Where a plan's K or V lives in its device buffer: strides (row, head, batch) and offset in
+    elements, and the buffer's size in bytes."""
+
+    strides: tuple[int, int, int]
+    offset: int
+    nbytes: int
+
+
+def layout_of(x, t: KvType, shape: tuple[int, int, int, int]) -> KvLayout:
+    """A KVTensor keeps its own layout; an array is stored densely, rows padded to whole blocks."""
+    if isinstance(x, KVTensor):
+        return KvLayout(x.strides, x.offset, len(x.raw))
+    b, h, n, d = shape
+    row = -(-d // t.block_size) * t.block_size
+    return KvLayout((row, row * n, row * n * h), 0, b * h * n * (row // t.block_size) * t.block_bytes)

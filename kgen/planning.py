@@ -9,7 +9,7 @@ from . import abi, knobs
 from .api import PRECISIONS, Shapes
 from .compile import compile_source, compile_variant
 from .errors import UnsupportedVariant
-from .kvtensor import KVTensor
+from .kvtensor import KVTensor, KvLayout, layout_of
 from .problem import ProblemClass
 from .render import render_split_k_reduce
 from .space import default_variant, why_invalid
@@ -44,9 +44,13 @@ def choose_variant(shapes: Shapes, caps, path: PathKind | None, splits: int | No
 
 class Plan:
     def __init__(self, shapes: Shapes, *, path: PathKind | None = None, device=None,
-                 split_k: int | None = None, variant: Variant | None = None):
+                 split_k: int | None = None, variant: Variant | None = None,
+                 kv_layouts: dict[str, KvLayout] | None = None):
         from .runtime import open_device  # the only place kgen reaches Vulkan from
         self.shapes = s = shapes
+        self.kv_layouts = kv_layouts or {
+            "k": layout_of(None, s.k_type, (s.batch, s.heads_kv, s.n_kv, s.head_k)),
+            "v": layout_of(None, s.v_type, (s.batch, s.heads_kv, s.n_kv, s.head_v))}
         self.device = open_device(device)
         caps = self.device.caps
         if split_k is not None and split_k < 1:
@@ -93,8 +97,8 @@ class Plan:
         rows = s.batch * s.heads_q * s.n_q
         sizes = {
             "q": rows * s.head_k * 4,
-            "k": _kv_bytes(s.k_type, s.batch, s.heads_kv, s.n_kv, s.head_k),
-            "v": _kv_bytes(s.v_type, s.batch, s.heads_kv, s.n_kv, s.head_v),
+            "k": self.kv_layouts["k"].nbytes,
+            "v": self.kv_layouts["v"].nbytes,
             "out": self.splits * rows * s.head_v * 4,
         }
         if s.mask_shape is not None:
@@ -118,8 +122,7 @@ class Plan:
 
     def _push(self) -> bytes:
         s = self.shapes
-        k_row = _row_elems(s.k_type, s.head_k)
-        v_row = _row_elems(s.v_type, s.head_v)
+        kl, vl = self.kv_layouts["k"], self.kv_layouts["v"]
         mb, mh, mq, _ = s.mask_shape or (1, 1, 1, 1)
         n_kv = s.n_kv
         slopes_n2 = 1 << (s.heads_q.bit_length() - 1)
@@ -128,9 +131,9 @@ class Plan:
         return abi.pack(
             n_q=s.n_q, n_kv=n_kv, n_head_q=s.heads_q, gqa_ratio=s.heads_q // s.heads_kv, n_batch=s.batch,
             q_stride_row=s.head_k, q_stride_head=s.n_q * s.head_k, q_stride_batch=s.heads_q * s.n_q * s.head_k,
-            k_stride_row=k_row, k_stride_head=n_kv * k_row, k_stride_batch=s.heads_kv * n_kv * k_row,
-            v_stride_row=v_row, v_stride_head=n_kv * v_row, v_stride_batch=s.heads_kv * n_kv * v_row,
-            k_offset=0, v_offset=0,
+            k_stride_row=kl.strides[0], k_stride_head=kl.strides[1], k_stride_batch=kl.strides[2],
+            v_stride_row=vl.strides[0], v_stride_head=vl.strides[1], v_stride_batch=vl.strides[2],
+            k_offset=kl.offset, v_offset=vl.offset,
             mask_stride_row=n_kv if mq > 1 else 0,
             mask_stride_head=mq * n_kv if mh > 1 else 0,
             mask_stride_batch=mh * mq * n_kv if mb > 1 else 0,
@@ -145,10 +148,14 @@ class Plan:
         self._buffers["q"].write(np.ascontiguousarray(q, dtype=F32))
         for name, x, t, d in (("k", k, s.k_type, s.head_k), ("v", v, s.v_type, s.head_v)):
             _expect(x, name, (s.batch, s.heads_kv, s.n_kv, d))
-            if isinstance(x, KVTensor):
-                raise NotImplementedError("KVTensor inputs with their own strides: plan with "
-                                          "arrays for now (the layout is dense)")
-            self._buffers[name].write(KVTensor.from_array(np.asarray(x), t).raw)
+            planned = self.kv_layouts[name]
+            if layout_of(x, t, tuple(x.shape)) != planned:
+                raise ValueError(f"{name}: its layout {layout_of(x, t, tuple(x.shape))} differs from the "
+                                 f"plan's {planned}; make a plan with this {name}")
+            if isinstance(x, KVTensor) and x.type != t:
+                raise ValueError(f"{name}: a {x.type} KVTensor, the plan stores {t}")
+            raw = x.raw if isinstance(x, KVTensor) else KVTensor.from_array(np.asarray(x), t).raw
+            self._buffers[name].write(raw)
         if s.mask_shape is not None:
             if mask is None:
                 raise ValueError("this plan was made with a mask: pass mask=")
@@ -193,13 +200,6 @@ class Plan:
         self.close()
 
 
-def _row_elems(t, d: int) -> int:
-    """Elements between rows of a dense tensor: whole blocks for block types."""
-    return math.ceil(d / t.block_size) * t.block_size
-
-
-def _kv_bytes(t, b: int, h: int, n: int, d: int) -> int:
-    return b * h * n * (_row_elems(t, d) // t.block_size) * t.block_bytes
 
 
 def _expect(x, name: str, shape: tuple) -> None:

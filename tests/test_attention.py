@@ -160,3 +160,26 @@ def test_forced_path_runs_or_says_why_not(path):
     else:
         with pytest.raises(KgenError, match=path):
             kgen.attention(q, k, v, path=path)
+
+
+@pytest.mark.parametrize("kv", ["f16", "q8_0", "q4_1"])
+def test_prequantized_kv_tensor_with_strides(kv):
+    """An engine's KV cache as is: ggml blocks, padded rows (extra capacity), an offset."""
+    rng = np.random.default_rng(7)
+    q, k, v = make_inputs(rng, 1, 2, 1, 6, 30, 64, 64)
+    cache = np.concatenate([k, rng.standard_normal((1, 1, 10, 64)).astype(np.float32)], axis=2)
+    dense = kgen.KVTensor.from_array(cache, kv)          # 40 rows of capacity, 30 used
+    row = dense.strides[0]
+    k_view = kgen.KVTensor(dense.data, kv, (1, 1, 30, 64), (row, row * 40, row * 40))
+    out = kgen.attention(q, k_view, v, v_type=kv)
+    check(out, q, k, v, k_type=kv, v_type=kv)
+
+
+def test_mla_value_is_a_view_of_key():
+    """DeepSeek MLA: V is the first 512 columns of K's 576, read from K's bytes."""
+    rng = np.random.default_rng(8)
+    q, k, _ = make_inputs(rng, 1, 4, 1, 3, 20, 576, 512)
+    kt = kgen.KVTensor.from_array(k, "f16")
+    v_view = kgen.KVTensor(kt.data, "f16", (1, 1, 20, 512), kt.strides)
+    out = kgen.attention(q, kt, v_view)
+    check(out, q, k, k[..., :512])

@@ -114,7 +114,10 @@ const uint ROWS_PER_THREAD = 4u;
 const uint THREADS_PER_ROWGROUP = 32u;
 const uint COLS_PER_ITER = 4u;      // column groups in a row group
 const uint COLS_PER_THREAD = 8u;
-const uint SHUFFLE_LANES = 32u;      // row-group lanes inside one subgroup
+// Loops count steps, not shifts: Mesa's loop analysis only unrolls counted loops, and an
+// un-unrolled loop around the register tiles makes lavapipe's compile time explode.
+const uint DOT_STEPS = 3u;              // log2(D_SPLIT) shuffles per dot product
+const uint MERGE_STEPS = 2u;          // log2 of the column groups in a subgroup
 const uint HSK4_PER_THREAD = 18u;
 const uint HSV4_PER_THREAD = 16u;
 const uint Q_STRIDE4 = 145u;
@@ -201,8 +204,8 @@ void main() {
         // Sum each dot over its D_SPLIT lanes (outside any branch: every lane takes part).
         [[unroll]] for (uint c = 0u; c < COLS_PER_THREAD; ++c) {
             [[unroll]] for (uint r = 0u; r < ROWS_PER_THREAD; ++r) {
-                [[unroll]] for (uint x = D_SPLIT / 2u; x > 0u; x >>= 1) {
-                    s[r][c] += subgroupShuffleXor(s[r][c], x);
+                [[unroll]] for (uint k = 1u; k <= DOT_STEPS; ++k) {
+                    s[r][c] += subgroupShuffleXor(s[r][c], D_SPLIT >> k);
                 }
             }
         }
@@ -250,7 +253,8 @@ void main() {
 
     // Merge the column groups: first the lanes of one subgroup, by butterfly shuffles (every
     // lane ends with the merged state). Shuffled as f32: f16 shuffles need an extra feature.
-    [[unroll]] for (uint x = D_SPLIT; x < SHUFFLE_LANES; x <<= 1) {
+    [[unroll]] for (uint k = 0u; k < MERGE_STEPS; ++k) {
+        const uint x = D_SPLIT << k;
         [[unroll]] for (uint r = 0u; r < ROWS_PER_THREAD; ++r) {
             const float m_other = subgroupShuffleXor(m[r], x);
             const float l_other = subgroupShuffleXor(l[r], x);

@@ -115,7 +115,10 @@ const uint ROWS_PER_THREAD = 1u;
 const uint THREADS_PER_ROWGROUP = 32u;
 const uint COLS_PER_ITER = 4u;      // column groups in a row group
 const uint COLS_PER_THREAD = 16u;
-const uint SHUFFLE_LANES = 8u;      // row-group lanes inside one subgroup
+// Loops count steps, not shifts: Mesa's loop analysis only unrolls counted loops, and an
+// un-unrolled loop around the register tiles makes lavapipe's compile time explode.
+const uint DOT_STEPS = 3u;              // log2(D_SPLIT) shuffles per dot product
+const uint MERGE_STEPS = 0u;          // log2 of the column groups in a subgroup
 const uint HSK4_PER_THREAD = 2u;
 const uint HSV4_PER_THREAD = 2u;
 const uint Q_STRIDE4 = 17u;
@@ -204,8 +207,8 @@ void main() {
         // Sum each dot over its D_SPLIT lanes (outside any branch: every lane takes part).
         [[unroll]] for (uint c = 0u; c < COLS_PER_THREAD; ++c) {
             [[unroll]] for (uint r = 0u; r < ROWS_PER_THREAD; ++r) {
-                [[unroll]] for (uint x = D_SPLIT / 2u; x > 0u; x >>= 1) {
-                    s[r][c] += subgroupShuffleXor(s[r][c], x);
+                [[unroll]] for (uint k = 1u; k <= DOT_STEPS; ++k) {
+                    s[r][c] += subgroupShuffleXor(s[r][c], D_SPLIT >> k);
                 }
             }
         }

@@ -22,6 +22,12 @@ KIND = PathKind.SCALAR
 TEMPLATE = "fa_scalar.comp.j2"
 
 _NVIDIA, _AMD, _INTEL = 0x10DE, 0x1002, 0x8086
+# Vec4 operations in one thread's fully unrolled tile step (Layout.tile_work). Compile time and
+# registers grow steeply with it: on lavapipe 64 compiles in 3.5 s, 512 in 94 s, and 2176
+# (576/512, 2 rows x 32 columns) ran LLVM out of memory. 1152 admits llama.cpp's heaviest
+# shape (576/512 prefill: 4 rows x 8 columns, 1088).
+MAX_TILE_WORK = 1152
+CPU_TILE_WORK = 96  # what the default aims at on CPU drivers: a few seconds per pipeline
 _VEC4_BYTES = {"vec4": 16, "f16vec4": 8, "vec2": 8}
 
 
@@ -53,7 +59,23 @@ def check(v: Variant) -> str | None:
     if v.bc % cols_per_iter:
         return (f"bc={v.bc} must be a multiple of the columns per iteration "
                 f"wg/d_split/row_split={cols_per_iter}")
+    work = _tile_work(v)
+    if work > MAX_TILE_WORK:
+        return (f"rows_per_thread*cols_per_thread*(head_k+head_v)/(4*d_split)={work} exceeds "
+                f"{MAX_TILE_WORK}: the unrolled per-thread tile would not compile in reasonable "
+                "time or registers (lower br/row_split, bc, or raise wg/d_split)")
     return None
+
+
+def _tile_work(v: Variant) -> int:
+    return _work(br=v.br, bc=v.bc, wg=v.wg, row_split=v.row_split, d_split=v.d_split,
+                 head_k=v.head_k, head_v=v.head_v)
+
+
+def _work(*, br: int, bc: int, wg: int, row_split: int, d_split: int, head_k: int,
+          head_v: int) -> int:
+    rows, cols = br // row_split, bc // (wg // row_split // d_split)
+    return rows * cols * (head_k + head_v) // (4 * d_split)
 
 
 @dataclass(frozen=True)
@@ -79,11 +101,14 @@ class Layout:
     cols_per_iter: int         # column groups per row group: KV columns in flight at once
     cols_per_thread: int       # bc / cols_per_iter: KV columns of a tile per thread
     shuffle_lanes: int         # lanes merged by shuffles: min(subgroup, threads_per_rowgroup)
+    dot_steps: int             # log2(d_split): shuffle-xor steps summing one dot product
+    merge_steps: int           # log2(shuffle_lanes / d_split): steps merging column groups
     rowgroup_subgroups: int    # subgroups per row group merged through shared memory (1: none)
     hk4: int                   # head_k / 4
     hv4: int                   # head_v / 4
     hk4_per_thread: int        # head_k / 4 / d_split: vec4s of each q.k per lane
     hv4_per_thread: int        # head_v / 4 / d_split: vec4s of the O row per lane
+    tile_work: int             # rows x cols x (hk4 + hv4) per thread: the unrolled tile's size
     q_stride4: int             # vec4s per Q row in shared memory (padded by one: banks)
     kv_stride4: int            # vec4s per staged K/V row (0 without staging)
     tile_type: str             # shared Q/K/V element: vec4 (acc 32) or f16vec4 (acc 16)
@@ -121,11 +146,14 @@ def layout(v: Variant) -> Layout:
         cols_per_iter=cols_per_iter,
         cols_per_thread=v.bc // cols_per_iter,
         shuffle_lanes=min(v.subgroup, rowgroup),
+        dot_steps=v.d_split.bit_length() - 1,
+        merge_steps=(min(v.subgroup, rowgroup) // v.d_split).bit_length() - 1,
         rowgroup_subgroups=rowgroup_subgroups,
         hk4=v.head_k // 4,
         hv4=v.head_v // 4,
         hk4_per_thread=v.head_k // 4 // v.d_split,
         hv4_per_thread=v.head_v // 4 // v.d_split,
+        tile_work=_tile_work(v),
         q_stride4=q_stride4,
         kv_stride4=kv_stride4,
         tile_type=tile_type,
@@ -151,9 +179,11 @@ def device_reason(v: Variant, caps: Caps) -> str | None:
 
 # --- tuning space --------------------------------------------------------------------------
 def _subgroups(caps: Caps) -> list[int]:
+    """The device's size, and with size control the others from 16 up (8 lanes leave too few
+    column groups per row group to be worth a pipeline)."""
     sizes = [caps.subgroup_size]
     if caps.subgroup_size_control:
-        s = max(4, caps.min_subgroup_size)
+        s = max(16, caps.min_subgroup_size)
         while s <= caps.max_subgroup_size:
             if s not in sizes:
                 sizes.append(s)
@@ -161,9 +191,11 @@ def _subgroups(caps: Caps) -> list[int]:
     return sizes
 
 
-def _tile_rows(nq_bucket: int) -> tuple[int, ...]:
-    """br choices per nq bucket (kgen/problem.py NQ_BUCKETS: 1, 2-8, 9-64, 65-512, >512)."""
-    return ((1,), (1, 2, 4, 8), (4, 8, 16), (8, 16, 32), (8, 16, 32))[nq_bucket]
+def _tile_rows(nq_bucket: int, big_head: bool) -> tuple[int, ...]:
+    """br choices per nq bucket (kgen/problem.py NQ_BUCKETS: 1, 2-8, 9-64, 65-512, >512); heads
+    of 256 and more never fit 32 rows in shared memory, so they get 4 instead."""
+    many = (4, 8, 16) if big_head else (8, 16, 32)
+    return ((1,), (1, 2, 4, 8), (4, 8, 16), many, many)[nq_bucket]
 
 
 def _natural_d_split(head_k: int, head_v: int, subgroup: int) -> int:
@@ -176,18 +208,22 @@ def candidates(problem: ProblemClass, caps: Caps) -> Iterator[dict]:
     common = dict(path=KIND, head_k=problem.head_k, head_v=problem.head_v,
                   k_type=problem.k_type, v_type=problem.v_type, acc=problem.acc,
                   aligned=False, **problem.feature_flags())
-    bcs = (32, 64, 128) if problem.nq_bucket == 0 else (32, 64)
     big_head = max(problem.head_k, problem.head_v) >= 256
     for sg in _subgroups(caps):
         nat = _natural_d_split(problem.head_k, problem.head_v, sg)
         # Half the natural split (more columns in flight); twice it for big heads (fewer
         # registers per lane). check() drops the ones that do not divide the heads.
         d_splits = {max(1, nat // 2), nat} | ({2 * nat} if big_head and 2 * nat <= sg else set())
-        for wg in sorted({2 * sg, 4 * sg} | ({sg} if sg >= 64 else set())):
+        # Small subgroups give few column groups per row group: offer narrower tiles and 128
+        # threads so that the unrolled tile stays under MAX_TILE_WORK.
+        small_sg = sg < 32
+        bcs = (16,) * small_sg + (32, 64) + (128,) * (problem.nq_bucket == 0)
+        wgs = {4 * sg, 128} if small_sg else {2 * sg, 4 * sg} | ({sg} if sg >= 64 else set())
+        for wg in sorted(wgs):
             if wg > caps.max_workgroup_invocations:
                 continue
             for d_split, row_split, br in itertools.product(
-                    sorted(d_splits), (1, 4), _tile_rows(problem.nq_bucket)):
+                    sorted(d_splits), (1, 4), _tile_rows(problem.nq_bucket, big_head)):
                 if row_split > br:
                     continue
                 for bc in bcs:
@@ -224,6 +260,23 @@ def default(problem: ProblemClass, caps: Caps) -> Variant:
     common = dict(path=KIND, head_k=hk, head_v=hv, k_type=problem.k_type, v_type=problem.v_type,
                   wg=wg, acc=problem.acc, subgroup=sg, d_split=d_split, aligned=False,
                   **problem.feature_flags())
+    row_split = min(row_split, br)
+    bc = max(bc, wg // row_split // d_split)  # at least one column per column group
+    limit = MAX_TILE_WORK
+    if caps.device_type == "cpu":  # lavapipe: one row per thread and a small unrolled tile
+        br, limit = row_split, CPU_TILE_WORK
+
+    def work() -> int:
+        return _work(br=br, bc=bc, wg=wg, row_split=row_split, d_split=d_split, head_k=hk,
+                     head_v=hv)
+    # Narrower tiles first (keeps rows per workgroup), then fewer rows.
+    while work() > limit:
+        if bc % (2 * (wg // row_split // d_split)) == 0:
+            bc //= 2
+        elif br > row_split:
+            br //= 2
+        else:
+            break
     v = _tile(common, br=br, bc=bc, row_split=row_split, kv_staging=staging)
     # Shared memory: drop staging first, then halve br (llama.cpp halves Br).
     while layout(v).shared_bytes > caps.max_shared_memory:

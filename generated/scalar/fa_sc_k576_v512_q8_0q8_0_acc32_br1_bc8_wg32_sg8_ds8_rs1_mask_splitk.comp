@@ -5,7 +5,7 @@
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_shuffle : require
 
-// fa_sc_k256_v256_f16f16_acc32_br1_bc64_wg32_sg8_ds8_rs1_mask_splitk
+// fa_sc_k576_v512_q8_0q8_0_acc32_br1_bc8_wg32_sg8_ds8_rs1_mask_splitk
 // Scalar FA2: a workgroup owns BR query rows of one head and walks the KV range in BC-column
 // tiles. D_SPLIT lanes share each q.k dot product; the column groups of a row group split each
 // tile's columns and keep their own online softmax (m, l, O), merged once after the KV loop.
@@ -51,17 +51,37 @@ layout(std430, binding = 5) writeonly buffer OutBuf { vec4 out_data4[]; };
 layout(std430, binding = 5) writeonly buffer OutBuf1 { float out_data[]; };
 layout(std430, binding = 6) writeonly buffer StatsBuf { vec2 stats_data[]; };
 
-// ---- K: f16 ----
-layout(std430, binding = 1) readonly buffer KF16x4 { f16vec4 k_f16x4[]; };
-layout(std430, binding = 1) readonly buffer KF16 { float16_t k_f16[]; };
-vec4 k_load4(uint e) { return vec4(k_f16x4[e >> 2]); }
-float k_load1(uint e) { return float(k_f16[e]); }
+// ---- K: q8_0 (32 elements in 34 bytes) ----
+// Blocks are read as 16-bit words: every ggml block size is even but not a multiple of 4.
+layout(std430, binding = 1) readonly buffer KBlocks { uint16_t k_w[]; };
+uint k_word(uint blk, uint w) { return uint(k_w[blk * 17u + w]); }
+float k_half(uint blk, uint w) { return unpackHalf2x16(k_word(blk, w)).x; }
+// Four consecutive bytes of the block starting at byte 2*w (w counts 16-bit words).
+uint k_bytes4(uint blk, uint w) { return k_word(blk, w) | (k_word(blk, w + 1u) << 16); }
+// q8_0: d (f16) then 32 signed bytes; x = d * q.
+vec4 k_load4(uint e) {
+    uint blk = e >> 5, i = e & 31u;
+    uint b = k_bytes4(blk, 1u + (i >> 1));
+    ivec4 q = ivec4(uvec4(b << 24, b << 16, b << 8, b)) >> 24;  // sign-extend each byte
+    return k_half(blk, 0u) * vec4(q);
+}
+float k_load1(uint e) { return k_load4(e & ~3u)[e & 3u]; }
 
-// ---- V: f16 ----
-layout(std430, binding = 2) readonly buffer VF16x4 { f16vec4 v_f16x4[]; };
-layout(std430, binding = 2) readonly buffer VF16 { float16_t v_f16[]; };
-vec4 v_load4(uint e) { return vec4(v_f16x4[e >> 2]); }
-float v_load1(uint e) { return float(v_f16[e]); }
+// ---- V: q8_0 (32 elements in 34 bytes) ----
+// Blocks are read as 16-bit words: every ggml block size is even but not a multiple of 4.
+layout(std430, binding = 2) readonly buffer VBlocks { uint16_t v_w[]; };
+uint v_word(uint blk, uint w) { return uint(v_w[blk * 17u + w]); }
+float v_half(uint blk, uint w) { return unpackHalf2x16(v_word(blk, w)).x; }
+// Four consecutive bytes of the block starting at byte 2*w (w counts 16-bit words).
+uint v_bytes4(uint blk, uint w) { return v_word(blk, w) | (v_word(blk, w + 1u) << 16); }
+// q8_0: d (f16) then 32 signed bytes; x = d * q.
+vec4 v_load4(uint e) {
+    uint blk = e >> 5, i = e & 31u;
+    uint b = v_bytes4(blk, 1u + (i >> 1));
+    ivec4 q = ivec4(uvec4(b << 24, b << 16, b << 8, b)) >> 24;  // sign-extend each byte
+    return v_half(blk, 0u) * vec4(q);
+}
+float v_load1(uint e) { return v_load4(e & ~3u)[e & 3u]; }
 
 // A masked score is this finite value, not -inf, so that max() and exp() never meet inf - inf;
 // a row whose running max is still below MASKED_LIMIT has seen nothing visible and yields 0.
@@ -82,27 +102,30 @@ uint mask_row(uint b, uint h, uint i) {
 }
 
 // ---- this variant's shape (kgen/paths/scalar.py: layout) ----
-const uint HSK4 = 64u;              // head_k in vec4s
-const uint HSV4 = 64u;              // head_v in vec4s
+const uint HSK4 = 144u;              // head_k in vec4s
+const uint HSV4 = 128u;              // head_v in vec4s
 const uint BR = 1u;                 // query rows per workgroup
-const uint BC = 64u;                 // KV columns per tile
+const uint BC = 8u;                 // KV columns per tile
 const uint WG = 32u;
 const uint SUBGROUP = 8u;
 const uint D_SPLIT = 8u;       // lanes per dot product
 const uint ROWS_PER_THREAD = 1u;
 const uint THREADS_PER_ROWGROUP = 32u;
 const uint COLS_PER_ITER = 4u;      // column groups in a row group
-const uint COLS_PER_THREAD = 16u;
-const uint SHUFFLE_LANES = 8u;      // row-group lanes inside one subgroup
-const uint HSK4_PER_THREAD = 8u;
-const uint HSV4_PER_THREAD = 8u;
-const uint Q_STRIDE4 = 65u;
+const uint COLS_PER_THREAD = 2u;
+// Loops count steps, not shifts: Mesa's loop analysis only unrolls counted loops, and an
+// un-unrolled loop around the register tiles makes lavapipe's compile time explode.
+const uint DOT_STEPS = 3u;              // log2(D_SPLIT) shuffles per dot product
+const uint MERGE_STEPS = 0u;          // log2 of the column groups in a subgroup
+const uint HSK4_PER_THREAD = 18u;
+const uint HSV4_PER_THREAD = 16u;
+const uint Q_STRIDE4 = 145u;
 const uint ROWGROUP_SUBGROUPS = 4u;
 
 // Q tile, one padded row per query row
-shared vec4 sh_q[65];
+shared vec4 sh_q[145];
 // per-subgroup partial O rows for the final merge
-shared vec4 sh_o[256];
+shared vec4 sh_o[512];
 // per-subgroup (m, l) for the final merge
 shared vec2 sh_ml[4];
 
@@ -182,8 +205,8 @@ void main() {
         // Sum each dot over its D_SPLIT lanes (outside any branch: every lane takes part).
         [[unroll]] for (uint c = 0u; c < COLS_PER_THREAD; ++c) {
             [[unroll]] for (uint r = 0u; r < ROWS_PER_THREAD; ++r) {
-                [[unroll]] for (uint x = D_SPLIT / 2u; x > 0u; x >>= 1) {
-                    s[r][c] += subgroupShuffleXor(s[r][c], x);
+                [[unroll]] for (uint k = 1u; k <= DOT_STEPS; ++k) {
+                    s[r][c] += subgroupShuffleXor(s[r][c], D_SPLIT >> k);
                 }
             }
         }

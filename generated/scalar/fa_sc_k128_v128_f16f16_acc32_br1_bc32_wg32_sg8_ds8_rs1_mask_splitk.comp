@@ -5,7 +5,7 @@
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_shuffle : require
 
-// fa_sc_k128_v128_f16f16_acc32_br1_bc64_wg32_sg8_ds8_rs1_mask_splitk
+// fa_sc_k128_v128_f16f16_acc32_br1_bc32_wg32_sg8_ds8_rs1_mask_splitk
 // Scalar FA2: a workgroup owns BR query rows of one head and walks the KV range in BC-column
 // tiles. D_SPLIT lanes share each q.k dot product; the column groups of a row group split each
 // tile's columns and keep their own online softmax (m, l, O), merged once after the KV loop.
@@ -85,15 +85,18 @@ uint mask_row(uint b, uint h, uint i) {
 const uint HSK4 = 32u;              // head_k in vec4s
 const uint HSV4 = 32u;              // head_v in vec4s
 const uint BR = 1u;                 // query rows per workgroup
-const uint BC = 64u;                 // KV columns per tile
+const uint BC = 32u;                 // KV columns per tile
 const uint WG = 32u;
 const uint SUBGROUP = 8u;
 const uint D_SPLIT = 8u;       // lanes per dot product
 const uint ROWS_PER_THREAD = 1u;
 const uint THREADS_PER_ROWGROUP = 32u;
 const uint COLS_PER_ITER = 4u;      // column groups in a row group
-const uint COLS_PER_THREAD = 16u;
-const uint SHUFFLE_LANES = 8u;      // row-group lanes inside one subgroup
+const uint COLS_PER_THREAD = 8u;
+// Loops count steps, not shifts: Mesa's loop analysis only unrolls counted loops, and an
+// un-unrolled loop around the register tiles makes lavapipe's compile time explode.
+const uint DOT_STEPS = 3u;              // log2(D_SPLIT) shuffles per dot product
+const uint MERGE_STEPS = 0u;          // log2 of the column groups in a subgroup
 const uint HSK4_PER_THREAD = 4u;
 const uint HSV4_PER_THREAD = 4u;
 const uint Q_STRIDE4 = 33u;
@@ -182,8 +185,8 @@ void main() {
         // Sum each dot over its D_SPLIT lanes (outside any branch: every lane takes part).
         [[unroll]] for (uint c = 0u; c < COLS_PER_THREAD; ++c) {
             [[unroll]] for (uint r = 0u; r < ROWS_PER_THREAD; ++r) {
-                [[unroll]] for (uint x = D_SPLIT / 2u; x > 0u; x >>= 1) {
-                    s[r][c] += subgroupShuffleXor(s[r][c], x);
+                [[unroll]] for (uint k = 1u; k <= DOT_STEPS; ++k) {
+                    s[r][c] += subgroupShuffleXor(s[r][c], D_SPLIT >> k);
                 }
             }
         }

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from kgen.profiles import H100 as PROFILE_H100
 from kgen.caps import Caps, CoopMatShape
 from kgen.errors import InvalidVariant, ToolchainError
 from kgen.paths import coopmat1 as cm1
@@ -24,18 +25,9 @@ def _shapes(*mnk):
                  itertools.product(mnk, ("f16", "f32")))
 
 
-# The H100 as the NVIDIA Vulkan driver describes it (the parts coopmat1 reads), written by hand.
-H100 = Caps(
-    name="NVIDIA H100 (hand-written)", vendor_id=0x10DE, device_id=0x2330, device_type="discrete",
-    driver_id=4, driver_name="NVIDIA", driver_info="", driver_version=0, api_version="1.3.0",
-    pipeline_cache_uuid="0" * 32, timestamp_period_ns=1.0, timestamp_valid_bits=64,
-    subgroup_size=32, min_subgroup_size=32, max_subgroup_size=32, subgroup_size_control=True,
-    compute_full_subgroups=True, max_shared_memory=49152, max_workgroup_invocations=1024,
-    max_workgroup_size=(1024, 1024, 64), max_workgroup_count=(2**31 - 1, 65535, 65535),
-    max_storage_buffer_range=2**32 - 1, max_push_constants_size=256, shader_float16=True,
-    storage_buffer_16bit=True, shader_int8=True, storage_buffer_8bit=True, shader_bfloat16=True,
-    integer_dot_product=True, buffer_device_address=True,
-    extensions=("VK_KHR_cooperative_matrix",),
+# The H100 record (kgen/data/h100.json) with only the coopmat1 parts coopmat1 reads.
+H100 = dataclasses.replace(
+    PROFILE_H100, extensions=("VK_KHR_cooperative_matrix",),
     coopmat_shapes=_shapes((16, 16, 16), (16, 8, 16), (16, 8, 8)),
 )
 

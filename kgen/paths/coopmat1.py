@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from ..caps import Caps
 from ..errors import InvalidVariant
 from ..problem import ProblemClass
+from .shared import SharedArray
 from ..variant import PathKind, Variant
 
 KIND = PathKind.COOPMAT1
@@ -38,7 +39,6 @@ STAGED_MAX = 32          # vec4s per thread of one K/V staging step (held in reg
 F16_PAD, F32_PAD = 8, 4  # row padding in elements (16 bytes): rows stay 16-byte aligned, as
                          # coopMatLoad/Store require, and consecutive rows shift banks
 # Bytes per element of the shared array types the template declares.
-_TYPE_BYTES = {"f16vec4": 8, "float16_t": 2, "float": 4}
 
 
 def _pow2(n: int) -> bool:
@@ -79,18 +79,6 @@ def check(v: Variant) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class SharedArray:
-    """One `shared` array the template declares: `shared <type> <name>[<length>];`."""
-
-    name: str
-    type: str
-    length: int
-    doc: str
-
-    @property
-    def bytes(self) -> int:
-        return _TYPE_BYTES[self.type] * self.length
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ..caps import Caps
 from ..problem import ProblemClass
+from .shared import SharedArray
 from ..variant import PathKind, Variant
 
 KIND = PathKind.SCALAR
@@ -28,7 +29,6 @@ _NVIDIA, _AMD, _INTEL = 0x10DE, 0x1002, 0x8086
 # shape (576/512 prefill: 4 rows x 8 columns, 1088).
 MAX_TILE_WORK = 1152
 CPU_TILE_WORK = 96  # what the default aims at on CPU drivers: a few seconds per pipeline
-_VEC4_BYTES = {"vec4": 16, "f16vec4": 8, "vec2": 8}
 
 
 def _pow2(n: int) -> bool:
@@ -78,18 +78,6 @@ def _work(*, br: int, bc: int, wg: int, row_split: int, d_split: int, head_k: in
     return rows * cols * (head_k + head_v) // (4 * d_split)
 
 
-@dataclass(frozen=True)
-class SharedArray:
-    """One `shared` array the template declares: `shared <type> <name>[<length>];`."""
-
-    name: str
-    type: str
-    length: int
-    doc: str
-
-    @property
-    def bytes(self) -> int:
-        return _VEC4_BYTES[self.type] * self.length
 
 
 @dataclass(frozen=True)

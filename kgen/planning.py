@@ -145,6 +145,9 @@ class Plan:
     def upload(self, q, k, v, mask=None, sinks=None) -> None:
         s = self.shapes
         _expect(q, "q", (s.batch, s.heads_q, s.n_q, s.head_k))
+        for name, x in (("q", q), ("k", k), ("v", v), ("sinks", sinks)):
+            if x is not None and not isinstance(x, KVTensor) and not np.isfinite(np.asarray(x)).all():
+                raise ValueError(f"{name} has NaN or Inf values: kgen computes on finite inputs only")
         self._buffers["q"].write(np.ascontiguousarray(q, dtype=F32))
         for name, x, t, d in (("k", k, s.k_type, s.head_k), ("v", v, s.v_type, s.head_v)):
             _expect(x, name, (s.batch, s.heads_kv, s.n_kv, d))

@@ -105,7 +105,9 @@ def test_split_k_matches(splits):
     q, k, v = make_inputs(rng, 1, 4, 2, 1, 200, 128, 128)
     sinks = rng.standard_normal(4).astype(np.float32)
     with kgen.plan(q, k, v, sinks=sinks, split_k=splits) as p:
-        assert p.splits == splits and "splitk" in p.variant.uri
+        # Splits are whole KV tiles, so the plan may round the count down; it must still split.
+        assert 2 <= p.splits <= splits and "splitk" in p.variant.uri
+        assert p.split_kv % p.variant.bc == 0 and (p.splits - 1) * p.split_kv < 200 <= p.splits * p.split_kv
         out = p(q, k, v, sinks=sinks)
     check(out, q, k, v, sinks=sinks)
 
@@ -133,6 +135,16 @@ def test_bad_arguments_name_the_problem(kwargs, match):
     q, k, v = make_inputs(np.random.default_rng(0), 1, 2, 1, 4, 8, 64, 64)
     with pytest.raises(ValueError, match=match):
         kgen.attention(q, k, v, **kwargs)
+
+
+def test_non_finite_inputs_are_refused_and_the_device_stays_usable():
+    rng = np.random.default_rng(4)
+    q, k, v = make_inputs(rng, 1, 2, 1, 4, 8, 64, 64)
+    bad = k.copy()
+    bad[0, 0, 3, 5] = np.nan
+    with pytest.raises(ValueError, match="k has NaN"):
+        kgen.attention(q, bad, v)
+    check(kgen.attention(q, k, v), q, k, v)
 
 
 def test_bad_shapes_name_the_limit():

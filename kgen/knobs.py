@@ -46,6 +46,8 @@ KNOBS: dict[str, Knob] = {k.name: k for k in (
     Knob("KGEN_PATH", str, None, "force a code path: scalar | coopmat1 | coopmat2"),
     Knob("KGEN_DB", _path, None, "tuning database file (default: ~/.cache/kgen/tuning.sqlite)"),
     Knob("KGEN_AUTOTUNE", lambda s: s not in ("0", "false", "no"), False, "tune at call time when no decision is stored"),
+    Knob("KGEN_VALIDATION", lambda s: s not in ("0", "false", "no"), False,
+         "Khronos validation layer on; its errors fail the tests (make test sets it)"),
     Knob("KGEN_DEBUG", _int, 0, "debug output: 1 chosen variant per plan, 2 one line per dispatch, 4 rendered GLSL path"),
 )}
 

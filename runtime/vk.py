@@ -127,26 +127,87 @@ def instance_extensions() -> set[str]:
     return {e.extensionName for e in call(vulkan.vkEnumerateInstanceExtensionProperties, None)}
 
 
+VALIDATION_LAYER = "VK_LAYER_KHRONOS_validation"
+DEBUG_UTILS = "VK_EXT_debug_utils"
+# Messages of severity error from the validation layer, drained by validation_errors().
+_validation_errors: list[str] = []
+_messengers: dict[int, Any] = {}
+
+
+@ffi.callback("VkBool32(VkDebugUtilsMessageSeverityFlagBitsEXT, VkDebugUtilsMessageTypeFlagsEXT, "
+              "const VkDebugUtilsMessengerCallbackDataEXT*, void*)")
+def _on_validation_message(severity, types, data, user):
+    if severity & vulkan.VK_DEBUG_UTILS_MESSAGE_SEVERITY_ERROR_BIT_EXT:
+        _validation_errors.append(ffi.string(data.pMessage).decode(errors="replace"))
+    return vulkan.VK_FALSE
+
+
+def validation_errors() -> list[str]:
+    """Errors the validation layer reported since the last call (KGEN_VALIDATION=1 only)."""
+    errors = list(_validation_errors)
+    _validation_errors.clear()
+    return errors
+
+
+def _layers() -> list[str]:
+    count = ffi.new("uint32_t*")
+    check("vkEnumerateInstanceLayerProperties", lib.vkEnumerateInstanceLayerProperties(count, ffi.NULL))
+    props = ffi.new("VkLayerProperties[]", count[0])
+    check("vkEnumerateInstanceLayerProperties", lib.vkEnumerateInstanceLayerProperties(count, props))
+    return [ffi.string(p.layerName).decode() for p in props]
+
+
 def create_instance(app_name: str = "kgen") -> Any:
     """A VkInstance for Vulkan 1.3. Portability enumeration is enabled when the loader lists it,
-    so that drivers layered over Metal or similar also show up."""
+    so that drivers layered over Metal or similar also show up. With KGEN_VALIDATION=1 the
+    Khronos validation layer is on and its errors are collected (validation_errors())."""
+    from kgen import knobs
+    validate = knobs.get("KGEN_VALIDATION")
     extensions = [PORTABILITY_ENUMERATION] if PORTABILITY_ENUMERATION in instance_extensions() else []
+    layers = []
+    if validate:
+        if VALIDATION_LAYER not in _layers():
+            raise VulkanError("KGEN_VALIDATION=1: the Khronos validation layer is not installed "
+                              "(Debian: vulkan-validationlayers)", vulkan.VK_ERROR_LAYER_NOT_PRESENT)
+        layers, extensions = [VALIDATION_LAYER], extensions + [DEBUG_UTILS]
     name = ffi.new("char[]", app_name.encode())
     ext_names = [ffi.new("char[]", e.encode()) for e in extensions]
     ext_array = ffi.new("const char*[]", ext_names) if ext_names else ffi.NULL
+    layer_names = [ffi.new("char[]", n.encode()) for n in layers]
+    layer_array = ffi.new("const char*[]", layer_names) if layer_names else ffi.NULL
     app = ffi.new("VkApplicationInfo*", {
         "sType": vulkan.VK_STRUCTURE_TYPE_APPLICATION_INFO, "pApplicationName": name,
         "pEngineName": name, "apiVersion": API_VERSION})
     info = ffi.new("VkInstanceCreateInfo*", {
         "sType": vulkan.VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO, "pApplicationInfo": app,
         "flags": vulkan.VK_INSTANCE_CREATE_ENUMERATE_PORTABILITY_BIT_KHR if extensions else 0,
-        "enabledExtensionCount": len(ext_names), "ppEnabledExtensionNames": ext_array})
+        "enabledExtensionCount": len(ext_names), "ppEnabledExtensionNames": ext_array,
+        "enabledLayerCount": len(layer_names), "ppEnabledLayerNames": layer_array})
     out = ffi.new("VkInstance*")
     check("vkCreateInstance", lib.vkCreateInstance(info, ffi.NULL, out))
+    if validate:
+        _messengers[int(ffi.cast("uintptr_t", out[0]))] = _create_messenger(out[0])
+    return out[0]
+
+
+def _create_messenger(instance: Any) -> Any:
+    create = instance_proc(instance, "vkCreateDebugUtilsMessengerEXT")
+    info = ffi.new("VkDebugUtilsMessengerCreateInfoEXT*", {
+        "sType": vulkan.VK_STRUCTURE_TYPE_DEBUG_UTILS_MESSENGER_CREATE_INFO_EXT,
+        "messageSeverity": vulkan.VK_DEBUG_UTILS_MESSAGE_SEVERITY_ERROR_BIT_EXT
+        | vulkan.VK_DEBUG_UTILS_MESSAGE_SEVERITY_WARNING_BIT_EXT,
+        "messageType": vulkan.VK_DEBUG_UTILS_MESSAGE_TYPE_GENERAL_BIT_EXT
+        | vulkan.VK_DEBUG_UTILS_MESSAGE_TYPE_VALIDATION_BIT_EXT,
+        "pfnUserCallback": _on_validation_message})
+    out = ffi.new("VkDebugUtilsMessengerEXT*")
+    check("vkCreateDebugUtilsMessengerEXT", create(instance, info, ffi.NULL, out))
     return out[0]
 
 
 def destroy_instance(instance: Any) -> None:
+    messenger = _messengers.pop(int(ffi.cast("uintptr_t", instance)), None)
+    if messenger is not None:
+        instance_proc(instance, "vkDestroyDebugUtilsMessengerEXT")(instance, messenger, ffi.NULL)
     lib.vkDestroyInstance(instance, ffi.NULL)
 
 

@@ -37,6 +37,13 @@ if ! have_deb libvulkan1 || [ "${mesa_major:-0}" -lt 25 ]; then
     apt_install -t bookworm-backports mesa-vulkan-drivers
 fi
 
+# --- Khronos validation layer: `make test` runs the device tests under it (KGEN_VALIDATION=1) --
+if ! have_deb vulkan-validationlayers; then
+    say "installing the Khronos validation layer (vulkan-validationlayers)"
+    apt_update
+    apt_install vulkan-validationlayers
+fi
+
 # --- GLSL compiler: the first that compiles the coopmat2 probe ------------------------------
 compiles_probe() {  # $1 = compiler binary; glslc and glslang take different flags
     local bin="$1" out; out="$(mktemp --suffix=.spv)"

@@ -48,7 +48,7 @@ KNOBS: dict[str, Knob] = {k.name: k for k in (
     Knob("KGEN_AUTOTUNE", lambda s: s not in ("0", "false", "no"), False, "tune at call time when no decision is stored"),
     Knob("KGEN_VALIDATION", lambda s: s not in ("0", "false", "no"), False,
          "Khronos validation layer on; its errors fail the tests (make test sets it)"),
-    Knob("KGEN_DEBUG", _int, 0, "debug output: 1 chosen variant per plan, 2 one line per dispatch, 4 rendered GLSL path"),
+    Knob("KGEN_DEBUG", _int, 0, "debug output: 1 = the variant each plan chose (finer levels come with the tuner)"),
 )}
 
 

@@ -55,8 +55,7 @@ class KVTensor:
             raise ValueError(f"expected a (B, H, N, D) array, got shape {x.shape}")
         b, h, n, d = x.shape
         raw = quantize(np.ascontiguousarray(x, dtype=np.float32), t)
-        row = (raw.shape[-1] // t.block_bytes) * t.block_size
-        return cls(raw.tobytes(), t, (b, h, n, d), (row, row * n, row * n * h))
+        return cls(raw.tobytes(), t, (b, h, n, d), layout_of(None, t, (b, h, n, d)).strides)
 
 
 @dataclass(frozen=True)

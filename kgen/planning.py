@@ -1,6 +1,7 @@
 """Plan: one attention shape on one device, compiled, resident and recorded once."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -36,7 +37,7 @@ def choose_variant(shapes: Shapes, caps, path: PathKind | None, splits: int | No
     if splits is None:
         splits = split_count(shapes, caps, v.br, v.bc)
     if splits > 1:
-        v = default_variant(ProblemClass(**{**problem.__dict__, "features": features + ("split_k",)}), caps, path)
+        v = default_variant(dataclasses.replace(problem, features=features + ("split_k",)), caps, path)
     if shapes.n_kv % v.bc == 0:
         v = v.replace(aligned=True)
     return v, splits
@@ -62,7 +63,8 @@ class Plan:
         if (reason := why_invalid(variant, caps)) is not None:
             raise UnsupportedVariant(variant.uri, reason)
         self._check_variant(variant, splits)
-        self.variant, self.splits = variant, splits
+        # Splits are whole KV tiles: the count may round down so none is empty.
+        self.variant = variant
         self.split_kv = math.ceil(math.ceil(s.n_kv / splits) / variant.bc) * variant.bc
         self.splits = math.ceil(s.n_kv / self.split_kv)
         if knobs.get("KGEN_DEBUG") >= 1:
@@ -151,10 +153,10 @@ class Plan:
         self._buffers["q"].write(np.ascontiguousarray(q, dtype=F32))
         for name, x, t, d in (("k", k, s.k_type, s.head_k), ("v", v, s.v_type, s.head_v)):
             _expect(x, name, (s.batch, s.heads_kv, s.n_kv, d))
-            planned = self.kv_layouts[name]
-            if layout_of(x, t, tuple(x.shape)) != planned:
-                raise ValueError(f"{name}: its layout {layout_of(x, t, tuple(x.shape))} differs from the "
-                                 f"plan's {planned}; make a plan with this {name}")
+            planned, given = self.kv_layouts[name], layout_of(x, t, tuple(x.shape))
+            if given != planned:
+                raise ValueError(f"{name}: its layout {given} differs from the plan's {planned}; "
+                                 f"make a plan with this {name}")
             if isinstance(x, KVTensor) and x.type != t:
                 raise ValueError(f"{name}: a {x.type} KVTensor, the plan stores {t}")
             raw = x.raw if isinstance(x, KVTensor) else KVTensor.from_array(np.asarray(x), t).raw

@@ -24,24 +24,24 @@ def test_spirv_tools_present():
         assert toolchain.spirv_tool(name).is_file()
 
 
-def test_override_that_cannot_compile_the_probe_is_a_clear_error(tmp_path, monkeypatch):
+@pytest.fixture
+def fresh_discovery():
+    """Discovery is cached per process: forget it around a test that changes the overrides."""
+    toolchain.find_compiler.cache_clear()
+    yield
+    toolchain.find_compiler.cache_clear()
+
+
+def test_override_that_cannot_compile_the_probe_is_a_clear_error(tmp_path, monkeypatch, fresh_discovery):
     fake = tmp_path / "glslang"
     fake.write_text("#!/bin/sh\necho 'Glslang Version: 11:12.0.0'\nexit 1\n")
     fake.chmod(0o755)
     monkeypatch.setenv("KGEN_GLSLANG", str(fake))
-    toolchain.find_compiler.cache_clear()
-    try:
-        with pytest.raises(ToolchainError, match="KGEN_GLSLANG.*cannot compile"):
-            toolchain.find_compiler()
-    finally:
-        toolchain.find_compiler.cache_clear()
+    with pytest.raises(ToolchainError, match="KGEN_GLSLANG.*cannot compile"):
+        toolchain.find_compiler()
 
 
-def test_override_that_is_missing_is_a_clear_error(tmp_path, monkeypatch):
+def test_override_that_is_missing_is_a_clear_error(tmp_path, monkeypatch, fresh_discovery):
     monkeypatch.setenv("KGEN_GLSLC", str(tmp_path / "nope"))
-    toolchain.find_compiler.cache_clear()
-    try:
-        with pytest.raises(ToolchainError, match="KGEN_GLSLC.*not an executable"):
-            toolchain.find_compiler()
-    finally:
-        toolchain.find_compiler.cache_clear()
+    with pytest.raises(ToolchainError, match="KGEN_GLSLC.*not an executable"):
+        toolchain.find_compiler()

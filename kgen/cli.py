@@ -1,4 +1,4 @@
-"""The `kgen` command line: devices, space, generate."""
+"""The `kgen` command line: devices, space, generate, and the commands of SUBCOMMAND_MODULES."""
 from __future__ import annotations
 
 import argparse
@@ -68,6 +68,10 @@ def cmd_generate(args) -> int:
     return generate(out_dir=Path(args.out), check=args.check, compile_=not args.no_compile)
 
 
+# Modules that add subcommands (tune, bench, roofline, db, export); added as they land.
+SUBCOMMAND_MODULES: tuple[str, ...] = ()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kgen", description="Flash-attention kernels for Vulkan: "
                                      "generate, compile, verify and tune per device.")
@@ -97,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="fail if generated/ differs; write nothing")
     p.add_argument("--no-compile", action="store_true", help="render only")
     p.set_defaults(func=cmd_generate)
+
+    # Each further command lives in its own module with a register(subparsers) function.
+    import importlib
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(f"kgen.{name}").register(sub)
     return parser
 
 

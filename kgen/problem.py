@@ -1,6 +1,7 @@
 """Problem classes: what a kernel must compute, independent of how (the tuning key's shape part)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .types import KvType
@@ -26,6 +27,19 @@ def bucket_rep(index: int, edges: tuple) -> int:
     return edge if edge is not None else 2 * edges[index - 1]
 
 
+def bucket_range(index: int, edges: tuple) -> str:
+    low = 1 if index == 0 else edges[index - 1] + 1
+    high = edges[index]
+    if high is None:
+        return f">{low - 1}"
+    return str(low) if low == high else f"{low}-{high}"
+
+
+_KEY_RE = re.compile(r"(?P<hk>\d{1,4})/(?P<hv>\d{1,4}) (?P<kt>[a-z0-9_]{1,8})/(?P<vt>[a-z0-9_]{1,8}) "
+                     r"acc(?P<acc>16|32) (?P<features>-|[a-z_]+(?:\+[a-z_]+)*) "
+                     r"nq(?P<nq>\d) nkv(?P<nkv>\d) gqa(?P<gqa>\d)")
+
+
 @dataclass(frozen=True)
 class ProblemClass:
     head_k: int
@@ -45,6 +59,8 @@ class ProblemClass:
         if unknown:
             raise ValueError(f"features: unknown {sorted(unknown)}; known: {', '.join(FEATURES)}")
         object.__setattr__(self, "features", tuple(f for f in FEATURES if f in self.features))
+        if self.acc not in (16, 32):
+            raise ValueError(f"acc={self.acc}: 16 or 32")
         for name in ("head_k", "head_v"):
             h = getattr(self, name)
             if not (HEAD_MIN <= h <= HEAD_MAX and h % HEAD_STEP == 0):
@@ -67,6 +83,40 @@ class ProblemClass:
     @property
     def gqa(self) -> int:
         return bucket_rep(self.gqa_bucket, GQA_BUCKETS)
+
+    @property
+    def key(self) -> str:
+        """Stable text form, e.g. `128/128 f16/f16 acc32 mask+causal nq3 nkv3 gqa0`: the tuning
+        DB's class column and what reports print. `ProblemClass.parse(key)` round-trips."""
+        feats = "+".join(self.features) or "-"
+        return (f"{self.head_k}/{self.head_v} {self.k_type.label}/{self.v_type.label} acc{self.acc} "
+                f"{feats} nq{self.nq_bucket} nkv{self.nkv_bucket} gqa{self.gqa_bucket}")
+
+    @classmethod
+    def parse(cls, key: str) -> "ProblemClass":
+        match = _KEY_RE.fullmatch(key) if isinstance(key, str) else None
+        if match is None:
+            raise ValueError(f"problem class key {key!r}: expected e.g. "
+                             "'128/128 f16/f16 acc32 mask nq3 nkv3 gqa0'")
+        g = match.groupdict()
+        buckets = {"nq_bucket": (int(g["nq"]), NQ_BUCKETS), "nkv_bucket": (int(g["nkv"]), NKV_BUCKETS),
+                   "gqa_bucket": (int(g["gqa"]), GQA_BUCKETS)}
+        for name, (index, edges) in buckets.items():
+            if index >= len(edges):
+                raise ValueError(f"problem class key {key!r}: {name}={index}, at most {len(edges) - 1}")
+        features = () if g["features"] == "-" else tuple(g["features"].split("+"))
+        problem = cls(head_k=int(g["hk"]), head_v=int(g["hv"]), k_type=g["kt"], v_type=g["vt"],
+                      features=features, acc=int(g["acc"]),
+                      **{name: index for name, (index, _) in buckets.items()})
+        if problem.key != key:
+            raise ValueError(f"problem class key {key!r} is not canonical (expected {problem.key!r})")
+        return problem
+
+    @property
+    def describe(self) -> str:
+        """Human ranges, e.g. `Nq 65-512, Nkv 1025-4096, GQA 1`."""
+        return (f"Nq {bucket_range(self.nq_bucket, NQ_BUCKETS)}, Nkv {bucket_range(self.nkv_bucket, NKV_BUCKETS)}, "
+                f"GQA {bucket_range(self.gqa_bucket, GQA_BUCKETS)}")
 
     def feature_flags(self) -> dict[str, bool]:
         """Variant keyword arguments for this class's features."""

@@ -25,6 +25,10 @@ class KvType(enum.Enum):
     def __str__(self) -> str:
         return self.label
 
+    def row_bytes(self, elements: int) -> int:
+        """Bytes of one row of `elements` values (a whole number of blocks)."""
+        return -(-elements // self.block_size) * self.block_bytes
+
     @property
     def quantized(self) -> bool:
         return self.block_size > 1

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import knobs
 from .kvtensor import KVTensor
+from .problem import ProblemClass
 from .types import KvType
 from .variant import HEAD_MAX, HEAD_MIN, HEAD_STEP, PathKind
 
@@ -62,6 +63,12 @@ class Shapes:
             raise ValueError("alibi_max_bias > 0 scales the mask (score + slope * mask): pass a mask")
         if self.scale is not None and not math.isfinite(self.scale):
             raise ValueError(f"scale={self.scale}: must be finite")
+
+    def problem(self) -> ProblemClass:
+        """The tuning class these shapes fall in."""
+        return ProblemClass.of(head_k=self.head_k, head_v=self.head_v, k_type=self.k_type,
+                               v_type=self.v_type, features=self.features, acc=PRECISIONS[self.precision],
+                               n_q=self.n_q, n_kv=self.n_kv, gqa=self.heads_q // self.heads_kv)
 
     @property
     def features(self) -> tuple[str, ...]:

@@ -69,7 +69,7 @@ def cmd_generate(args) -> int:
 
 
 # Modules that add subcommands (tune, bench, roofline, db, export); added as they land.
-SUBCOMMAND_MODULES: tuple[str, ...] = ()
+SUBCOMMAND_MODULES: tuple[str, ...] = ("cli_tune", "cli_db", "cli_export", "cli_roofline", "cli_bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,10 +14,10 @@ import os
 import re
 import subprocess
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from . import knobs
 from .errors import CompileError
@@ -134,28 +134,35 @@ def _compile_uri(args: tuple[str, str | None]) -> tuple[str, Compiled | CompileE
         return uri, exc
 
 
-def compile_many(variants: Iterable[Variant], *, jobs: int | None = None,
-                 cache: SpirvCache | None = None, progress=None) -> dict[str, Compiled | CompileError]:
-    """Compile in a process pool; returns uri -> Compiled, or the CompileError that variant raised.
-    `progress(done, total, uri)` is called as results arrive."""
+def compile_iter(variants: Iterable[Variant], *, jobs: int | None = None,
+                 cache: SpirvCache | None = None) -> Iterator[tuple[str, Compiled | CompileError]]:
+    """Compile in parallel, yielding (uri, Compiled or the CompileError it raised) in the order
+    given, each as soon as it is ready: a consumer can use early results while later ones
+    compile (the tuner times while it compiles). Threads suffice, the compiler is a child
+    process; and unlike a forked pool they are safe beside an open Vulkan device."""
     uris = list(dict.fromkeys(v.uri for v in variants))
     cache_dir = str(cache.dir) if cache is not None else None
     jobs = jobs or knobs.get("KGEN_JOBS") or os.cpu_count() or 1
     find_compiler()  # fail once, clearly, before forking workers
-    results: dict[str, Compiled | CompileError] = {}
     work = [(uri, cache_dir) for uri in uris]
     if jobs == 1 or len(work) <= 1:
-        outcomes = map(_compile_uri, work)
-        pool = None
-    else:
-        pool = ProcessPoolExecutor(max_workers=min(jobs, len(work)))
-        outcomes = pool.map(_compile_uri, work, chunksize=1)
+        yield from map(_compile_uri, work)
+        return
+    pool = ThreadPoolExecutor(max_workers=min(jobs, len(work)))
     try:
-        for uri, outcome in outcomes:
-            results[uri] = outcome
-            if progress:
-                progress(len(results), len(uris), uri)
+        yield from pool.map(_compile_uri, work, chunksize=1)
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        pool.shutdown(cancel_futures=True)
+
+
+def compile_many(variants: Iterable[Variant], *, jobs: int | None = None,
+                 cache: SpirvCache | None = None, progress=None) -> dict[str, Compiled | CompileError]:
+    """Compile in parallel (see compile_iter); returns uri -> Compiled, or the CompileError that variant raised.
+    `progress(done, total, uri)` is called as results arrive."""
+    unique = list({v.uri: v for v in variants}.values())
+    results: dict[str, Compiled | CompileError] = {}
+    for uri, outcome in compile_iter(unique, jobs=jobs, cache=cache):
+        results[uri] = outcome
+        if progress:
+            progress(len(results), len(unique), uri)
     return results

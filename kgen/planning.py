@@ -1,17 +1,15 @@
 """Plan: one attention shape on one device, compiled, resident and recorded once."""
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
 
-from . import abi, knobs
+from . import abi, dispatch, knobs
 from .api import PRECISIONS, Shapes
 from .compile import compile_source, compile_variant
 from .errors import UnsupportedVariant
 from .kvtensor import KVTensor, KvLayout, layout_of
-from .problem import ProblemClass
 from .render import render_split_k_reduce
 from .space import default_variant, why_invalid
 from .variant import PathKind, Variant
@@ -28,19 +26,24 @@ def split_count(shapes: Shapes, caps, br: int, bc: int) -> int:
     return max(1, min(math.ceil(target / groups), shapes.n_kv // (4 * bc)))
 
 
-def choose_variant(shapes: Shapes, caps, path: PathKind | None, splits: int | None) -> tuple[Variant, int]:
-    features = shapes.features
-    problem = ProblemClass.of(head_k=shapes.head_k, head_v=shapes.head_v, k_type=shapes.k_type,
-                              v_type=shapes.v_type, features=features, acc=PRECISIONS[shapes.precision],
-                              n_q=shapes.n_q, n_kv=shapes.n_kv, gqa=shapes.heads_q // shapes.heads_kv)
-    v = default_variant(problem, caps, path)
+def choose_variant(shapes: Shapes, caps, path: PathKind | None, splits: int | None, *,
+                   tuned: bool = True) -> tuple[Variant, int, str]:
+    """(variant, KV splits, how it was chosen) for these shapes: a tuned decision (see
+    kgen.dispatch) unless a path is forced or `tuned` is False, else the heuristic default."""
+    problem = shapes.problem()
+    decision = dispatch.lookup(caps, problem) if tuned and path is None else None
+    if decision is not None:
+        v, how = decision.variant, f"tuned, {decision.level} class {decision.source}"
+        guess = decision.splits
+    else:
+        v, how, guess = default_variant(problem, caps, path), "heuristic default", None
     if splits is None:
-        splits = split_count(shapes, caps, v.br, v.bc)
-    if splits > 1:
-        v = default_variant(dataclasses.replace(problem, features=features + ("split_k",)), caps, path)
-    if shapes.n_kv % v.bc == 0:
-        v = v.replace(aligned=True)
-    return v, splits
+        # A stored count was tuned for this class; it still leaves each split whole tiles.
+        splits = guess or split_count(shapes, caps, v.br, v.bc)
+        splits = max(1, min(splits, shapes.n_kv // v.bc))
+    if (splits > 1) != v.split_k:
+        v = v.replace(split_k=splits > 1)
+    return v.replace(aligned=shapes.n_kv % v.bc == 0), splits, how
 
 
 class Plan:
@@ -57,9 +60,9 @@ class Plan:
         if split_k is not None and split_k < 1:
             raise ValueError(f"split_k={split_k}: must be >= 1")
         if variant is None:
-            variant, splits = choose_variant(s, caps, path, split_k)
+            variant, splits, how = choose_variant(s, caps, path, split_k)
         else:
-            splits = split_k or 1
+            splits, how = split_k or 1, "given"
         if (reason := why_invalid(variant, caps)) is not None:
             raise UnsupportedVariant(variant.uri, reason)
         self._check_variant(variant, splits)
@@ -68,7 +71,7 @@ class Plan:
         self.split_kv = math.ceil(math.ceil(s.n_kv / splits) / variant.bc) * variant.bc
         self.splits = math.ceil(s.n_kv / self.split_kv)
         if knobs.get("KGEN_DEBUG") >= 1:
-            print(f"kgen: plan {s} -> {variant.uri} (splits {self.splits})")
+            print(f"kgen: plan {s} -> {variant.uri} (splits {self.splits}; {how})")
         self._buffers = {}
         self._sequence = None
         try:

@@ -7,11 +7,16 @@ compared against on that GPU.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
-from .api import PRECISIONS, Shapes
+from .api import Shapes
 from .problem import ProblemClass
 from .types import KvType
+
+
+# lavapipe on 2 cores runs ~1-5 GFLOP/s of attention: this keeps one timed run near 0.1 s.
+CPU_MAX_FLOPS = 2e8
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,7 @@ class Case:
                       mask_shape=mask_shape, causal=self.causal, precision=self.precision)
 
     def problem(self) -> ProblemClass:
-        return problem_of(self.shapes())
+        return self.shapes().problem()
 
     @property
     def flops(self) -> float:
@@ -59,17 +64,23 @@ class Case:
         v = 0 if self.mla else KvType.parse(self.v_type).row_bytes(self.head_v)
         return self.batch * self.heads_kv * self.n_kv * (k + v)
 
+    def fitted(self, caps, max_flops: float = CPU_MAX_FLOPS) -> "Case":
+        """This case, or on a CPU device a smaller one of the same problem class where possible
+        (fewer heads, then shorter KV and query lengths) whose work stays under `max_flops`."""
+        if caps.device_type != "cpu" or self.flops <= max_flops:
+            return self
+        case = self
+        for name, floor in (("heads_kv", 1), ("n_kv", 64), ("n_q", 1)):
+            while case.flops > max_flops and getattr(case, name) // 2 >= floor:
+                case = dataclasses.replace(case, **{name: getattr(case, name) // 2}, reference_us={},
+                                           target_us=None)
+        return case
+
     def describe(self) -> str:
         kv = self.k_type if self.k_type == self.v_type else f"{self.k_type}/{self.v_type}"
         return (f"{self.head_k}/{self.head_v} {self.heads_kv}x{self.gqa} Nkv {self.n_kv} Nq {self.n_q} {kv}"
                 + (" mask" if self.mask else "") + (" causal" if self.causal else "")
                 + (" (V in K)" if self.mla else ""))
-
-
-def problem_of(s: Shapes) -> ProblemClass:
-    return ProblemClass.of(head_k=s.head_k, head_v=s.head_v, k_type=s.k_type, v_type=s.v_type,
-                           features=s.features, acc=PRECISIONS[s.precision], n_q=s.n_q, n_kv=s.n_kv,
-                           gqa=s.heads_q // s.heads_kv)
 
 
 # The H100 anchors (issue 7's P1-P5) with llama.cpp's and torch's times on the same GPU.

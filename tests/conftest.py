@@ -7,9 +7,16 @@ settings.register_profile("kgen", derandomize=True, deadline=None)
 settings.load_profile("kgen")
 
 
+import os  # noqa: E402
+import tempfile  # noqa: E402
+
 import pytest  # noqa: E402
 
 from kgen import knobs  # noqa: E402
+
+# Tests never read or write the user's tuning DB: decisions stored there would change which
+# variant the tests run. Tests that need a DB point KGEN_DB at their own tmp_path.
+os.environ["KGEN_DB"] = os.path.join(tempfile.mkdtemp(prefix="kgen-test-db-"), "tuning.sqlite")
 
 
 @pytest.fixture(autouse=True)

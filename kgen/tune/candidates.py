@@ -1,0 +1,62 @@
+"""What the tuner tries for one problem class: the valid variants of the device's paths, each with
+the KV split counts worth trying, the heuristic default first."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..api import Shapes
+from ..caps import Caps
+from ..planning import choose_variant, split_count
+from ..space import default_variant, enumerate_space, why_invalid
+from ..variant import PathKind, Variant
+
+
+@dataclass(frozen=True)
+class Candidate:
+    variant: Variant
+    splits: int = 1
+
+    @property
+    def name(self) -> str:
+        return self.variant.uri if self.splits == 1 else f"{self.variant.uri}@{self.splits}"
+
+    @classmethod
+    def parse(cls, name: str) -> "Candidate":
+        uri, _, splits = name.partition("@")
+        return cls(Variant.parse(uri), int(splits) if splits else 1)
+
+
+def for_shape(v: Variant, shapes: Shapes) -> Variant:
+    """The variant as a plan for `shapes` runs it: the aligned fast path iff Nkv fills whole tiles."""
+    return v.replace(aligned=shapes.n_kv % v.bc == 0)
+
+
+def split_options(v: Variant, shapes: Shapes, caps: Caps) -> list[int]:
+    """1, and around the heuristic's count when the row tiles alone leave the GPU idle."""
+    guess = split_count(shapes, caps, v.br, v.bc)
+    if guess == 1:
+        return [1]
+    most = max(1, shapes.n_kv // (2 * v.bc))   # at least two KV tiles per split
+    return sorted({1} | {s for s in (guess // 2, guess, 2 * guess) if 2 <= s <= most})
+
+
+def candidates(shapes: Shapes, caps: Caps, paths: tuple[PathKind, ...] | None = None) -> tuple[list[Candidate], Candidate]:
+    """The restricted space for the class of `shapes`, timed on `shapes`, and the heuristic
+    default (also first in the list). Restricted: on a device with cooperative matrices the
+    scalar path offers only its default (its tiles run several times slower on matrix hardware;
+    force `paths` to search it). The order is deterministic: it breaks remaining ties."""
+    forced = paths[0] if paths and len(paths) == 1 else None
+    default_v, default_splits, _ = choose_variant(shapes, caps, forced, None, tuned=False)
+    default = Candidate(default_v, default_splits)
+    found = {default.name: default}
+    if paths is None and (caps.has_coopmat1 or caps.has_coopmat2):
+        paths = (PathKind.COOPMAT2, PathKind.COOPMAT1)
+        scalar_default = default_variant(shapes.problem(), caps, PathKind.SCALAR)
+        found.setdefault(scalar_default.uri, Candidate(for_shape(scalar_default, shapes)))
+    for v in enumerate_space(shapes.problem(), caps, paths).valid:
+        v = for_shape(v, shapes)
+        for splits in split_options(v, shapes, caps):
+            sv = v.replace(split_k=splits > 1)
+            if why_invalid(sv, caps) is None:
+                found.setdefault(Candidate(sv, splits).name, Candidate(sv, splits))
+    return list(found.values()), default

@@ -1,0 +1,166 @@
+"""Tune one problem class on one device: enumerate -> compile (in the background) -> check ->
+time -> store. Every outcome is stored as soon as it exists, so Ctrl-C keeps what was
+measured and a rerun resumes from it."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..api import Shapes
+from ..compile import compile_iter
+from ..errors import CompileError
+from ..identity import BuildIdentity, DeviceIdentity
+from ..problem import ProblemClass
+from ..tunedb import Measurement, TuningDB, Winner
+from ..variant import PathKind
+from .candidates import Candidate, candidates
+from .measure import GpuEvaluator, describe_shape
+from .search import Limits, Outcome, order_for, run_search
+
+# CPU devices (lavapipe) build each pipeline in seconds: a few candidates keep a tune short.
+CPU_MAX_EVALS = 4
+
+
+@dataclass
+class TuneResult:
+    problem: ProblemClass
+    shape: Shapes
+    strategy: str
+    default: Candidate
+    winner: Outcome | None = None
+    runner_up: Outcome | None = None
+    outcomes: list[Outcome] = field(default_factory=list)
+    resumed: int = 0
+    interrupted: bool = False
+    seconds: float = 0.0
+
+    @property
+    def wrong(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status != "ok"]
+
+
+class Progress:
+    """What a tune reports while it runs; the CLI draws a bar from it."""
+
+    def start(self, problem: ProblemClass, total: int) -> None: ...
+    def step(self, outcome: Outcome, first: bool) -> None: ...   # first: a new candidate, not a re-timing
+    def stop(self) -> None: ...
+
+
+def resolve_strategy(strategy: str, caps, limits: Limits) -> tuple[str, Limits]:
+    """`auto`: successive halving on a GPU; on a CPU device a seeded random sample."""
+    if strategy != "auto":
+        return strategy, limits
+    if caps.device_type == "cpu":
+        cap = CPU_MAX_EVALS if limits.max_evals is None else limits.max_evals
+        return "random", Limits(limits.budget_s, cap, limits.runs)
+    return "halving", limits
+
+
+class _CompileAhead:
+    """Compiles the candidates in order on a background thread; check() waits for its own."""
+
+    def __init__(self, cands: list[Candidate]):
+        self.done: dict[str, CompileError | None] = {}
+        self.finished = False
+        self.cond = threading.Condition()
+        variants = list({c.variant.uri: c.variant for c in cands}.values())
+        self.thread = threading.Thread(target=self._run, args=(variants,), daemon=True)
+        self.thread.start()
+
+    def _run(self, variants) -> None:
+        try:
+            for uri, outcome in compile_iter(variants):
+                with self.cond:
+                    self.done[uri] = outcome if isinstance(outcome, CompileError) else None
+                    self.cond.notify_all()
+        finally:
+            with self.cond:
+                self.finished = True
+                self.cond.notify_all()
+
+    def error_of(self, uri: str) -> CompileError | None:
+        with self.cond:
+            self.cond.wait_for(lambda: uri in self.done or self.finished)
+            return self.done.get(uri)
+
+
+class _Evaluator:
+    """GpuEvaluator behind the background compiler: compile errors lose without a GPU call."""
+
+    def __init__(self, gpu: GpuEvaluator, ahead: _CompileAhead):
+        self.gpu, self.ahead = gpu, ahead
+
+    def check(self, c: Candidate) -> Outcome:
+        if (error := self.ahead.error_of(c.variant.uri)) is not None:
+            return Outcome(c, "failed", reason=f"CompileError: {error}"[:2000])
+        return self.gpu.check(c)
+
+    def time(self, c: Candidate, runs: int) -> list[float]:
+        return self.gpu.time(c, runs)
+
+
+def _known(db: TuningDB, device: DeviceIdentity, build: BuildIdentity, problem: ProblemClass,
+           shape: str) -> dict[str, Outcome]:
+    """Outcomes stored by an earlier run on the same timing shape (resume)."""
+    known = {}
+    for m in db.measurements(device, build, problem):
+        if m.shape != shape:
+            continue
+        c = Candidate.parse(f"{m.variant}@{m.splits}")
+        known[c.name] = Outcome(c, m.status, nmse=m.nmse, reason=m.reason, median=m.median_us,
+                                spread=m.spread_us)
+    return known
+
+
+def _measurement(problem: ProblemClass, shape: str, o: Outcome) -> Measurement:
+    return Measurement(problem=problem, variant=o.candidate.variant.uri, splits=o.candidate.splits,
+                       status=o.status, median_us=o.median, spread_us=o.spread, runs=len(o.samples),
+                       nmse=o.nmse, reason=o.reason, shape=shape)
+
+
+def tune(timed: Shapes, db: TuningDB, *, device=None, strategy: str = "auto", limits: Limits | None = None,
+         paths: tuple[PathKind, ...] | None = None, progress: Progress | None = None,
+         clock: Callable[[], float] = time.monotonic) -> TuneResult:
+    """Tune the class of `timed` (timing that very shape) on `device`; store and return the result."""
+    from ..runtime import open_device
+    dev = open_device(device)
+    caps = dev.caps
+    problem = timed.problem()
+    strategy, limits = resolve_strategy(strategy, caps, limits or Limits())
+    ident, build = DeviceIdentity.of(caps), BuildIdentity.current()
+    shape = describe_shape(timed)
+    cands, default = candidates(timed, caps, paths)
+    known = _known(db, ident, build, problem, shape)
+    result = TuneResult(problem, timed, strategy, default, resumed=sum(c.name in known for c in cands))
+    todo = order_for(strategy, cands, default, seed=problem.key)[:limits.max_evals]
+    progress = progress or Progress()
+    progress.start(problem, len(todo))
+    start = clock()
+
+    def store(o: Outcome) -> None:
+        db.record(ident, build, _measurement(problem, shape, o))
+        first = all(o is not seen for seen in result.outcomes)
+        if first:
+            result.outcomes.append(o)
+        progress.step(o, first)
+
+    ev = _Evaluator(GpuEvaluator(timed, device=device), _CompileAhead([c for c in todo if c.name not in known]))
+    try:
+        result.winner, result.runner_up, result.outcomes = run_search(
+            strategy, cands, default, ev, limits, seed=problem.key, known=known, on_outcome=store, clock=clock)
+    except KeyboardInterrupt:
+        result.interrupted = True
+    finally:
+        progress.stop()
+        result.seconds = clock() - start
+    if result.winner is not None and not result.interrupted:
+        w, r = result.winner, result.runner_up
+        db.set_winner(ident, build, Winner(
+            problem=problem, variant=w.candidate.variant.uri, splits=w.candidate.splits,
+            median_us=w.median, spread_us=w.spread, runner_up=r.candidate.name if r else None,
+            runner_up_us=r.median if r else None,
+            candidates=sum(o.status == "ok" for o in result.outcomes), strategy=strategy))
+    return result

@@ -1,0 +1,130 @@
+"""The GPU side of tuning: check a candidate once against the float64 reference on a small
+problem of its class, then time it on the class's timing shape with GPU timestamps."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import reference
+from ..api import Shapes
+from ..errors import CompileError, UnsupportedVariant
+from ..kvtensor import KVTensor
+from ..planning import Plan
+from ..quant import roundtrip
+from .candidates import Candidate
+from .search import CandidateFailed, Outcome
+
+NMSE_MAX = 5e-4
+# Inputs this small stay in a GPU's L2 (50 MB on an H100) between runs and would flatter the
+# timing: rotate among copies so that each run reads memory the previous one did not touch.
+ROTATE_BELOW = 64 << 20
+ROTATE_MAX = 4
+WARMUP_RUNS = 2
+# Feature values of the check problem: non-trivial, so a kernel that ignores one is caught.
+SOFTCAP, ALIBI_MAX_BIAS = 20.0, 8.0
+CHECK_MAX_NQ = 40
+
+
+def failure_types() -> tuple[type, ...]:
+    """Failures that make a candidate lose with a reason; anything else is a bug and propagates."""
+    from ..runtime.vk import VulkanError
+    return (CompileError, UnsupportedVariant, VulkanError)
+
+
+@dataclass
+class Inputs:
+    """Random (never zero) inputs for one shape, K and V already in their storage types."""
+    q: np.ndarray
+    k: KVTensor
+    v: KVTensor
+    k_f32: np.ndarray      # what K and V hold after quantization: the reference's inputs
+    v_f32: np.ndarray
+    mask: np.ndarray | None
+    sinks: np.ndarray | None
+
+    @classmethod
+    def random(cls, s: Shapes, rng: np.random.Generator) -> "Inputs":
+        q = rng.standard_normal((s.batch, s.heads_q, s.n_q, s.head_k), dtype=np.float32)
+        k = rng.standard_normal((s.batch, s.heads_kv, s.n_kv, s.head_k), dtype=np.float32)
+        v = rng.standard_normal((s.batch, s.heads_kv, s.n_kv, s.head_v), dtype=np.float32)
+        mask = None
+        if s.mask_shape is not None:
+            mask = rng.uniform(-2.0, 0.0, s.mask_shape).astype(np.float32)
+            mask[..., ::7, 3::5] = -np.inf   # hidden keys, as a padding mask has them
+        sinks = rng.standard_normal(s.heads_q).astype(np.float32) if s.sinks else None
+        return cls(q, KVTensor.from_array(k, s.k_type), KVTensor.from_array(v, s.v_type),
+                   k, v, mask, sinks)
+
+    @property
+    def nbytes(self) -> int:
+        return self.q.nbytes + len(self.k.raw) + len(self.v.raw)
+
+
+def check_shapes(timed: Shapes, c: Candidate) -> Shapes:
+    """A small problem of the timed shape's class that runs the candidate's exact variant:
+    same heads, types, features, precision and GQA ratio; Nkv a whole number of tiles iff the
+    variant is the aligned one, and long enough for its KV splits."""
+    v = c.variant
+    tiles = max(3, c.splits)
+    n_kv = tiles * v.bc - (0 if v.aligned else 3)
+    n_q = min(timed.n_q, CHECK_MAX_NQ)
+    gqa = timed.heads_q // timed.heads_kv
+    mask_shape = (1, 1, n_q, n_kv) if timed.mask_shape is not None else None
+    return dataclasses.replace(
+        timed, batch=1, heads_kv=1, heads_q=gqa, n_q=n_q, n_kv=n_kv, mask_shape=mask_shape,
+        softcap=SOFTCAP if timed.softcap > 0 else 0.0,
+        alibi_max_bias=ALIBI_MAX_BIAS if timed.alibi_max_bias > 0 else 0.0)
+
+
+class GpuEvaluator:
+    """Checks and times candidates of one class on one device (the tuner's Evaluator)."""
+
+    def __init__(self, timed: Shapes, *, device=None, seed: int = 0):
+        self.timed, self.device = timed, device
+        self.rng = np.random.default_rng(seed)
+        self.inputs = Inputs.random(timed, self.rng)
+        per_copy = self.inputs.nbytes + timed.batch * timed.heads_q * timed.n_q * timed.head_v * 4
+        self.copies = 1 if per_copy >= ROTATE_BELOW else min(ROTATE_MAX, -(-2 * ROTATE_BELOW // per_copy))
+
+    def check(self, c: Candidate) -> Outcome:
+        s = check_shapes(self.timed, c)
+        x = Inputs.random(s, self.rng)
+        try:
+            with Plan(s, variant=c.variant, split_k=c.splits, device=self.device) as plan:
+                out = plan(x.q, x.k, x.v, mask=x.mask, sinks=x.sinks)
+        except failure_types() as exc:
+            return Outcome(c, "failed", reason=f"{type(exc).__name__}: {exc}"[:2000])
+        ref = reference.attention(x.q, roundtrip(x.k_f32, s.k_type), roundtrip(x.v_f32, s.v_type),
+                                  mask=x.mask, causal=s.causal, softcap=s.softcap,
+                                  alibi_max_bias=s.alibi_max_bias, sinks=x.sinks)
+        if not np.isfinite(out).all():
+            return Outcome(c, "wrong", reason="NaN or Inf in the output of the check problem")
+        err = reference.nmse(out, ref)
+        if not err <= NMSE_MAX:
+            return Outcome(c, "wrong", nmse=err, reason=f"NMSE {err:.3g} > {NMSE_MAX} on {describe_shape(s)}")
+        return Outcome(c, "ok", nmse=err)
+
+    def time(self, c: Candidate, runs: int) -> list[float]:
+        """GPU microseconds of `runs` runs (all passes), after warm-up, rotating input copies."""
+        x = self.inputs
+        plans = []
+        try:
+            for _ in range(self.copies):
+                plan = Plan(self.timed, variant=c.variant, split_k=c.splits, device=self.device)
+                plans.append(plan)
+                plan.upload(x.q, x.k, x.v, mask=x.mask, sinks=x.sinks)
+            for plan in plans:
+                for _ in range(WARMUP_RUNS):
+                    plan.run_device()
+            return [plans[i % len(plans)].run_device() for i in range(runs)]
+        except failure_types() as exc:
+            raise CandidateFailed(f"{type(exc).__name__}: {exc}"[:2000]) from exc
+        finally:
+            for plan in plans:
+                plan.close()
+
+
+def describe_shape(s: Shapes) -> str:
+    return f"B{s.batch} Hq{s.heads_q} Hkv{s.heads_kv} Nq{s.n_q} Nkv{s.n_kv}"

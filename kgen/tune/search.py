@@ -1,0 +1,155 @@
+"""Search strategies and the winner rule, free of Vulkan: they see candidates only through an
+`Evaluator` (check once, time on request), so tests drive them with injected timings.
+
+The winner rule is the noise guard: candidates whose timing overlaps the best one's spread are
+re-timed with more runs; whatever still overlaps is a tie, and ties go to the heuristic default
+if it is among them, else to the earliest candidate in enumeration order. Reruns thus pick the
+same winner even though every timing differs a little.
+"""
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from .candidates import Candidate
+
+STRATEGIES = ("exhaustive", "random", "halving")
+
+
+@dataclass
+class Outcome:
+    candidate: Candidate
+    status: str                      # "ok" | "wrong" | "failed" (tunedb.STATUSES)
+    samples: list[float] = field(default_factory=list)
+    nmse: float | None = None
+    reason: str = ""
+    median: float | None = None      # set from samples, or from a stored measurement
+    spread: float | None = None
+
+    def add(self, samples: list[float]) -> None:
+        self.samples = list(samples)
+        self.median, self.spread = median_spread(self.samples)
+
+
+def median_spread(samples: list[float]) -> tuple[float, float]:
+    """Median and interquartile range (0 for fewer than 4 samples: no spread measured)."""
+    med = statistics.median(samples)
+    if len(samples) < 4:
+        return med, 0.0
+    q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    return med, q3 - q1
+
+
+class CandidateFailed(Exception):
+    """Raised by Evaluator.time when the candidate cannot run on the timing shape (the reason)."""
+
+
+class Evaluator(Protocol):
+    def check(self, c: Candidate) -> Outcome: ...          # status ok/wrong/failed, no samples yet
+    def time(self, c: Candidate, runs: int) -> list[float]: ...
+
+
+@dataclass
+class Limits:
+    budget_s: float | None = None    # wall-clock seconds for this class
+    max_evals: int | None = None     # candidates checked and timed
+    runs: int = 10                   # timed runs per candidate (the first round of halving uses fewer)
+
+    def __post_init__(self):
+        if self.budget_s is not None and not self.budget_s > 0:
+            raise ValueError(f"budget={self.budget_s}: seconds, > 0")
+        if self.max_evals is not None and self.max_evals < 1:
+            raise ValueError(f"max_evals={self.max_evals}: >= 1")
+        if self.runs < 3:
+            raise ValueError(f"runs={self.runs}: >= 3 (a median needs a few)")
+
+
+def order_for(strategy: str, cands: list[Candidate], default: Candidate, seed: str) -> list[Candidate]:
+    """Which candidates to try, in which order: default first; random and halving shuffle the
+    rest (a budget then cuts a fair sample) with a seed from the class, so a rerun (and a
+    resume) tries the same ones."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy={strategy!r}: one of {', '.join(STRATEGIES)}")
+    rest = [c for c in cands if c != default]
+    if strategy != "exhaustive":
+        random.Random(seed).shuffle(rest)
+    return [default] + rest
+
+
+def run_search(strategy: str, cands: list[Candidate], default: Candidate, ev: Evaluator, limits: Limits,
+               *, seed: str, known: dict[str, Outcome] | None = None,
+               on_outcome: Callable[[Outcome], None] = lambda o: None,
+               clock: Callable[[], float] = time.monotonic) -> tuple[Outcome | None, Outcome | None, list[Outcome]]:
+    """Check and time candidates under `limits`; returns (winner, runner-up, all outcomes).
+    `known` holds outcomes measured earlier (resume): they are not measured again unless
+    they end up in a near-tie. `on_outcome` sees each new outcome as soon as it exists."""
+    known = known or {}
+    start = clock()
+    over = lambda: limits.budget_s is not None and clock() - start > limits.budget_s  # noqa: E731
+    todo = order_for(strategy, cands, default, seed)
+    if limits.max_evals is not None:
+        todo = todo[:limits.max_evals]
+    first_runs = max(3, limits.runs // 3) if strategy == "halving" else limits.runs
+    outcomes: list[Outcome] = []
+    for c in todo:
+        if c.name in known:
+            outcomes.append(known[c.name])
+            continue
+        if over() and outcomes:
+            break
+        o = ev.check(c)
+        _timed(o, ev, first_runs)
+        outcomes.append(o)
+        on_outcome(o)
+    if strategy == "halving":
+        survivors = _ok_sorted(outcomes)
+        runs = first_runs
+        while len(survivors) > 2 and runs < limits.runs and not over():
+            survivors = survivors[:max(2, len(survivors) // 2)]
+            runs = min(limits.runs, runs * 2)
+            for o in survivors:
+                _timed(o, ev, runs)
+                on_outcome(o)
+            survivors = _ok_sorted(survivors)
+    winner, runner_up = pick_winner(outcomes, default, ev, limits.runs, on_outcome)
+    return winner, runner_up, outcomes
+
+
+def _timed(o: Outcome, ev: Evaluator, runs: int) -> None:
+    if o.status != "ok":
+        return
+    try:
+        o.add(ev.time(o.candidate, runs))
+    except CandidateFailed as exc:
+        o.status, o.reason, o.median, o.spread = "failed", str(exc), None, None
+
+
+def _ok_sorted(outcomes: list[Outcome]) -> list[Outcome]:
+    return sorted((o for o in outcomes if o.status == "ok"), key=lambda o: o.median)
+
+
+def _ties(ok: list[Outcome]) -> list[Outcome]:
+    best = ok[0]
+    return [o for o in ok if o.median - o.spread <= best.median + best.spread]
+
+
+def pick_winner(outcomes: list[Outcome], default: Candidate, ev: Evaluator, runs: int,
+                on_outcome: Callable[[Outcome], None] = lambda o: None) -> tuple[Outcome | None, Outcome | None]:
+    ok = _ok_sorted(outcomes)
+    if not ok:
+        return None, None
+    ties = _ties(ok)
+    if len(ties) > 1:
+        for o in ties:  # near-ties: more runs, so the spread shrinks and real gaps show
+            _timed(o, ev, 3 * runs)
+            on_outcome(o)
+        ok = _ok_sorted(outcomes)
+        ties = _ties(ok)
+    order = {o.candidate.name: i for i, o in enumerate(outcomes)}
+    tied = sorted(ties, key=lambda o: (o.candidate != default, order[o.candidate.name]))
+    winner = tied[0]
+    runner_up = next((o for o in ok if o is not winner), None)
+    return winner, runner_up

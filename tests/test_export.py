@@ -1,0 +1,221 @@
+"""`kgen export`: SPIR-V and dispatch table (JSON or one C header) from tuning winners. No device."""
+import dataclasses
+import hashlib
+import json
+import shutil
+import struct
+import subprocess
+
+import pytest
+
+from kgen import abi, export as ex, profiles
+from kgen.cli import main
+from kgen.errors import CompileError
+from kgen.identity import BuildIdentity, DeviceIdentity
+from kgen.problem import ProblemClass
+from kgen.space import default_variant
+from kgen.tunedb import Winner
+
+CAPS = profiles.LAVAPIPE
+DEVICE = DeviceIdentity.of(CAPS)
+
+
+@pytest.fixture(scope="module")
+def entries():
+    """Three winners on lavapipe: a plain class, the same variant for a larger Nkv bucket, and a
+    causal decode class with split-k (4 splits, so a reduce shader)."""
+    build = BuildIdentity.current()
+    plain = ProblemClass(head_k=64, head_v=64, nq_bucket=3, nkv_bucket=3, gqa_bucket=0)
+    decode = ProblemClass(head_k=64, head_v=64, features=("causal",), nq_bucket=0, nkv_bucket=3)
+    v1 = default_variant(plain, CAPS)
+    v2 = default_variant(dataclasses.replace(decode, features=("causal", "split_k")), CAPS)
+    assert v2.split_k and not v1.split_k
+    return [(DEVICE, build, Winner(plain, v1.uri, 1, median_us=100.0, spread_us=1.0)),
+            (DEVICE, build, Winner(dataclasses.replace(plain, nkv_bucket=4), v1.uri, 1, 300.0, 2.0)),
+            (DEVICE, build, Winner(decode, v2.uri, 4, median_us=50.0, spread_us=1.0))]
+
+
+def test_json_export_writes_spirv_and_the_dispatch_table(entries, tmp_path):
+    out = tmp_path / "fa"
+    written = ex.export(entries, out, "json")
+    table = json.loads((out / "kgen_dispatch.json").read_text())
+    assert set(written) == {out / "kgen_dispatch.json"} | {out / e["spv"] for e in table["entries"]} \
+        | {out / e["reduce"]["spv"] for e in table["entries"] if e["reduce"]}
+    assert len(list((out / "spirv").iterdir())) == 3   # two FA variants + one reduce, deduplicated
+    assert table["format"] == ex.FORMAT_NAME and table["version"] == ex.FORMAT_VERSION
+    assert table["build"]["key"] == BuildIdentity.current().key
+    assert [d["key"] for d in table["devices"]] == [DEVICE.key]
+    for e in table["entries"]:
+        for shader in (e, e["reduce"]) if e["reduce"] else (e,):
+            blob = (out / shader["spv"]).read_bytes()
+            assert struct.unpack_from("<I", blob)[0] == 0x07230203
+            assert hashlib.sha256(blob).hexdigest() == shader["sha256"] and len(blob) == shader["bytes"]
+
+    by_class = {e["class"]: e for e in table["entries"]}
+    assert set(by_class) == {w.problem.key for _, _, w in entries}
+    decode = by_class["64/64 f16/f16 acc32 causal nq0 nkv3 gqa0"]
+    assert decode["splits"] == 4 and decode["features"] == ["causal"] and decode["reduce"]
+    assert decode["n_kv"] == {"bucket": 3, "min": 4097, "max": 16384, "range": "4097-16384"}
+    assert decode["n_q"]["max"] == 1 and decode["required_subgroup_size"] == CAPS.subgroup_size
+    big = by_class["64/64 f16/f16 acc32 - nq3 nkv4 gqa0"]
+    assert big["n_kv"]["max"] is None and big["reduce"] is None and big["sha256"] != decode["sha256"]
+    assert table["notes"] and "ceil(n_q / br)" in ex.grid(ex.FA_GRID, "br")["text"]
+
+
+def test_json_layout_and_grid_follow_abi_and_the_kernel_contract(entries, tmp_path):
+    ex.export(entries, tmp_path / "fa", "json")
+    table = json.loads((tmp_path / "fa" / "kgen_dispatch.json").read_text())
+    push = table["push_constants"]
+    assert push["bytes"] == abi.PUSH_BYTES
+    assert [(f["name"], f["offset"], f["type"]) for f in push["fields"]] == \
+        [(f.name, 4 * i, f.glsl) for i, f in enumerate(abi.PUSH_FIELDS)]
+    assert {b["name"]: b["binding"] for b in table["bindings"]} == abi.BINDING
+    values = {"n_q": 77, "n_head_q": 8, "n_batch": 3, "split_count": 4}
+    for e in table["entries"]:
+        # templates/README.md: x = ceil(Nq / br), y = Hq, z = B * split_count; reduce: (Nq, Hq, B).
+        assert ex.eval_grid(e["grid"], values) == (-(-77 // e["br"]), 8, 12)
+        if e["reduce"]:
+            assert ex.eval_grid(e["reduce"]["grid"], values) == (77, 8, 3)
+
+
+C_PROGRAM = r"""
+#include <stdio.h>
+#include "kgen_fa.h"
+
+static void show(const char *what, const kgen_fa_entry *e) {
+    if (!e) { printf("%s NULL\n", what); return; }
+    printf("%s %s splits=%u reduce=%u words=%u magic=%u\n", what, e->variant, (unsigned)e->splits,
+           (unsigned)(e->reduce_spv != NULL), (unsigned)e->spv_words, (unsigned)(e->spv[0] == KGEN_FA_SPIRV_MAGIC));
+}
+
+int main(void) {
+    kgen_fa_device dev = kgen_fa_entries[0].device;
+    kgen_fa_push pc;
+    uint32_t split_kv, split_count, groups[3];
+    const kgen_fa_entry *e;
+    printf("push %u %u\n", (unsigned)sizeof(kgen_fa_push), (unsigned)offsetof(kgen_fa_push, split_count));
+    show("exact", kgen_fa_lookup(&dev, 64, 64, KGEN_FA_KV_F16, KGEN_FA_KV_F16, 0, 32, 300, 8000, 1));
+    show("exact_big", kgen_fa_lookup(&dev, 64, 64, KGEN_FA_KV_F16, KGEN_FA_KV_F16, 0, 32, 300, 100000, 1));
+    show("nearest", kgen_fa_lookup(&dev, 64, 64, KGEN_FA_KV_F16, KGEN_FA_KV_F16, 0, 32, 300, 8000, 4));
+    e = kgen_fa_lookup(&dev, 64, 64, KGEN_FA_KV_F16, KGEN_FA_KV_F16, KGEN_FA_FEATURE_CAUSAL, 32, 1, 100000, 1);
+    show("decode", e);
+    show("unknown_head", kgen_fa_lookup(&dev, 96, 96, KGEN_FA_KV_F16, KGEN_FA_KV_F16, 0, 32, 300, 3000, 1));
+    show("unknown_type", kgen_fa_lookup(&dev, 64, 64, KGEN_FA_KV_Q8_0, KGEN_FA_KV_Q8_0, 0, 32, 300, 3000, 1));
+    dev.pipeline_cache_uuid[0] ^= 1;
+    show("other_device", kgen_fa_lookup(&dev, 64, 64, KGEN_FA_KV_F16, KGEN_FA_KV_F16, 0, 32, 300, 3000, 1));
+    kgen_fa_splits(e, 1000, &split_kv, &split_count);
+    pc.n_q = 1; pc.n_head_q = 8; pc.n_batch = 2; pc.split_count = split_count;
+    kgen_fa_groups(e, &pc, groups);
+    printf("splits %u %u groups %u %u %u\n", (unsigned)split_kv, (unsigned)split_count,
+           (unsigned)groups[0], (unsigned)groups[1], (unsigned)groups[2]);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def header(entries, tmp_path_factory):
+    out = tmp_path_factory.mktemp("hdr") / "include"
+    assert ex.export(entries, out, "c-header") == [out / "kgen_fa.h"]
+    return out
+
+
+@pytest.mark.parametrize("compiler, flags, source", [
+    ("cc", ["-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror"], "main.c"),
+    ("c++", ["-std=c++17", "-Wall", "-Wextra", "-Werror"], "main.cpp"),
+])
+def test_c_header_compiles_and_looks_up(entries, header, tmp_path, compiler, flags, source):
+    if shutil.which(compiler) is None:
+        pytest.skip(f"no {compiler} on PATH")
+    (tmp_path / source).write_text(C_PROGRAM)
+    exe = tmp_path / "lookup"
+    build = subprocess.run([compiler, *flags, "-I", str(header), str(tmp_path / source), "-o", str(exe)],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    lines = dict(line.split(" ", 1) for line in subprocess.run([str(exe)], capture_output=True, text=True,
+                                                                  check=True).stdout.splitlines())
+    (_, _, plain), (_, _, big), (_, _, decode) = entries
+    words = len(ex.collect(entries[:1])[0].shader.spirv) // 4
+    assert lines["push"] == f"{abi.PUSH_BYTES} {abi.PUSH_BYTES - 4}"
+    assert lines["exact"] == f"{plain.variant} splits=1 reduce=0 words={words} magic=1"
+    assert lines["exact_big"].startswith(f"{big.variant} splits=1")          # nkv bucket 4
+    assert lines["nearest"].startswith(f"{plain.variant} splits=1")          # gqa bucket 2 away; the nkv4 entry is 3 away
+    assert lines["decode"].startswith(f"{decode.variant} splits=4 reduce=1")  # nkv 100000: nearest bucket
+    assert lines["unknown_head"] == lines["unknown_type"] == lines["other_device"] == "NULL"
+    bc = int(decode.variant.split("_bc")[1].split("_")[0])
+    split_kv, split_count = ex.split_values(1000, 4, bc)
+    assert lines["splits"] == f"{split_kv} {split_count} groups 1 8 {2 * split_count}"
+
+
+def test_a_failed_export_leaves_nothing(entries, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise CompileError("fa_reduce_v64", "simulated failure")
+    monkeypatch.setattr(ex, "compile_source", broken)
+    for fmt in ex.FORMATS:
+        with pytest.raises(CompileError):
+            ex.export(entries, tmp_path / "fa", fmt)
+    assert list(tmp_path.iterdir()) == []   # neither the folder nor a temporary one
+
+
+def test_a_failure_after_some_files_were_written_leaves_the_old_output(entries, tmp_path, monkeypatch):
+    out = tmp_path / "fa"
+    ex.export(entries[:1], out, "json")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def broken(rows):
+        raise RuntimeError("simulated failure after the .spv files")
+    monkeypatch.setattr(ex, "dispatch_table", broken)
+    with pytest.raises(RuntimeError):
+        ex.export(entries, out, "json")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["fa"]
+
+
+def test_export_refuses_no_winners_and_inconsistent_ones(entries, tmp_path):
+    with pytest.raises(ex.ExportError, match="kgen tune"):
+        ex.export([], tmp_path / "fa", "json")
+    device, build, w = entries[2]
+    with pytest.raises(ex.ExportError, match="does not compute"):   # split-k variant with 1 split
+        ex.export([(device, build, dataclasses.replace(w, splits=1))], tmp_path / "fa", "json")
+    assert not (tmp_path / "fa").exists()
+
+
+class FakeDB:
+    """Stands in for kgen.tunedb.TuningDB (its contract: winners(device, build), close())."""
+    stored: list = []
+    calls: list = []
+
+    def __init__(self, path):
+        self.path = path
+
+    def winners(self, device=None, build=None):
+        FakeDB.calls.append((device, build))
+        return [e for e in FakeDB.stored if build is None or e[1] == build]
+
+    def close(self):
+        pass
+
+
+def test_cli_exports_the_current_builds_winners(entries, tmp_path, monkeypatch, capsys):
+    import kgen.tunedb
+    monkeypatch.setattr(kgen.tunedb, "TuningDB", FakeDB)
+    db = tmp_path / "tuning.sqlite"
+    db.write_bytes(b"")
+    monkeypatch.setattr(FakeDB, "stored", entries)
+    monkeypatch.setattr(FakeDB, "calls", [])
+    assert main(["export", "--format", "c-header", "-o", str(tmp_path / "h"), "--db", str(db)]) == 0
+    assert FakeDB.calls == [(None, BuildIdentity.current())]
+    assert (tmp_path / "h" / "kgen_fa.h").is_file() and "3 entries" in capsys.readouterr().out
+    # Both formats can share a folder.
+    assert main(["export", "--format", "json", "-o", str(tmp_path / "h"), "--db", str(db),
+                 "--device-key", DEVICE.key]) == 0
+    assert {p.name for p in (tmp_path / "h").iterdir()} == {"kgen_fa.h", "kgen_dispatch.json", "spirv"}
+
+    assert main(["export", "--format", "json", "-o", str(tmp_path / "x"), "--db", str(db),
+                 "--device-key", "0123456789abcdef"]) == 2
+    assert DEVICE.key in capsys.readouterr().err
+    monkeypatch.setattr(FakeDB, "stored", [])
+    assert main(["export", "--format", "json", "-o", str(tmp_path / "x"), "--db", str(db)]) == 2
+    assert "run `kgen tune` first" in capsys.readouterr().err
+    assert main(["export", "--format", "json", "-o", str(tmp_path / "x"), "--db", str(tmp_path / "none")]) == 2
+    assert "no tuning DB" in capsys.readouterr().err and not (tmp_path / "x").exists()

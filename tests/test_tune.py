@@ -1,0 +1,233 @@
+"""The tuner: winner rule under noise, wrong candidates never win, budgets, resume after Ctrl-C,
+the dispatcher's fallback levels, and a real (small) tune on the default device."""
+import dataclasses
+import random
+import warnings
+
+import numpy as np
+import pytest
+
+import kgen
+from kgen import dispatch, reference
+from kgen.cli import main
+from kgen.identity import BuildIdentity, DeviceIdentity
+from kgen.planning import choose_variant
+from kgen.profiles import LAVAPIPE
+from kgen.runtime import open_device
+from kgen.suites import Case
+from kgen.tune import Candidate, Limits, Outcome, candidates, run_search, tune
+from kgen.tune import driver
+from kgen.tunedb import TuningDB, Winner
+
+SHAPE = Case("t", heads_kv=1, gqa=2, n_q=16, n_kv=256, head_k=64, head_v=64).shapes()
+
+
+class FakeEvaluator:
+    """True costs per candidate, timed with multiplicative noise; some candidates are wrong."""
+
+    def __init__(self, costs, *, noise=0.0, seed=0, wrong=(), interrupt_after=None):
+        self.costs, self.noise, self.wrong = costs, noise, set(wrong)
+        self.rng = random.Random(seed)
+        self.checked: list[str] = []
+        self.interrupt_after = interrupt_after
+
+    def check(self, c):
+        if self.interrupt_after is not None and len(self.checked) >= self.interrupt_after:
+            raise KeyboardInterrupt
+        self.checked.append(c.name)
+        if c.name in self.wrong:
+            return Outcome(c, "wrong", nmse=1.0, reason="NMSE 1 > 0.0005")
+        return Outcome(c, "ok", nmse=1e-7)
+
+    def time(self, c, runs):
+        base = self.costs[c.name]
+        return [base * (1 + self.rng.uniform(-self.noise, self.noise)) for _ in range(runs)]
+
+
+@pytest.fixture(scope="module")
+def space():
+    cands, default = candidates(SHAPE, LAVAPIPE)
+    assert len(cands) >= 6 and cands[0] == default
+    return cands, default
+
+
+def costs_for(cands, fast, *, tie=None):
+    """The `fast` candidates cost 100 (a near-tie); the rest 200 and more."""
+    costs = {c.name: 200.0 + 10 * i for i, c in enumerate(cands)}
+    for c in fast:
+        costs[c.name] = 100.0
+    return costs
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_near_ties_go_to_the_default(space, seed):
+    cands, default = space
+    costs = costs_for(cands, [cands[3], default, cands[5]])
+    winner, runner_up, _ = run_search("exhaustive", cands, default, FakeEvaluator(costs, noise=0.05, seed=seed),
+                                      Limits(runs=10), seed="k")
+    assert winner.candidate == default
+    assert runner_up.candidate in (cands[3], cands[5])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_ties_without_the_default_go_to_the_first_in_order(space, seed):
+    cands, default = space
+    costs = costs_for(cands, [cands[5], cands[2]])
+    winner, _, _ = run_search("exhaustive", cands, default, FakeEvaluator(costs, noise=0.05, seed=seed),
+                              Limits(runs=10), seed="k")
+    assert winner.candidate == cands[2]
+
+
+def test_a_clear_winner_wins_over_the_default(space):
+    cands, default = space
+    costs = costs_for(cands, [default])
+    costs[cands[4].name] = 50.0
+    for strategy in ("exhaustive", "halving"):
+        winner, runner_up, _ = run_search(strategy, cands, default, FakeEvaluator(costs, noise=0.02), Limits(runs=9), seed="k")
+        assert winner.candidate == cands[4], strategy
+        assert runner_up.median > winner.median
+
+
+def test_wrong_candidates_never_win(space):
+    cands, default = space
+    costs = costs_for(cands, [default])
+    costs[cands[1].name] = 1.0  # fastest, but wrong
+    ev = FakeEvaluator(costs, wrong=[cands[1].name])
+    winner, _, outcomes = run_search("exhaustive", cands, default, ev, Limits(runs=5), seed="k")
+    assert winner.candidate == default
+    bad = next(o for o in outcomes if o.candidate == cands[1])
+    assert bad.status == "wrong" and "NMSE" in bad.reason and bad.median is None
+
+
+def test_max_evals_and_budget_limit_the_search(space):
+    cands, default = space
+    costs = costs_for(cands, [])
+    ev = FakeEvaluator(costs)
+    _, _, outcomes = run_search("random", cands, default, ev, Limits(max_evals=3, runs=3), seed="k")
+    assert len(outcomes) == 3 and outcomes[0].candidate == default
+    ticks = iter(range(1000))
+    ev = FakeEvaluator(costs)
+    _, _, outcomes = run_search("random", cands, default, ev, Limits(budget_s=2.5, runs=3), seed="k",
+                                clock=lambda: next(ticks))
+    assert 1 <= len(outcomes) < len(cands)
+    # A seeded order: the same class samples the same candidates on every run.
+    _, _, again = run_search("random", cands, default, FakeEvaluator(costs), Limits(max_evals=3, runs=3), seed="k")
+    assert [o.candidate for o in again] == [o.candidate for o in run_search(
+        "random", cands, default, FakeEvaluator(costs), Limits(max_evals=3, runs=3), seed="k")[2]]
+
+
+def test_limits_reject_bad_values():
+    with pytest.raises(ValueError, match="budget"):
+        Limits(budget_s=0)
+    with pytest.raises(ValueError, match="max_evals"):
+        Limits(max_evals=0)
+    with pytest.raises(ValueError, match="runs"):
+        Limits(runs=1)
+
+
+@pytest.fixture
+def db(tmp_path, monkeypatch):
+    monkeypatch.setenv("KGEN_DB", str(tmp_path / "t.sqlite"))
+    with TuningDB(tmp_path / "t.sqlite") as handle:
+        yield handle
+
+
+def test_interrupted_tune_keeps_measurements_and_resumes(db, monkeypatch):
+    cands, default = candidates(SHAPE, open_device(None).caps)
+    costs = costs_for(cands, [])
+    costs[cands[2].name] = 10.0
+    made = []
+
+    def fake(timed, *, device=None, seed=0, interrupt_after=None):
+        made.append(FakeEvaluator(costs, interrupt_after=interrupt_after))
+        return made[-1]
+
+    monkeypatch.setattr(driver, "GpuEvaluator", lambda timed, **kw: fake(timed, interrupt_after=4, **kw))
+    first = tune(SHAPE, db, strategy="exhaustive", limits=Limits(runs=3))
+    assert first.interrupted and first.winner is None and len(first.outcomes) == 4
+    ident, build = DeviceIdentity.of(open_device(None).caps), BuildIdentity.current()
+    assert len(db.measurements(ident, build, SHAPE.problem())) == 4
+    assert db.winner(ident, build, SHAPE.problem()) is None
+
+    monkeypatch.setattr(driver, "GpuEvaluator", lambda timed, **kw: fake(timed, **kw))
+    second = tune(SHAPE, db, strategy="exhaustive", limits=Limits(runs=3))
+    assert second.resumed == 4 and not second.interrupted
+    assert set(made[-1].checked).isdisjoint(made[0].checked)  # resumed, not re-checked
+    assert len(made[-1].checked) == len(cands) - 4
+    assert second.winner.candidate == cands[2]
+    stored = db.winner(ident, build, SHAPE.problem())
+    assert (stored.variant, stored.splits) == (cands[2].variant.uri, cands[2].splits)
+
+
+def _store(db, caps, problem, variant, splits=1):
+    db.set_winner(DeviceIdentity.of(caps), BuildIdentity.current(),
+                  Winner(problem=problem, variant=variant.uri, splits=splits, median_us=1.0, spread_us=0.0))
+
+
+def test_dispatch_levels_exact_nearest_default(db):
+    caps = open_device(None).caps
+    _, _, how = choose_variant(SHAPE, caps, None, None)
+    assert how == "heuristic default"
+    cands, default = candidates(SHAPE, caps)
+    pick = next(c.variant for c in cands if c.variant.br != default.variant.br)
+    other = dataclasses.replace(SHAPE, n_kv=3000)          # same heads/types/features, another bucket
+    assert other.problem() != SHAPE.problem()
+    _store(db, caps, SHAPE.problem(), pick)
+    v, splits, how = choose_variant(SHAPE, caps, None, None)
+    assert how.startswith("tuned, exact") and (v.br, v.bc, v.wg) == (pick.br, pick.bc, pick.wg)
+    v, _, how = choose_variant(other, caps, None, None)
+    assert how.startswith("tuned, nearest") and (v.br, v.bc) == (pick.br, pick.bc)
+    assert v.aligned == (other.n_kv % v.bc == 0)
+    masked = dataclasses.replace(SHAPE, mask_shape=(1, 1, SHAPE.n_q, SHAPE.n_kv))  # other features
+    assert choose_variant(masked, caps, None, None)[2] == "heuristic default"
+    # A forced path ignores stored decisions.
+    assert choose_variant(SHAPE, caps, default.variant.path, None)[2] == "heuristic default"
+
+
+def test_dispatch_skips_stale_decisions(db, monkeypatch):
+    """A decision the device can no longer run (here: why_invalid says so) is skipped."""
+    caps = open_device(None).caps
+    cands, default = candidates(SHAPE, caps)
+    stale = cands[-1].variant
+    _store(db, caps, SHAPE.problem(), stale)
+    assert choose_variant(SHAPE, caps, None, None)[2].startswith("tuned, exact")
+    monkeypatch.setattr(dispatch, "why_invalid", lambda v, c: "no longer fits" if v == stale else None)
+    v, _, how = choose_variant(SHAPE, caps, None, None)
+    assert how == "heuristic default" and v == default.variant
+
+
+def test_corrupt_db_warns_and_uses_the_default(tmp_path, monkeypatch):
+    path = tmp_path / "bad.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    monkeypatch.setenv("KGEN_DB", str(path))
+    monkeypatch.setattr(dispatch, "_warned", set())
+    with pytest.warns(UserWarning, match="kgen db reset"):
+        _, _, how = choose_variant(SHAPE, open_device(None).caps, None, None)
+    assert how == "heuristic default"
+
+
+def test_quick_tune_then_dispatch_uses_the_winner(tmp_path, monkeypatch, capsys):
+    """The main job end to end on the default device, with a small budget of candidates."""
+    monkeypatch.setenv("KGEN_DB", str(tmp_path / "q.sqlite"))
+    assert main(["tune", "--suite", "quick", "--max-evals", "2", "--runs", "3"]) == 0
+    out = capsys.readouterr()
+    assert "winners on" in out.out and "rejected" not in out.err
+    caps = open_device(None).caps
+    with TuningDB(tmp_path / "q.sqlite") as db:
+        winners = db.winners(DeviceIdentity.of(caps), BuildIdentity.current())
+    assert len(winners) == 2
+    # A shape of a tuned class now runs the stored winner, and is still right.
+    case = next(c for c in kgen.suites.SUITES["quick"] if c.n_q == 1).fitted(caps)
+    s = case.shapes()
+    v, _, how = choose_variant(s, caps, None, None)
+    assert how.startswith("tuned, exact")
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((1, s.heads_q, 1, 128), dtype=np.float32)
+    k = rng.standard_normal((1, s.heads_kv, s.n_kv, 128), dtype=np.float32)
+    vv = rng.standard_normal((1, s.heads_kv, s.n_kv, 128), dtype=np.float32)
+    mask = rng.uniform(-1, 0, (1, s.n_kv)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = kgen.attention(q, k, vv, mask=mask)
+    ref = reference.attention(q, kgen.quant.roundtrip(k, "f16"), kgen.quant.roundtrip(vv, "f16"), mask=mask)
+    assert reference.nmse(out, ref) <= 5e-4

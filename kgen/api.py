@@ -131,10 +131,12 @@ def resolve_path(path: "str | PathKind | None") -> PathKind | None:
 
 def plan(q, k, v, *, mask=None, causal=False, window=None, scale=None, softcap=0.0,
          alibi_max_bias=0.0, sinks=None, k_type=None, v_type=None, precision="f32", path=None,
-         device=None, split_k: int | None = None, variant=None):
+         device=None, split_k: int | None = None, variant=None, autotune: bool | None = None):
     """A reusable, device-resident attention for these shapes and features. q, k, v (and mask)
     may be arrays or anything with `.shape`; the data is given to the call. Close it when done
-    (or use it as a context manager)."""
+    (or use it as a context manager). The variant is the tuned decision for the shapes' class
+    (see `kgen tune`), else the heuristic default; `autotune=True` (or KGEN_AUTOTUNE=1) tunes
+    a class with no exact decision first, on these shapes, and stores the result."""
     from .planning import Plan
     shapes = shapes_of(q, k, v, mask=mask, causal=causal, window=window, scale=scale, softcap=softcap,
                        alibi_max_bias=alibi_max_bias, sinks=sinks, k_type=k_type, v_type=v_type,
@@ -142,14 +144,14 @@ def plan(q, k, v, *, mask=None, causal=False, window=None, scale=None, softcap=0
     from .kvtensor import layout_of
     kv_layouts = {"k": layout_of(k, shapes.k_type, tuple(k.shape)), "v": layout_of(v, shapes.v_type, tuple(v.shape))}
     return Plan(shapes, path=resolve_path(path), device=device, split_k=split_k, variant=variant,
-                kv_layouts=kv_layouts)
+                kv_layouts=kv_layouts, autotune=autotune)
 
 
 def attention(q, k, v, *, mask=None, causal=False, window=None, scale=None, softcap=0.0,
               alibi_max_bias=0.0, sinks=None, k_type=None, v_type=None, precision="f32",
-              path=None, device=None) -> np.ndarray:
+              path=None, device=None, autotune: bool | None = None) -> np.ndarray:
     """Flash attention on a Vulkan device; returns (B, Hq, Nq, Dv) float32. See README: API."""
     with plan(q, k, v, mask=mask, causal=causal, window=window, scale=scale, softcap=softcap,
               alibi_max_bias=alibi_max_bias, sinks=sinks, k_type=k_type, v_type=v_type,
-              precision=precision, path=path, device=device) as p:
+              precision=precision, path=path, device=device, autotune=autotune) as p:
         return p(q, k, v, mask=mask, sinks=sinks)

@@ -15,6 +15,11 @@ def _fraction(ceilings, case: Case, seconds: float, path) -> str:
     return f"{100 * ceilings.fraction(case.flops, case.kv_bytes, seconds, path):.0f}%"
 
 
+# Without --budget or --max-evals, each case on a GPU gets this long (CPU devices sample a few
+# candidates instead, see kgen.tune.driver.CPU_MAX_EVALS).
+GPU_CASE_BUDGET_S = 120
+
+
 class _Bar:
     """Progress with ETA on stderr (rich); one task per class."""
 
@@ -67,7 +72,10 @@ def cmd_tune(args) -> int:
     paths = tuple(PathKind.parse(p) for p in args.path) if args.path else None
     Limits(args.budget, args.max_evals, args.runs)   # bad limits fail before the GPU is touched
     dev = open_device(args.device)
-    out, err = Console(), Console(stderr=True)
+    if args.budget is None and args.max_evals is None and dev.caps.device_type != "cpu":
+        args.budget = GPU_CASE_BUDGET_S * len(cases)
+    # Wide enough for the winners table when stdout is a file or a narrow terminal.
+    out, err = Console(width=max(Console().width, 200)), Console(stderr=True)
     err.print(f"kgen tune --suite {args.suite}: {len(cases)} case(s) on {dev.caps.name}; "
               f"DB {knobs.db_path()}")
     ceilings = None
@@ -111,7 +119,8 @@ def register(sub) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--suite", default="quick", choices=sorted(SUITES), help="which shapes to tune")
     p.add_argument("--device", type=int, help="device index (see `kgen devices`); default: KGEN_DEVICE or the best")
-    p.add_argument("--budget", type=float, help="wall-clock seconds for the whole suite")
+    p.add_argument("--budget", type=float, help="wall-clock seconds for the whole suite "
+                   f"(default on a GPU: {GPU_CASE_BUDGET_S} per case unless --max-evals is given)")
     p.add_argument("--max-evals", type=int, help="candidates checked and timed per class")
     p.add_argument("--strategy", default="auto", choices=("auto", "exhaustive", "random", "halving"),
                    help="auto: successive halving on a GPU, a seeded random sample on a CPU")

@@ -45,10 +45,10 @@ KNOBS: dict[str, Knob] = {k.name: k for k in (
     Knob("KGEN_DEVICE", str, None, "device index or name substring (default: discrete > integrated > CPU)"),
     Knob("KGEN_PATH", str, None, "force a code path: scalar | coopmat1 | coopmat2"),
     Knob("KGEN_DB", _path, None, "tuning database file (default: ~/.cache/kgen/tuning.sqlite)"),
-    Knob("KGEN_AUTOTUNE", lambda s: s not in ("0", "false", "no"), False, "tune at call time when no decision is stored"),
+    Knob("KGEN_AUTOTUNE", lambda s: s not in ("0", "false", "no"), False, "tune a class at call time when no exact decision is stored (as autotune=True)"),
     Knob("KGEN_VALIDATION", lambda s: s not in ("0", "false", "no"), False,
          "Khronos validation layer on; its errors fail the tests (make test sets it)"),
-    Knob("KGEN_DEBUG", _int, 0, "debug output: 1 = the variant each plan chose (finer levels come with the tuner)"),
+    Knob("KGEN_DEBUG", _int, 0, "debug output: 1 = each plan's variant and how it was chosen (tuned exact / nearest class, heuristic default)"),
 )}
 
 

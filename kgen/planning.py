@@ -46,10 +46,19 @@ def choose_variant(shapes: Shapes, caps, path: PathKind | None, splits: int | No
     return v.replace(aligned=shapes.n_kv % v.bc == 0), splits, how
 
 
+def _autotune(shapes: Shapes, device) -> None:
+    """Tune the class of `shapes` now, timing these very shapes, and store the decision."""
+    from .tune import tune
+    from .tunedb import open_default
+    if knobs.get("KGEN_DEBUG") >= 1:
+        print(f"kgen: no tuned decision for {shapes.problem().key}: tuning it now")
+    tune(shapes, open_default(), device=device)
+
+
 class Plan:
     def __init__(self, shapes: Shapes, *, path: PathKind | None = None, device=None,
                  split_k: int | None = None, variant: Variant | None = None,
-                 kv_layouts: dict[str, KvLayout] | None = None):
+                 kv_layouts: dict[str, KvLayout] | None = None, autotune: bool | None = None):
         from .runtime import open_device  # the only place kgen reaches Vulkan from
         self.shapes = s = shapes
         self.kv_layouts = kv_layouts or {
@@ -61,6 +70,10 @@ class Plan:
             raise ValueError(f"split_k={split_k}: must be >= 1")
         if variant is None:
             variant, splits, how = choose_variant(s, caps, path, split_k)
+            if path is None and not how.startswith("tuned, exact") and (
+                    autotune if autotune is not None else knobs.get("KGEN_AUTOTUNE")):
+                _autotune(s, device)
+                variant, splits, how = choose_variant(s, caps, path, split_k)
         else:
             splits, how = split_k or 1, "given"
         if (reason := why_invalid(variant, caps)) is not None:

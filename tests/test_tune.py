@@ -231,3 +231,22 @@ def test_quick_tune_then_dispatch_uses_the_winner(tmp_path, monkeypatch, capsys)
         out = kgen.attention(q, k, vv, mask=mask)
     ref = reference.attention(q, kgen.quant.roundtrip(k, "f16"), kgen.quant.roundtrip(vv, "f16"), mask=mask)
     assert reference.nmse(out, ref) <= 5e-4
+
+
+def test_autotune_at_call_time_stores_and_uses_a_decision(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KGEN_DB", str(tmp_path / "a.sqlite"))
+    monkeypatch.setenv("KGEN_DEBUG", "1")
+    rng = np.random.default_rng(5)
+    q = rng.standard_normal((1, 2, 3, 64), dtype=np.float32)
+    k = rng.standard_normal((1, 1, 70, 64), dtype=np.float32)
+    v = rng.standard_normal((1, 1, 70, 64), dtype=np.float32)
+    out = kgen.attention(q, k, v)                      # no decision: heuristic, nothing tuned
+    assert "heuristic default" in capsys.readouterr().out
+    assert not (tmp_path / "a.sqlite").exists()
+    out = kgen.attention(q, k, v, autotune=True)
+    log = capsys.readouterr().out
+    assert "tuning it now" in log and "tuned, exact" in log
+    ref = reference.attention(q, kgen.quant.roundtrip(k, "f16"), kgen.quant.roundtrip(v, "f16"))
+    assert reference.nmse(out, ref) <= 5e-4
+    kgen.attention(q, k, v, autotune=True)             # decided: no second tune
+    assert "tuning it now" not in capsys.readouterr().out

@@ -179,7 +179,10 @@ def bench_case(case: Case, device=None, *, repeats: int = 100, warmup: int = 10,
                         kv_bytes=run.kv_bytes, min_bytes=working_bytes(run),
                         reference_us=dict(run.reference_us), target_us=run.target_us)
     x = Inputs.random(run, zlib.crc32(case.name.encode()) if seed is None else seed)
-    path = _run_kgen(result, run, x, dev, repeats, warmup)
+    try:
+        path = _run_kgen(result, run, x, dev, repeats, warmup)
+    except KgenError as exc:  # a named failure (unsupported, out of resources, compile): this case only
+        result.error = f"{type(exc).__name__}: {exc}"
     if result.error:
         return result
     _figures(result, run, caps, roofline if roofline is not None else ceilings_of(dev), path)
@@ -329,8 +332,14 @@ def torch_sdpa_us(case: Case, *, repeats: int, warmup: int) -> tuple[float | Non
             return None, "n/a (torch has no CUDA device)"
         return _torch_time(torch, case, repeats, warmup), ""
     except Exception as exc:  # noqa: BLE001 - torch's failure is reported, never a crash
-        first_line = (str(exc).splitlines() or [""])[0]
-        return None, f"n/a ({type(exc).__name__}: {first_line})"
+        note = f"n/a ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]})"
+    # Past the except block its traceback, and the tensors it held, are gone: give their memory
+    # back to the device, where the next case's Vulkan buffers need it.
+    try:
+        torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - already reporting a failure
+        pass
+    return None, note
 
 
 def _torch_time(torch, case: Case, repeats: int, warmup: int) -> float:
@@ -398,8 +407,7 @@ def write_json(results: list[CaseResult], path, *, caps=None, command: str = "",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "suite": suite,
         "kgen_version": __version__,
-        "settings": {name: str(knobs.get(name)) for name in ("KGEN_DEVICE", "KGEN_PATH")
-                     if knobs.get(name) is not None},
+        "settings": {name: str(knob.get()) for name, knob in knobs.KNOBS.items() if knob.get() != knob.default},
         "device": _caps_summary(caps) if caps is not None else None,
         "roofline": _roofline_summary(roofline),
         "results": [r.as_dict() for r in results],

@@ -107,6 +107,7 @@ def _f(x, fmt: str, none: str = "-") -> str:
 
 def table(results: list) -> "object":
     """A rich Table of the figures bench reports (every figure is in the JSON too)."""
+    from rich.markup import escape
     from rich.table import Table
     sets = max((r.gpu.sets for r in results if r.gpu), default=1)
     t = Table(title=f"kgen bench: GPU time of one run, median and p10-p90 over the timed runs"
@@ -117,7 +118,7 @@ def table(results: list) -> "object":
         t.add_column(col, overflow="fold")
     for r in results:
         if r.error:
-            t.add_row(r.case, r.shape, f"{r.path} x{r.splits}", f"[red]{r.error}[/red]")
+            t.add_row(r.case, r.shape, f"{r.path} x{r.splits}" if r.path else "-", f"[red]{escape(r.error)}[/red]")
             continue
         g, c = r.gpu, r.check
         target = "-" if r.target_us is None else f"{r.target_us:g} " + {

@@ -82,6 +82,17 @@ def test_nan_output_reports_no_time(monkeypatch):
     assert r.gpu is None and r.tflops is None and "NaN" in r.error
 
 
+def test_a_named_failure_is_that_case_s_error(monkeypatch):
+    import kgen
+    from kgen.errors import UnsupportedVariant
+
+    def unsupported(*a, **k):
+        raise UnsupportedVariant("fa_x", "no such path here")
+    monkeypatch.setattr(kgen, "plan", unsupported)
+    r = bench.bench_case(TINY, repeats=1, warmup=0, roofline="n/a", torch=False)
+    assert r.gpu is None and r.error.startswith("UnsupportedVariant: fa_x")
+
+
 def test_sub_problem_check_keeps_the_causal_diagonal(monkeypatch):
     case = Case("causal", 2, 2, 24, 80, mask=True, causal=True)
     x = bench.Inputs.random(case, seed=3)

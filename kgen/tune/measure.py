@@ -84,9 +84,19 @@ class GpuEvaluator:
     def __init__(self, timed: Shapes, *, device=None, seed: int = 0):
         self.timed, self.device = timed, device
         self.rng = np.random.default_rng(seed)
-        self.inputs = Inputs.random(timed, self.rng)
-        per_copy = self.inputs.nbytes + timed.batch * timed.heads_q * timed.n_q * timed.head_v * 4
-        self.copies = 1 if per_copy >= ROTATE_BELOW else min(ROTATE_MAX, -(-2 * ROTATE_BELOW // per_copy))
+        self._inputs: Inputs | None = None   # made on first timing: a check needs none of it
+
+    @property
+    def inputs(self) -> Inputs:
+        if self._inputs is None:
+            self._inputs = Inputs.random(self.timed, self.rng)
+        return self._inputs
+
+    @property
+    def copies(self) -> int:
+        s = self.timed
+        per_copy = self.inputs.nbytes + s.batch * s.heads_q * s.n_q * s.head_v * 4
+        return 1 if per_copy >= ROTATE_BELOW else min(ROTATE_MAX, -(-2 * ROTATE_BELOW // per_copy))
 
     def check(self, c: Candidate) -> Outcome:
         s = check_shapes(self.timed, c)
@@ -108,10 +118,10 @@ class GpuEvaluator:
 
     def time(self, c: Candidate, runs: int) -> list[float]:
         """GPU microseconds of `runs` runs (all passes), after warm-up, rotating input copies."""
-        x = self.inputs
+        x, copies = self.inputs, self.copies
         plans = []
         try:
-            for _ in range(self.copies):
+            for _ in range(copies):
                 plan = Plan(self.timed, variant=c.variant, split_k=c.splits, device=self.device)
                 plans.append(plan)
                 plan.upload(x.q, x.k, x.v, mask=x.mask, sinks=x.sinks)

@@ -398,6 +398,13 @@ class TuningDB:
             self._put_identity(conn, build)
             self._put(conn, "measurements", rec, problem)
 
+    def forget(self, device: DeviceIdentity, build: BuildIdentity, problem: ProblemClass,
+               variant: str, splits: int) -> None:
+        """Delete one measurement (the tuner's crash marker, when an interrupt ends its check)."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM measurements WHERE device_key = ? AND build_key = ? AND problem = ? "
+                         "AND variant = ? AND splits = ?", (device.key, build.key, problem.key, variant, splits))
+
     def measurements(self, device: DeviceIdentity, build: BuildIdentity,
                      problem: ProblemClass) -> list[Measurement]:
         rows = self._query("SELECT * FROM measurements WHERE device_key = ? AND build_key = ? "

@@ -185,6 +185,24 @@ def device_reason(v: Variant, caps: Caps) -> str | None:
     if shared > caps.max_shared_memory:
         return (f"shared memory: {lay.shared_bytes} bytes + {caps.coopmat2_reserved_shared_memory} "
                 f"reserved for workgroup-scope matrices exceeds {caps.max_shared_memory}")
+    return _driver_reason(v, caps)
+
+
+_NVIDIA = 0x10DE
+
+
+def _driver_reason(v: Variant, caps: Caps) -> str | None:
+    """Shapes NVIDIA's driver mishandles, found by checking every candidate on an H100 (driver
+    580, scripts/probe_variants.py, docs/gpu-tuning-2026-11-24.md): a 16-row tile spread over
+    more than 2 subgroups computes wrong results (NMSE 1), and 16-column tiles with 8
+    subgroups crash pipeline creation unless the tile has 128 rows."""
+    if caps.vendor_id != _NVIDIA:
+        return None
+    subgroups = v.wg // v.subgroup
+    if v.br == 16 and subgroups > 2:
+        return f"br=16 with {subgroups} subgroups: NVIDIA's workgroup-scope matrices compute it wrongly"
+    if v.bc == 16 and subgroups >= 8 and v.br < 128:
+        return f"bc=16, br={v.br} with {subgroups} subgroups: crashes NVIDIA's pipeline compiler"
     return None
 
 

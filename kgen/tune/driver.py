@@ -87,16 +87,27 @@ class _CompileAhead:
             return self.done.get(uri)
 
 
-class _Evaluator:
-    """GpuEvaluator behind the background compiler: compile errors lose without a GPU call."""
+CRASH_MARK = ("crashed the process while being checked (a driver crash?); "
+              "a rerun skips it, `kgen db reset` forgets it")
 
-    def __init__(self, gpu: GpuEvaluator, ahead: _CompileAhead):
-        self.gpu, self.ahead = gpu, ahead
+
+class _Evaluator:
+    """GpuEvaluator behind the background compiler: compile errors lose without a GPU call.
+    Before a check a crash marker is stored, replaced by the outcome: a candidate that takes
+    the process down (a driver crash in pipeline creation) is skipped when the tune resumes."""
+
+    def __init__(self, gpu: GpuEvaluator, ahead: _CompileAhead, mark: Callable, unmark: Callable):
+        self.gpu, self.ahead, self.mark, self.unmark = gpu, ahead, mark, unmark
 
     def check(self, c: Candidate) -> Outcome:
         if (error := self.ahead.error_of(c.variant.uri)) is not None:
             return Outcome(c, "failed", reason=f"CompileError: {error}"[:2000])
-        return self.gpu.check(c)
+        self.mark(Outcome(c, "failed", reason=CRASH_MARK))
+        try:
+            return self.gpu.check(c)
+        except BaseException:
+            self.unmark(c)
+            raise
 
     def time(self, c: Candidate, runs: int) -> list[float]:
         return self.gpu.time(c, runs)
@@ -147,7 +158,11 @@ def tune(timed: Shapes, db: TuningDB, *, device=None, strategy: str = "auto", li
             result.outcomes.append(o)
         progress.step(o, first)
 
-    ev = _Evaluator(GpuEvaluator(timed, device=device), _CompileAhead([c for c in todo if c.name not in known]))
+    def unmark(c: Candidate) -> None:
+        db.forget(ident, build, problem, c.variant.uri, c.splits)
+
+    ev = _Evaluator(GpuEvaluator(timed, device=device), _CompileAhead([c for c in todo if c.name not in known]),
+                    mark=lambda o: db.record(ident, build, _measurement(problem, shape, o)), unmark=unmark)
     try:
         result.winner, result.runner_up, result.outcomes = run_search(
             strategy, cands, default, ev, limits, seed=problem.key, known=known, on_outcome=store, clock=clock)

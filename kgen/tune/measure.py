@@ -21,7 +21,10 @@ NMSE_MAX = 5e-4
 # timing: rotate among copies so that each run reads memory the previous one did not touch.
 ROTATE_BELOW = 64 << 20
 ROTATE_MAX = 4
-WARMUP_RUNS = 2
+# GPUs drop their clocks while the tuner builds the next pipeline: each candidate runs until
+# this much GPU time has passed (and at least WARMUP_MIN_RUNS) before its timed runs.
+WARMUP_GPU_US = 25_000
+WARMUP_MIN_RUNS, WARMUP_MAX_RUNS = 2, 2000
 # Feature values of the check problem: non-trivial, so a kernel that ignores one is caught.
 SOFTCAP, ALIBI_MAX_BIAS = 20.0, 8.0
 CHECK_MAX_NQ = 40
@@ -125,9 +128,10 @@ class GpuEvaluator:
                 plan = Plan(self.timed, variant=c.variant, split_k=c.splits, device=self.device)
                 plans.append(plan)
                 plan.upload(x.q, x.k, x.v, mask=x.mask, sinks=x.sinks)
-            for plan in plans:
-                for _ in range(WARMUP_RUNS):
-                    plan.run_device()
+            warm, n = 0.0, 0
+            while n < WARMUP_MIN_RUNS * len(plans) or (warm < WARMUP_GPU_US and n < WARMUP_MAX_RUNS):
+                warm += plans[n % len(plans)].run_device()
+                n += 1
             return [plans[i % len(plans)].run_device() for i in range(runs)]
         except failure_types() as exc:
             raise CandidateFailed(f"{type(exc).__name__}: {exc}"[:2000]) from exc

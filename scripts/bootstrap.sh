@@ -96,7 +96,7 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
     say "installing kgen with its test extras into .venv"
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$venv/bin/python" -m pip install -q -e ".[test,tools]"
+    "$venv/bin/python" -m pip install -q -e ".[test,tools,bench]"
     echo "$want" > "$stamp"
 fi
 for tool in spirv-val spirv-dis spirv-opt; do

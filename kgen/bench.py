@@ -238,16 +238,17 @@ def _dims(case: Case) -> dict:
 
 
 def _time_runs(plans: list, repeats: int, warmup: int) -> tuple[list[float], float]:
-    """GPU us of `repeats` runs taking the plans in turn, and the median host time around a run
-    beyond its GPU time (submit, wait, timestamp read-back)."""
-    for i in range(max(warmup, len(plans))):
-        plans[i % len(plans)].run_device()
-    gpu, extra = [], []
-    for i in range(repeats):
+    """GPU us of `repeats` back-to-back runs in one submission taking the plans in turn (see
+    planning.time_back_to_back), and the median host time around a single run beyond its GPU
+    time (submit, wait, timestamp read-back), measured separately."""
+    from .planning import time_back_to_back
+    time_back_to_back(plans, max(warmup, len(plans)))
+    gpu = time_back_to_back(plans, repeats)
+    extra = []
+    for i in range(min(repeats, 20)):
         t0 = time.perf_counter()
         us = plans[i % len(plans)].run_device()
         extra.append((time.perf_counter() - t0) * 1e6 - us)
-        gpu.append(us)
     return gpu, statistics.median(extra)
 
 

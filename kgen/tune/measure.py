@@ -11,7 +11,7 @@ from .. import reference
 from ..api import Shapes
 from ..errors import CompileError, UnsupportedVariant
 from ..kvtensor import KVTensor
-from ..planning import Plan
+from ..planning import Plan, time_back_to_back
 from ..quant import roundtrip
 from .candidates import Candidate
 from .search import CandidateFailed, Outcome
@@ -21,10 +21,12 @@ NMSE_MAX = 5e-4
 # timing: rotate among copies so that each run reads memory the previous one did not touch.
 ROTATE_BELOW = 64 << 20
 ROTATE_MAX = 4
-# GPUs drop their clocks while the tuner builds the next pipeline: each candidate runs until
-# this much GPU time has passed (and at least WARMUP_MIN_RUNS) before its timed runs.
+# GPUs drop their clocks while the tuner builds the next pipeline: each candidate runs back to
+# back until this much GPU time has passed (and at least WARMUP_MIN_RUNS) before its timed runs.
 WARMUP_GPU_US = 25_000
 WARMUP_MIN_RUNS, WARMUP_MAX_RUNS = 2, 2000
+# The first candidate of a tune meets a GPU that may have idled for a while: warm longer.
+WARMUP_FIRST_GPU_US = 300_000
 # Feature values of the check problem: non-trivial, so a kernel that ignores one is caught.
 SOFTCAP, ALIBI_MAX_BIAS = 20.0, 8.0
 CHECK_MAX_NQ = 40
@@ -88,6 +90,7 @@ class GpuEvaluator:
         self.timed, self.device = timed, device
         self.rng = np.random.default_rng(seed)
         self._inputs: Inputs | None = None   # made on first timing: a check needs none of it
+        self._warmup_us = WARMUP_FIRST_GPU_US
 
     @property
     def inputs(self) -> Inputs:
@@ -128,11 +131,14 @@ class GpuEvaluator:
                 plan = Plan(self.timed, variant=c.variant, split_k=c.splits, device=self.device)
                 plans.append(plan)
                 plan.upload(x.q, x.k, x.v, mask=x.mask, sinks=x.sinks)
-            warm, n = 0.0, 0
-            while n < WARMUP_MIN_RUNS * len(plans) or (warm < WARMUP_GPU_US and n < WARMUP_MAX_RUNS):
-                warm += plans[n % len(plans)].run_device()
-                n += 1
-            return [plans[i % len(plans)].run_device() for i in range(runs)]
+            # Warm up back to back until WARMUP_GPU_US of GPU time has passed, then time.
+            warm = sum(time_back_to_back(plans, WARMUP_MIN_RUNS * len(plans)))
+            while warm < self._warmup_us:
+                per_run = warm / (WARMUP_MIN_RUNS * len(plans))
+                more = min(WARMUP_MAX_RUNS, int((self._warmup_us - warm) / per_run) + 1)
+                warm += sum(time_back_to_back(plans, more))
+            self._warmup_us = WARMUP_GPU_US
+            return time_back_to_back(plans, runs)
         except failure_types() as exc:
             raise CandidateFailed(f"{type(exc).__name__}: {exc}"[:2000]) from exc
         finally:

@@ -108,7 +108,9 @@ def run_search(strategy: str, cands: list[Candidate], default: Candidate, ev: Ev
         survivors = _ok_sorted(outcomes)
         runs = first_runs
         while len(survivors) > 2 and runs < limits.runs and not over():
-            survivors = survivors[:max(2, len(survivors) // 2)]
+            # The default always goes on: "vs default" then compares timings of one round.
+            kept = survivors[:max(2, len(survivors) // 2)]
+            survivors = kept + [o for o in survivors[len(kept):] if o.candidate == default]
             runs = min(limits.runs, runs * 2)
             for o in survivors:
                 _timed(o, ev, runs)

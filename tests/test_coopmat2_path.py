@@ -105,7 +105,10 @@ def test_device_reason():
 def test_space_is_tens_of_valid_unique_variants(hk, hv):
     problem = ProblemClass(head_k=hk, head_v=hv, k_type="q4_0", v_type="f16", features=("mask",))
     space = enumerate_space(problem, H100, (PathKind.COOPMAT2,))
-    assert 5 <= len(space.valid) <= 200 and not space.rejected
+    # 512-wide heads fit the register budget only in short tiles, most of which NVIDIA's
+    # driver mishandles with more than 2 subgroups (coopmat2._driver_reason): a few remain.
+    fewest = 2 if max(hk, hv) >= 512 else 5
+    assert fewest <= len(space.valid) <= 200 and not space.rejected
     assert len({v.uri for v in space.valid}) == len(space.valid)
     assert all(coopmat2.layout(v).live_words <= coopmat2.REGISTER_BUDGET for v in space.valid)
 

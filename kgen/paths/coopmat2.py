@@ -206,6 +206,10 @@ def _driver_reason(v: Variant, caps: Caps) -> str | None:
     return None
 
 
+def _driver_ok(caps: Caps, **knobs) -> bool:
+    return _driver_reason(Variant(**knobs), caps) is None
+
+
 # --- tuning space ----------------------------------------------------------------------------
 def _common(problem: ProblemClass, caps: Caps) -> dict:
     return dict(path=KIND, head_k=problem.head_k, head_v=problem.head_v, k_type=problem.k_type,
@@ -215,12 +219,14 @@ def _common(problem: ProblemClass, caps: Caps) -> dict:
 
 def candidates(problem: ProblemClass, caps: Caps) -> Iterator[dict]:
     """br, bc in 16..128 and wg 64..256, less tiles of more query rows than the problem has
-    (beyond 32, the default's) and tiles whose O, Q, K^T and V alone need more registers per
-    invocation than there are (they spill whatever the driver does)."""
+    (beyond 32, the default's), tiles whose O, Q, K^T and V alone need more registers per
+    invocation than there are (they spill whatever the driver does) and shapes the driver
+    mishandles (_driver_reason)."""
     common = _common(problem, caps)
     rows = max(32, _round_up(problem.n_q, TILE_STEP))
     for br, bc, wg in itertools.product((16, 32, 64, 128), (16, 32, 64, 128), (64, 128, 256)):
-        if br <= rows and _live_words(problem.head_k, problem.head_v, problem.acc, br, bc, wg) <= REGISTER_BUDGET:
+        if (br <= rows and _live_words(problem.head_k, problem.head_v, problem.acc, br, bc, wg) <= REGISTER_BUDGET
+                and _driver_ok(caps, **common, br=br, bc=bc, wg=wg)):
             yield dict(common, br=br, bc=bc, wg=wg)
 
 

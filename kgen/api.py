@@ -5,6 +5,7 @@ upload, one recorded submission and a download per call.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -75,6 +76,23 @@ class Shapes:
         on = {"mask": self.mask_shape is not None, "causal": self.causal or self.window > 0,
               "alibi": self.alibi_max_bias > 0, "softcap": self.softcap > 0, "sinks": self.sinks}
         return tuple(f for f, enabled in on.items() if enabled)
+
+
+def fold_gqa(s: Shapes) -> Shapes:
+    """The same attention with each GQA group's query heads stacked as rows of one head, when
+    nothing in a row depends on which head or query index it is: a (B, Hq, Nq, D) layout holds
+    a group's Nq-row blocks back to back, so Q, the output and the split-k rows keep their
+    bytes, and each KV head is read once per group instead of once per query head (decode
+    reads Hq/Hkv times fewer bytes). Needs: no ALiBi (slope per head), no sinks (per head), no
+    window, no causal bound unless Nq = 1 (one query row sees every key), and a mask that is
+    one row for all heads and queries. Otherwise `s` itself."""
+    gqa = s.heads_q // s.heads_kv
+    if gqa == 1 or s.alibi_max_bias > 0 or s.sinks or s.window > 0 or (s.causal and s.n_q > 1):
+        return s
+    if s.mask_shape is not None and s.mask_shape[1:3] != (1, 1):
+        return s
+    mask = None if s.mask_shape is None else (s.mask_shape[0], 1, 1, s.n_kv)
+    return dataclasses.replace(s, heads_q=s.heads_kv, n_q=gqa * s.n_q, causal=False, mask_shape=mask)
 
 
 def _dims4(a, name: str) -> tuple[int, int, int, int]:

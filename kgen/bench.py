@@ -237,12 +237,17 @@ def _dims(case: Case) -> dict:
     return d
 
 
+# Each case warms the GPU for this much GPU time first: clocks come up slowly from idle (one
+# bench measured P1 at 1.4 and 4.4 ms within the same 100 runs before this).
+WARMUP_GPU_US = 200_000
+
+
 def _time_runs(plans: list, repeats: int, warmup: int) -> tuple[list[float], float]:
     """GPU us of `repeats` back-to-back runs in one submission taking the plans in turn (see
     planning.time_back_to_back), and the median host time around a single run beyond its GPU
     time (submit, wait, timestamp read-back), measured separately."""
-    from .planning import time_back_to_back
-    time_back_to_back(plans, max(warmup, len(plans)))
+    from .planning import time_back_to_back, warm_up
+    warm_up(plans, WARMUP_GPU_US, min_runs=max(1, -(-warmup // len(plans))))
     gpu = time_back_to_back(plans, repeats)
     extra = []
     for i in range(min(repeats, 20)):
@@ -300,7 +305,7 @@ def _chosen_by(plan) -> str:
     if resolve_path(None) is not None:
         return "forced path (KGEN_PATH)"
     from .dispatch import lookup
-    decision = lookup(plan.device.caps, plan.shapes.problem())
+    decision = lookup(plan.device.caps, plan.kernel_shapes.problem())
     return "heuristic default" if decision is None else f"tuned, {decision.level} class {decision.source}"
 
 

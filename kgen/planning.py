@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from . import abi, dispatch, knobs
-from .api import PRECISIONS, Shapes
+from .api import PRECISIONS, Shapes, fold_gqa
 from .compile import compile_source, compile_variant
 from .errors import UnsupportedVariant
 from .kvtensor import KVTensor, KvLayout, layout_of
@@ -65,6 +65,17 @@ def time_back_to_back(plans: list["Plan"], runs: int) -> list[float]:
     return out
 
 
+def warm_up(plans: list["Plan"], gpu_us: float, *, min_runs: int = 2, max_batch: int = 2000) -> None:
+    """Run back to back until `gpu_us` of GPU time has passed (and at least `min_runs` per
+    plan): an idle GPU runs at low clocks and takes a while to come up."""
+    n = min_runs * len(plans)
+    warm = sum(time_back_to_back(plans, n))
+    while warm < gpu_us:
+        more = min(max_batch, int((gpu_us - warm) / (warm / n)) + 1)
+        warm += sum(time_back_to_back(plans, more))
+        n = more
+
+
 def _autotune(shapes: Shapes, device) -> None:
     """Tune the class of `shapes` now, timing these very shapes, and store the decision."""
     from .tune import tune
@@ -79,7 +90,8 @@ class Plan:
                  split_k: int | None = None, variant: Variant | None = None,
                  kv_layouts: dict[str, KvLayout] | None = None, autotune: bool | None = None):
         from .runtime import open_device  # the only place kgen reaches Vulkan from
-        self.shapes = s = shapes
+        self.shapes = shapes               # what the caller passes and gets back
+        self.kernel_shapes = s = fold_gqa(shapes)  # what the kernel computes (same bytes)
         self.kv_layouts = kv_layouts or {
             "k": layout_of(None, s.k_type, (s.batch, s.heads_kv, s.n_kv, s.head_k)),
             "v": layout_of(None, s.v_type, (s.batch, s.heads_kv, s.n_kv, s.head_v))}
@@ -113,7 +125,7 @@ class Plan:
             raise
 
     def _check_variant(self, v: Variant, splits: int) -> None:
-        s = self.shapes
+        s = self.kernel_shapes
         want = (s.head_k, s.head_v, s.k_type, s.v_type, PRECISIONS[s.precision])
         have = (v.head_k, v.head_v, v.k_type, v.v_type, v.acc)
         if want != have:
@@ -127,7 +139,7 @@ class Plan:
 
     # --- construction ----------------------------------------------------------------------
     def _build(self) -> None:
-        s, v, dev = self.shapes, self.variant, self.device
+        s, v, dev = self.kernel_shapes, self.variant, self.device
         caps = dev.caps
         fa = dev.pipeline(compile_variant(v).spirv, name=v.uri, required_subgroup_size=v.subgroup,
                           full_subgroups=caps.compute_full_subgroups)
@@ -159,7 +171,7 @@ class Plan:
         self._sequence = dev.sequence(steps)
 
     def _push(self) -> bytes:
-        s = self.shapes
+        s = self.kernel_shapes
         kl, vl = self.kv_layouts["k"], self.kv_layouts["v"]
         mb, mh, mq, _ = s.mask_shape or (1, 1, 1, 1)
         n_kv = s.n_kv

@@ -205,3 +205,21 @@ def test_mla_value_is_a_view_of_key():
     v_view = kgen.KVTensor(kt.data, "f16", (1, 1, 20, 512), kt.strides)
     out = kgen.attention(q, kt, v_view)
     check(out, q, k, k[..., :512])
+
+
+@pytest.mark.parametrize("n_q, causal, mask_rows", [(1, True, 1), (1, False, 1), (3, False, 1), (3, False, 3)])
+def test_gqa_folding_keeps_the_answer(n_q, causal, mask_rows):
+    """Decode-like calls stack a GQA group's query heads as rows of one head (kgen.api.fold_gqa):
+    same bytes in and out, K/V read once per group. Where a row depends on its query index
+    (a mask with Nq rows), nothing is folded."""
+    from kgen.api import fold_gqa, shapes_of
+    rng = np.random.default_rng(11 + n_q + mask_rows)
+    q, k, v = make_inputs(rng, 2, 8, 2, n_q, 90, 64, 64)
+    mask = rng.uniform(-2, 0, (mask_rows, 90)).astype(np.float32)
+    mask[:, 5:20] = -np.inf
+    folded = fold_gqa(shapes_of(q, k, v, mask=mask, causal=causal))
+    assert (folded.heads_q == 2) == (mask_rows == 1)
+    with kgen.plan(q, k, v, mask=mask, causal=causal) as p:
+        assert p.kernel_shapes == folded
+        out = p(q, k, v, mask=mask)
+    check(out, q, k, v, mask=mask, causal=causal)

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..api import Shapes
+from ..api import Shapes, fold_gqa
 from ..compile import compile_iter
 from ..errors import CompileError
 from ..identity import BuildIdentity, DeviceIdentity
@@ -139,6 +139,7 @@ def tune(timed: Shapes, db: TuningDB, *, device=None, strategy: str = "auto", li
     from ..runtime import open_device
     dev = open_device(device)
     caps = dev.caps
+    timed = fold_gqa(timed)   # tune what plans will run (see kgen.api.fold_gqa)
     problem = timed.problem()
     strategy, limits = resolve_strategy(strategy, caps, limits or Limits())
     ident, build = DeviceIdentity.of(caps), BuildIdentity.current()

@@ -11,7 +11,7 @@ from .. import reference
 from ..api import Shapes
 from ..errors import CompileError, UnsupportedVariant
 from ..kvtensor import KVTensor
-from ..planning import Plan, time_back_to_back
+from ..planning import Plan, time_back_to_back, warm_up
 from ..quant import roundtrip
 from .candidates import Candidate
 from .search import CandidateFailed, Outcome
@@ -131,12 +131,7 @@ class GpuEvaluator:
                 plan = Plan(self.timed, variant=c.variant, split_k=c.splits, device=self.device)
                 plans.append(plan)
                 plan.upload(x.q, x.k, x.v, mask=x.mask, sinks=x.sinks)
-            # Warm up back to back until WARMUP_GPU_US of GPU time has passed, then time.
-            warm = sum(time_back_to_back(plans, WARMUP_MIN_RUNS * len(plans)))
-            while warm < self._warmup_us:
-                per_run = warm / (WARMUP_MIN_RUNS * len(plans))
-                more = min(WARMUP_MAX_RUNS, int((self._warmup_us - warm) / per_run) + 1)
-                warm += sum(time_back_to_back(plans, more))
+            warm_up(plans, self._warmup_us, min_runs=WARMUP_MIN_RUNS, max_batch=WARMUP_MAX_RUNS)
             self._warmup_us = WARMUP_GPU_US
             return time_back_to_back(plans, runs)
         except failure_types() as exc:

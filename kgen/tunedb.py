@@ -437,9 +437,9 @@ class TuningDB:
         rows = self._query(
             "SELECT w.*, d.identity AS device_identity, b.identity AS build_identity FROM winners w "
             "JOIN devices d ON d.key = w.device_key JOIN builds b ON b.key = w.build_key "
-            "WHERE (?1 IS NULL OR w.device_key = ?1) AND (?2 IS NULL OR w.build_key = ?2) "
+            "WHERE (:device IS NULL OR w.device_key = :device) AND (:build IS NULL OR w.build_key = :build) "
             "ORDER BY d.name, w.device_key, w.build_key, w.problem",
-            (device and device.key, build and build.key))
+            {"device": device and device.key, "build": build and build.key})
         return [(self._identity(DeviceIdentity, r["device_identity"]),
                  self._identity(BuildIdentity, r["build_identity"]), self._item(Winner, r)) for r in rows]
 

@@ -18,7 +18,8 @@ from kgen.roofline import Roofline
 from kgen.suites import P1, P3, P4, P5, Case
 
 FAKE_ROOFLINE = Roofline(device_key="test", device_name="test", copy_gbps=10.0,
-                         matrix_tflops={"scalar_f32": 0.1, "scalar_f16": 0.05}, measured_at="2026-01-01T00:00:00+00:00")
+                         matrix_tflops={"scalar_f32": 0.1, "scalar_f16": 0.05, "coopmat1": 1.0, "coopmat2": 1.0},
+                         measured_at="2026-01-01T00:00:00+00:00")
 TINY = Case("tiny causal", 1, 2, 16, 64, mask=True, causal=True)
 
 

@@ -150,10 +150,8 @@ class Inputs:
 
 
 def working_bytes(case: Case, splits: int = 1) -> int:
-    """Device bytes one run touches: Q and O (f32), K and V as stored, the f16 mask."""
-    rows = case.batch * case.heads_q * case.n_q
-    mask = 2 * case.n_q * case.n_kv if case.mask else 0
-    return rows * case.head_k * 4 + case.kv_bytes + mask + splits * rows * case.head_v * 4
+    """Device bytes one run touches: case.min_bytes plus the split-k partial outputs."""
+    return case.min_bytes + (splits - 1) * case.batch * case.heads_q * case.n_q * case.head_v * 4
 
 
 def rotation_sets(nbytes: int) -> int:
@@ -176,7 +174,7 @@ def bench_case(case: Case, device=None, *, repeats: int = 100, warmup: int = 10,
     run = case.fitted(caps)
     result = CaseResult(case=case.name, requested=case.describe(), shape=run.describe(),
                         fitted=run != case, dims=_dims(run), device=caps.name, flops=run.flops,
-                        kv_bytes=run.kv_bytes, min_bytes=working_bytes(run),
+                        kv_bytes=run.kv_bytes, min_bytes=run.min_bytes,
                         reference_us=dict(run.reference_us), target_us=run.target_us)
     x = Inputs.random(run, zlib.crc32(case.name.encode()) if seed is None else seed)
     try:
@@ -206,7 +204,7 @@ def _run_kgen(result: CaseResult, case: Case, x: Inputs, dev, repeats: int, warm
     plans = [first]
     try:
         result.variant, result.path, result.splits = first.variant.uri, str(first.variant.path), first.splits
-        result.chosen_by = _chosen_by(first)
+        result.chosen_by = first.how
         for _ in range(rotation_sets(working_bytes(case, first.splits)) - 1):
             plans.append(make()[0])
         for p in plans:
@@ -294,19 +292,6 @@ def _figures(result: CaseResult, case: Case, caps, roofline, path) -> None:
         result.vs_reference = {who: ref / us for who, ref in case.reference_us.items()}
         if case.target_us is not None:
             result.meets_target = us <= case.target_us and result.check.ok is not False
-
-
-def _chosen_by(plan) -> str:
-    """How the dispatcher picked the plan's variant (the plan's own record where it keeps one)."""
-    how = getattr(plan, "how", None)
-    if how:
-        return how
-    from .api import resolve_path
-    if resolve_path(None) is not None:
-        return "forced path (KGEN_PATH)"
-    from .dispatch import lookup
-    decision = lookup(plan.device.caps, plan.kernel_shapes.problem())
-    return "heuristic default" if decision is None else f"tuned, {decision.level} class {decision.source}"
 
 
 def ceilings_of(device) -> "object | str":

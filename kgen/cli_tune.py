@@ -12,7 +12,7 @@ from .suites import SUITES, Case, suite
 def _fraction(ceilings, case: Case, seconds: float, path) -> str:
     if ceilings is None:
         return "-"
-    return f"{100 * ceilings.fraction(case.flops, case.kv_bytes, seconds, path):.0f}%"
+    return f"{100 * ceilings.fraction(case.flops, case.min_bytes, seconds, path):.0f}%"
 
 
 # Without --budget or --max-evals, each case on a GPU gets this long (CPU devices sample a few

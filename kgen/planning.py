@@ -111,7 +111,7 @@ class Plan:
             raise UnsupportedVariant(variant.uri, reason)
         self._check_variant(variant, splits)
         # Splits are whole KV tiles: the count may round down so none is empty.
-        self.variant = variant
+        self.variant, self.how = variant, how   # how: tuned exact / nearest class, heuristic, given
         self.split_kv = math.ceil(math.ceil(s.n_kv / splits) / variant.bc) * variant.bc
         self.splits = math.ceil(s.n_kv / self.split_kv)
         if knobs.get("KGEN_DEBUG") >= 1:

@@ -64,6 +64,14 @@ class Case:
         v = 0 if self.mla else KvType.parse(self.v_type).row_bytes(self.head_v)
         return self.batch * self.heads_kv * self.n_kv * (k + v)
 
+    @property
+    def min_bytes(self) -> int:
+        """The fewest device bytes a run moves: Q read and O written (f32), K and V as stored,
+        the f16 mask; the roofline's memory term."""
+        rows = self.batch * self.heads_q * self.n_q
+        mask = 2 * self.n_q * self.n_kv if self.mask else 0
+        return rows * (self.head_k + self.head_v) * 4 + self.kv_bytes + mask
+
     def fitted(self, caps, max_flops: float = CPU_MAX_FLOPS) -> "Case":
         """This case, or on a CPU device a smaller one of the same problem class where possible
         (fewer heads, then shorter KV and query lengths) whose work stays under `max_flops`."""

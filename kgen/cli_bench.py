@@ -12,6 +12,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="time the dispatcher's kernels on a shape suite "
                               "(vs llama.cpp's and torch's figures)")
     p.add_argument("--suite", help=f"one of {', '.join(SUITES)} (h100-anchors: issue 7's anchors)")
+    p.add_argument("--case", action="append", help="only cases whose name contains this (repeatable)")
     p.add_argument("--device", type=int, help="device index (see `kgen devices`; default: KGEN_DEVICE, "
                    "else the best GPU)")
     p.add_argument("--repeats", type=int, default=100, help=f"timed runs per case (1..{bench.REPEATS_MAX})")
@@ -43,7 +44,7 @@ def validate(args) -> None:
         return
     if not args.suite:
         raise ValueError(f"--suite is required: one of {', '.join(SUITES)}")
-    suite(args.suite)
+    suite(args.suite, args.case)
     bench.check_counts(args.repeats, args.warmup)
     if args.png and not args.json:
         raise ValueError("--png draws from the results file: give --json FILE too")
@@ -67,7 +68,7 @@ def cmd_bench(args) -> int:
         console.print(message, markup=False, highlight=False, **kw)
 
     dev = open_device(args.device)
-    cases = suite(args.suite)
+    cases = suite(args.suite, args.case)
     say(f"kgen bench {args.suite}: {len(cases)} case(s) on {dev.caps.name} "
         f"({args.repeats} runs each, median GPU time)")
     roofline = bench.ceilings_of(dev)

@@ -68,9 +68,12 @@ def cmd_tune(args) -> int:
     from .tunedb import TuningDB
     from .variant import PathKind
 
-    cases = suite(args.suite)
-    paths = tuple(PathKind.parse(p) for p in args.path) if args.path else None
-    Limits(args.budget, args.max_evals, args.runs)   # bad limits fail before the GPU is touched
+    try:  # bad arguments fail before the GPU is touched
+        cases = suite(args.suite, args.case)
+        paths = tuple(PathKind.parse(p) for p in args.path) if args.path else None
+        Limits(args.budget, args.max_evals, args.runs)
+    except ValueError as exc:
+        raise SystemExit(f"kgen tune: {exc}") from None
     dev = open_device(args.device)
     if args.budget is None and args.max_evals is None and dev.caps.device_type != "cpu":
         args.budget = GPU_CASE_BUDGET_S * len(cases)
@@ -118,6 +121,7 @@ def register(sub) -> None:
     p = sub.add_parser("tune", help="autotune a suite of problem classes on a device (the main job)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--suite", default="quick", choices=sorted(SUITES), help="which shapes to tune")
+    p.add_argument("--case", action="append", help="only cases whose name contains this (repeatable)")
     p.add_argument("--device", type=int, help="device index (see `kgen devices`); default: KGEN_DEVICE or the best")
     p.add_argument("--budget", type=float, help="wall-clock seconds for the whole suite "
                    f"(default on a GPU: {GPU_CASE_BUDGET_S} per case unless --max-evals is given)")

@@ -118,8 +118,16 @@ SUITES: dict[str, tuple[Case, ...]] = {
 SUITES["all"] = tuple(dict.fromkeys(c for name in ("llama", "deepseek") for c in SUITES[name]))
 
 
-def suite(name: str) -> tuple[Case, ...]:
+def suite(name: str, only: list[str] | None = None) -> tuple[Case, ...]:
+    """The suite's cases, or those whose name contains one of `only` (--case)."""
     try:
-        return SUITES[name]
+        cases = SUITES[name]
     except KeyError:
         raise ValueError(f"--suite {name!r}: one of {', '.join(SUITES)}") from None
+    if not only:
+        return cases
+    picked = tuple(c for c in cases if any(o.lower() in c.name.lower() for o in only))
+    if not picked:
+        raise ValueError(f"--case {' '.join(only)}: no case of {name} matches; "
+                         f"its cases: {', '.join(c.name for c in cases)}")
+    return picked

@@ -1,6 +1,7 @@
 """The tuner: winner rule under noise, wrong candidates never win, budgets, resume after Ctrl-C,
 the dispatcher's fallback levels, and a real (small) tune on the default device."""
 import dataclasses
+import re
 import random
 import warnings
 
@@ -287,3 +288,21 @@ def _no_unmark(check):
         self.unmark = lambda c: None
         return check(self, c)
     return without_cleanup
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--suite", "h100-anchors", "--case", "nope"], "--case nope: no case of h100-anchors matches"),
+    (["--runs", "1"], "runs=1: >= 3"),
+    (["--budget", "0"], "budget=0"),
+    (["--max-evals", "0"], "max_evals=0"),
+    (["--path", "tensorcore"], "unknown path 'tensorcore'"),
+])
+def test_tune_rejects_bad_arguments_before_the_device(argv, message, monkeypatch):
+    monkeypatch.setattr("kgen.runtime.open_device", lambda *a, **k: pytest.fail("opened the device"))
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        main(["tune", *argv])
+
+
+def test_case_filter_picks_cases_by_name():
+    from kgen.suites import suite
+    assert [c.name for c in suite("h100-anchors", ["p3", "P4"])] == ["P3 decode 128", "P4 decode MLA"]

@@ -32,12 +32,13 @@ def for_shape(v: Variant, shapes: Shapes) -> Variant:
 
 
 def split_options(v: Variant, shapes: Shapes, caps: Caps) -> list[int]:
-    """1, and around the heuristic's count when the row tiles alone leave the GPU idle."""
+    """1, and a quarter to 4x the heuristic's count when the row tiles alone leave the GPU idle
+    (the heuristic caps splits at 4 KV tiles each; the tuner may go down to 1)."""
     guess = split_count(shapes, caps, v.br, v.bc)
     if guess == 1:
         return [1]
-    most = max(1, shapes.n_kv // (2 * v.bc))   # at least two KV tiles per split
-    return sorted({1} | {s for s in (guess // 2, guess, 2 * guess) if 2 <= s <= most})
+    most = max(1, shapes.n_kv // v.bc)
+    return sorted({1} | {s for s in (guess // 4, guess // 2, guess, 2 * guess, 4 * guess) if 2 <= s <= most})
 
 
 def candidates(shapes: Shapes, caps: Caps, paths: tuple[PathKind, ...] | None = None) -> tuple[list[Candidate], Candidate]:

@@ -306,3 +306,16 @@ def test_tune_rejects_bad_arguments_before_the_device(argv, message, monkeypatch
 def test_case_filter_picks_cases_by_name():
     from kgen.suites import suite
     assert [c.name for c in suite("h100-anchors", ["p3", "P4"])] == ["P3 decode 128", "P4 decode MLA"]
+
+
+def test_a_budget_cut_still_counts_every_stored_outcome(space):
+    """Resumed outcomes cost nothing: the best stored one stays a contender however early the
+    budget runs out (a rerun with more candidates once lost its old winner this way)."""
+    cands, default = space
+    costs = costs_for(cands, [])
+    last = cands[-1]
+    known = {last.name: Outcome(last, "ok", median=1.0, spread=0.0)}
+    ticks = iter(range(1000))
+    winner, _, outcomes = run_search("exhaustive", cands, default, FakeEvaluator(costs), Limits(budget_s=1.5, runs=3),
+                                     seed="k", known=known, clock=lambda: next(ticks))
+    assert len(outcomes) < len(cands) and outcomes[-1].candidate == last and winner.candidate == last

@@ -95,11 +95,11 @@ def run_search(strategy: str, cands: list[Candidate], default: Candidate, ev: Ev
     first_runs = max(3, limits.runs // 3) if strategy == "halving" else limits.runs
     outcomes: list[Outcome] = []
     for c in todo:
-        if c.name in known:
+        if c.name in known:   # free: kept even past the budget, so a resume never loses a winner
             outcomes.append(known[c.name])
             continue
         if over() and outcomes:
-            break
+            continue
         o = ev.check(c)
         _timed(o, ev, first_runs)
         outcomes.append(o)

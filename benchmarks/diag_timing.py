@@ -1,0 +1,29 @@
+"""Diagnose a timing disagreement between the tuner and kgen bench on one case: time the same
+candidate through the tuner's evaluator (separate K and V buffers) and through bench (MLA's V a
+view of K), alternately, in one process.
+
+    python benchmarks/diag_timing.py "P4 decode MLA" fa_cm1_...@64
+"""
+import statistics
+import sys
+
+from kgen.api import fold_gqa
+from kgen.bench import bench_case
+from kgen.suites import suite
+from kgen.tune import Candidate
+from kgen.tune.measure import GpuEvaluator
+
+
+def main() -> None:
+    case = suite("h100-anchors", [sys.argv[1]])[0]
+    cand = Candidate.parse(sys.argv[2])
+    ev = GpuEvaluator(fold_gqa(case.shapes()))
+    for round_ in range(2):
+        tuner = statistics.median(ev.time(cand, 30))
+        r = bench_case(case, repeats=30, roofline="n/a", torch=False)
+        print(f"round {round_}: tuner {tuner:.1f} us ({ev.copies} copies), bench {r.gpu.median_us:.1f} us "
+              f"({r.variant}@{r.splits}, {r.gpu.sets} copies)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

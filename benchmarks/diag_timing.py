@@ -4,8 +4,9 @@ view of K), alternately, in one process.
 
     python benchmarks/diag_timing.py "P4 decode MLA" fa_cm1_...@64 [CHURN_CASE N]
 
-With CHURN_CASE and N, N plans of that case (its default variant) are made, uploaded, run and
-closed between the rounds, as a long tune does: does the first case's timing change after?
+With CHURN_CASE and N, N of that case's candidates are timed between the rounds (N < 0: its
+default |N| times, so buffers churn but no new pipelines appear), as a long tune does: does the
+first case's timing change after?
 """
 import statistics
 import sys
@@ -32,9 +33,11 @@ def main() -> None:
             from kgen.tune import candidates
             from kgen.runtime import open_device
             cands, _ = candidates(fold_gqa(churn.shapes()), open_device().caps)
-            for c in cands[:int(sys.argv[4])]:
+            n = int(sys.argv[4])
+            # N > 0: N different candidates (new pipelines); N < 0: the default |N| times (buffers only)
+            for c in (cands[:n] if n > 0 else [cands[0]] * -n):
                 other.time(c, 3)
-            print(f"churned {min(len(cands), int(sys.argv[4]))} candidates of {churn.name}", flush=True)
+            print(f"churned {n} candidate timings of {churn.name}", flush=True)
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ class Plan:
         if knobs.get("KGEN_DEBUG") >= 1:
             print(f"kgen: plan {s} -> {variant.uri} (splits {self.splits}; {how})")
         self._buffers = {}
-        self._sequence = None
+        self._sequence = self.kernel = None
         try:
             self._build()
         except BaseException:
@@ -157,6 +157,7 @@ class Plan:
         if self.splits > 1:
             sizes["stats"] = self.splits * rows * 8
             sizes["reduced"] = rows * s.head_v * 4
+        self.kernel = fa
         self._buffers = {name: dev.buffer(n) for name, n in sizes.items()}
         binds = {abi.BINDING[name]: buf for name, buf in self._buffers.items()}
         push = self._push()

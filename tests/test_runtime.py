@@ -327,3 +327,22 @@ def test_pipeline_cache_is_saved_and_reused(cache_root, spirv) -> None:
             assert d.pipeline_cache.loaded == b""
             d.pipeline(spirv, name="saxpy")({}, push_block(), GROUPS)
         assert path.read_bytes() != junk  # replaced by the driver's own data
+
+
+def test_drop_pipeline_forgets_the_kernel_and_refuses_one_in_use():
+    from kgen.planning import Plan
+    from kgen.runtime import open_device
+    from kgen.suites import Case
+    s = Case("drop", 1, 1, 4, 64, head_k=64, head_v=64).shapes()
+    dev = open_device(None)
+    with Plan(s) as plan:
+        kernel = plan.kernel
+        with pytest.raises(InvalidArgument, match="no open sequence"):
+            dev.drop_pipeline(kernel)
+    dev.drop_pipeline(kernel)
+    assert kernel.handle is None and kernel not in dev.kernels.values()
+    rng = np.random.default_rng(0)
+    q, k = rng.standard_normal((1, 1, 4, 64), dtype=np.float32), rng.standard_normal((1, 1, 64, 64), dtype=np.float32)
+    with Plan(s) as again:                       # built anew
+        assert again.kernel is not kernel and again.kernel.handle is not None
+        assert np.isfinite(again(q, k, k)).all()

@@ -112,6 +112,12 @@ class GpuEvaluator:
                 out = plan(x.q, x.k, x.v, mask=x.mask, sinks=x.sinks)
         except failure_types() as exc:
             return Outcome(c, "failed", reason=f"{type(exc).__name__}: {exc}"[:2000])
+        outcome = self._judge(c, s, x, out)
+        if outcome.status != "ok":
+            plan.device.drop_pipeline(plan.kernel)   # never timed: do not keep it alive
+        return outcome
+
+    def _judge(self, c: Candidate, s: Shapes, x: "Inputs", out: np.ndarray) -> Outcome:
         ref = reference.attention(x.q, roundtrip(x.k_f32, s.k_type), roundtrip(x.v_f32, s.v_type),
                                   mask=x.mask, causal=s.causal, softcap=s.softcap,
                                   alibi_max_bias=s.alibi_max_bias, sinks=x.sinks)
@@ -139,6 +145,10 @@ class GpuEvaluator:
         finally:
             for plan in plans:
                 plan.close()
+            if plans:
+                # Timed: drop its pipeline (rebuilt from the pipeline cache if a later round
+                # re-times it). Hundreds of live pipelines slowed every kernel 2x on an H100.
+                plans[0].device.drop_pipeline(plans[0].kernel)
 
 
 def describe_shape(s: Shapes) -> str:

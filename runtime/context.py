@@ -138,18 +138,19 @@ class Device:
         return build(self, spirv, name=name, required_subgroup_size=required_subgroup_size,
                      full_subgroups=full_subgroups)
 
-    def drop_pipeline(self, kernel: Kernel) -> None:
-        """Destroy a kernel that no open sequence records and forget it; a later pipeline() call
-        builds it again (from the pipeline cache). The tuner drops each candidate after timing
-        it: with 150 more pipelines alive, NVIDIA's driver ran every kernel about 2x slower."""
+    def drop_pipeline(self, kernel: Kernel) -> bool:
+        """Destroy a kernel and forget it unless an open sequence records it (then keep it and
+        return False); a later pipeline() call builds it again from the pipeline cache. The
+        tuner drops each candidate after timing it: with 150 more pipelines alive, NVIDIA's
+        driver ran every kernel about 2x slower."""
         self._live()
         if any(kernel in seq.kernels for seq in self.sequences if not seq.closed):
-            raise InvalidArgument("Device.drop_pipeline", "kernel", repr(kernel),
-                                  "a kernel no open sequence records (close those first)")
+            return False
         self.settle()
         if self.kernels.get(kernel.key) is kernel:
             del self.kernels[kernel.key]
         kernel.close()
+        return True
 
     def sequence(self, steps: Iterable[Step], *, timed: bool = True) -> Sequence:
         """Record (kernel, buffers, push, groups) steps once, for run() to resubmit."""

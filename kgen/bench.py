@@ -23,20 +23,15 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, knobs, reference
+from .reference import NMSE_MAX
 from .api import PRECISIONS
 from .errors import KgenError
 from .kvtensor import KVTensor
+from .planning import rotation_sets
 from .quant import roundtrip
 from .suites import Case
 
-NMSE_MAX = 5e-4          # the attention tests' bound
 REPEATS_MAX = 10_000
-# Inputs that fit in the L2 (50 MB on an H100) would be read from it on every run after the
-# first: below ROTATE_BELOW bytes bench keeps several copies (separate plans sharing the one
-# pipeline) and runs them in turn, enough to cover ROTATE_SPAN bytes.
-ROTATE_BELOW = 64 << 20
-ROTATE_SPAN = 256 << 20
-ROTATE_MAX = 8
 # The float64 reference runs at a few GFLOP/s on the host: check a sub-problem above this.
 CHECK_MAX_FLOPS = 4e9
 REFERENCE_DEVICE = "H100"  # reference_us and target_us were measured on this GPU
@@ -152,13 +147,6 @@ class Inputs:
 def working_bytes(case: Case, splits: int = 1) -> int:
     """Device bytes one run touches: case.min_bytes plus the split-k partial outputs."""
     return case.min_bytes + (splits - 1) * case.batch * case.heads_q * case.n_q * case.head_v * 4
-
-
-def rotation_sets(nbytes: int) -> int:
-    """Input copies to run in turn so that no run reads what the previous one left in the L2."""
-    if nbytes > ROTATE_BELOW:
-        return 1
-    return min(ROTATE_MAX, max(2, math.ceil(ROTATE_SPAN / max(nbytes, 1))))
 
 
 # --- the kgen measurement ---------------------------------------------------------------------

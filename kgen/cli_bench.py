@@ -111,7 +111,7 @@ def table(results: list) -> "object":
     from rich.markup import escape
     from rich.table import Table
     sets = max((r.gpu.sets for r in results if r.gpu), default=1)
-    t = Table(title=f"kgen bench: GPU time of one run, median and p10-p90 over the timed runs"
+    t = Table(title="kgen bench: GPU time of one run, median and p10-p90 over the timed runs"
               + (f" (inputs rotated over up to {sets} copies)" if sets > 1 else ""))
     for col in ("case", "shape run", "path x splits", "GPU us", "p10-p90", "TFLOPS", "K+V GB/s", "% roof",
                 "% copy", "vs llama.cpp", "vs torch (ref)", "torch us (run)", "target us", "NMSE",

@@ -3,7 +3,6 @@ store, then a table of winners per class."""
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 from .suites import SUITES, Case, suite

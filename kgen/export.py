@@ -113,12 +113,6 @@ class Row:
     reduce: Shader | None
 
 
-def split_values(n_kv: int, splits: int, bc: int) -> tuple[int, int]:
-    """(split_kv, split_count) push values, as kgen's Plan computes them: whole KV tiles per split."""
-    split_kv = max(bc, math.ceil(math.ceil(n_kv / splits) / bc) * bc)
-    return split_kv, max(1, math.ceil(n_kv / split_kv))
-
-
 def eval_grid(grid: dict, push: dict) -> tuple[int, int, int]:
     """Workgroup counts from a grid as written to the JSON and push-constant values by name."""
     return tuple(math.ceil(push[a["field"]] / a["divide_by"]) * (push[a["times"]] if a["times"] else 1)

@@ -46,6 +46,28 @@ def choose_variant(shapes: Shapes, caps, path: PathKind | None, splits: int | No
     return v.replace(aligned=shapes.n_kv % v.bc == 0), splits, how
 
 
+def split_values(n_kv: int, splits: int, bc: int) -> tuple[int, int]:
+    """(split_kv, split_count) push values for `splits` requested: each split is whole KV tiles,
+    so the count may round down and no split is empty."""
+    split_kv = max(bc, math.ceil(math.ceil(n_kv / splits) / bc) * bc)
+    return split_kv, max(1, math.ceil(n_kv / split_kv))
+
+
+# Inputs smaller than ROTATE_BELOW would sit in a GPU's L2 (50 MB on an H100) from one run to
+# the next: timing then keeps several copies (separate plans sharing the one pipeline) and runs
+# them in turn, enough to cover ROTATE_SPAN bytes.
+ROTATE_BELOW = 64 << 20
+ROTATE_SPAN = 256 << 20
+ROTATE_MAX = 8
+
+
+def rotation_sets(nbytes: int) -> int:
+    """Input copies to run in turn so that no run reads what the previous one left in the L2."""
+    if nbytes > ROTATE_BELOW:
+        return 1
+    return min(ROTATE_MAX, max(2, math.ceil(ROTATE_SPAN / max(nbytes, 1))))
+
+
 def time_back_to_back(plans: list["Plan"], runs: int) -> list[float]:
     """GPU microseconds of `runs` runs recorded into one submission, taking the plans in turn
     (separate buffers, so small inputs do not stay in L2 between runs). With no host round trip
@@ -112,8 +134,7 @@ class Plan:
         self._check_variant(variant, splits)
         # Splits are whole KV tiles: the count may round down so none is empty.
         self.variant, self.how = variant, how   # how: tuned exact / nearest class, heuristic, given
-        self.split_kv = math.ceil(math.ceil(s.n_kv / splits) / variant.bc) * variant.bc
-        self.splits = math.ceil(s.n_kv / self.split_kv)
+        self.split_kv, self.splits = split_values(s.n_kv, splits, variant.bc)
         if knobs.get("KGEN_DEBUG") >= 1:
             print(f"kgen: plan {s} -> {variant.uri} (splits {self.splits}; {how})")
         self._buffers = {}

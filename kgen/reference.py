@@ -37,6 +37,10 @@ def alibi_slopes(n_head: int, max_bias: float) -> np.ndarray:
     return np.where(h < n2, m0 ** (h + 1.0), m1 ** (2.0 * (h - n2) + 1.0))
 
 
+# The correctness bar every kernel meets against this reference (tuner checks, bench, tests).
+NMSE_MAX = 5e-4
+
+
 def nmse(out: np.ndarray, ref: np.ndarray) -> float:
     """sum((out - ref)^2) / sum(ref^2), in float64.
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import kgen.runtime
-from kgen import bench, reference
+from kgen import bench, planning, reference
 from kgen.cli import main
 from kgen.roofline import Roofline
 from kgen.suites import P1, P3, P4, P5, Case
@@ -132,8 +132,8 @@ def test_reference_figures_only_on_an_h100():
 def test_rotation_only_for_inputs_that_fit_the_l2():
     assert bench.rotation_sets(bench.working_bytes(P1)) == 1       # 268 MB of K+V
     assert bench.rotation_sets(bench.working_bytes(P4)) >= 4       # 19 MB: L2-resident
-    assert bench.rotation_sets(1024) == bench.ROTATE_MAX
-    assert bench.rotation_sets(40 << 20) == math.ceil(bench.ROTATE_SPAN / (40 << 20))
+    assert bench.rotation_sets(1024) == planning.ROTATE_MAX
+    assert bench.rotation_sets(40 << 20) == math.ceil(planning.ROTATE_SPAN / (40 << 20))
 
 
 def test_torch_is_na_when_missing_or_without_cuda(monkeypatch, no_torch):

@@ -7,13 +7,12 @@ import re
 import pytest
 
 from kgen.profiles import H100 as PROFILE_H100
-from kgen.caps import Caps, CoopMatShape
+from kgen.caps import CoopMatShape
 from kgen.errors import InvalidVariant, ToolchainError
 from kgen.paths import coopmat1 as cm1
 from kgen.problem import ProblemClass
 from kgen.render import render
 from kgen.space import enumerate_space, why_invalid
-from kgen.types import KvType
 from kgen.variant import FEATURES, PathKind, Variant
 
 HEAD_PAIRS = ((32, 32), (40, 40), (64, 64), (72, 72), (80, 80), (96, 96), (128, 128), (192, 128),

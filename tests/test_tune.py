@@ -17,7 +17,7 @@ from kgen.planning import choose_variant
 from kgen.profiles import LAVAPIPE
 from kgen.runtime import open_device
 from kgen.suites import Case
-from kgen.tune import Candidate, Limits, Outcome, candidates, run_search, tune
+from kgen.tune import Limits, Outcome, candidates, run_search, tune
 from kgen.tune import driver
 from kgen.tunedb import TuningDB, Winner
 

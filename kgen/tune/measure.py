@@ -8,19 +8,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import reference
+from ..reference import NMSE_MAX
 from ..api import Shapes
 from ..errors import CompileError, UnsupportedVariant
 from ..kvtensor import KVTensor
-from ..planning import Plan, time_back_to_back, warm_up
+from ..planning import Plan, rotation_sets, time_back_to_back, warm_up
 from ..quant import roundtrip
 from .candidates import Candidate
 from .search import CandidateFailed, Outcome
 
-NMSE_MAX = 5e-4
-# Inputs this small stay in a GPU's L2 (50 MB on an H100) between runs and would flatter the
-# timing: rotate among copies so that each run reads memory the previous one did not touch.
-ROTATE_BELOW = 64 << 20
-ROTATE_MAX = 4
 # GPUs drop their clocks while the tuner builds the next pipeline: each candidate runs back to
 # back until this much GPU time has passed (and at least WARMUP_MIN_RUNS) before its timed runs.
 WARMUP_GPU_US = 25_000
@@ -102,7 +98,7 @@ class GpuEvaluator:
     def copies(self) -> int:
         s = self.timed
         per_copy = self.inputs.nbytes + s.batch * s.heads_q * s.n_q * s.head_v * 4
-        return 1 if per_copy >= ROTATE_BELOW else min(ROTATE_MAX, -(-2 * ROTATE_BELOW // per_copy))
+        return rotation_sets(per_copy)
 
     def check(self, c: Candidate) -> Outcome:
         s = check_shapes(self.timed, c)

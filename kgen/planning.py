@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import numpy as np
 
@@ -10,6 +11,7 @@ from .api import PRECISIONS, Shapes, fold_gqa
 from .compile import compile_source, compile_variant
 from .errors import UnsupportedVariant
 from .kvtensor import KVTensor, KvLayout, layout_of
+from .paths.coopmat1 import direct_reason
 from .render import render_split_k_reduce
 from .space import default_variant, why_invalid
 from .variant import PathKind, Variant
@@ -87,15 +89,33 @@ def time_back_to_back(plans: list["Plan"], runs: int) -> list[float]:
     return out
 
 
-def warm_up(plans: list["Plan"], gpu_us: float, *, min_runs: int = 2, max_batch: int = 2000) -> None:
-    """Run back to back until `gpu_us` of GPU time has passed (and at least `min_runs` per
-    plan): an idle GPU runs at low clocks and takes a while to come up."""
-    n = min_runs * len(plans)
-    warm = sum(time_back_to_back(plans, n))
-    while warm < gpu_us:
-        more = min(max_batch, int((gpu_us - warm) / (warm / n)) + 1)
-        warm += sum(time_back_to_back(plans, more))
-        n = more
+# Warm-up: batches of about WARM_BATCH_US of GPU time until the per-run median stops falling
+# (WARM_STEADY batches in a row no better than WARM_TOLERANCE of the best), at most WARM_MAX_US.
+# An H100 left idle between batches by host work (compiling, checking, uploading) drops its SM
+# clock from 1980 to 345-645 MHz ("GPU idle" in nvidia-smi) and a fixed 25 ms warm-up did not
+# bring it back: every later candidate of a tune, and a plan kept alive to compare, ran 2-4x slow.
+WARM_BATCH_US = 5_000
+WARM_STEADY = 3
+WARM_TOLERANCE = 0.01
+WARM_MAX_US = 2_000_000
+
+
+def warm_up(plans: list["Plan"], gpu_us: float, *, min_runs: int = 2, max_batch: int = 2000) -> float:
+    """Run back to back for at least `gpu_us` of GPU time (and `min_runs` per plan), then on
+    until the clocks have settled: the per-run median of a batch no longer improves. Returns
+    the GPU microseconds spent."""
+    times = time_back_to_back(plans, min_runs * len(plans))
+    spent, best, steady = sum(times), statistics.median(times), 0
+    # A CPU device has no idle clock to wait out: the time floor alone.
+    settle = WARM_STEADY if plans[0].device.caps.device_type != "cpu" else 0
+    while spent < WARM_MAX_US and (spent < gpu_us or steady < settle):
+        n = max(len(plans), min(max_batch, int(WARM_BATCH_US / max(best, 1e-3)) + 1))
+        times = time_back_to_back(plans, n)
+        spent += sum(times)
+        med = statistics.median(times)
+        steady = steady + 1 if med >= best * (1 - WARM_TOLERANCE) else 0
+        best = min(best, med)
+    return spent
 
 
 def _autotune(shapes: Shapes, device) -> None:
@@ -127,9 +147,12 @@ class Plan:
                     autotune if autotune is not None else knobs.get("KGEN_AUTOTUNE")):
                 _autotune(s, device)
                 variant, splits, how = choose_variant(s, caps, path, split_k)
+            if direct_reason(variant, s.n_kv, self.kv_layouts) is not None:
+                # A kv_direct pick tuned on dense caches; these K/V are laid out otherwise.
+                variant, splits, how = choose_variant(s, caps, path, split_k, tuned=False)
         else:
             splits, how = split_k or 1, "given"
-        if (reason := why_invalid(variant, caps)) is not None:
+        if (reason := why_invalid(variant, caps) or direct_reason(variant, s.n_kv, self.kv_layouts)) is not None:
             raise UnsupportedVariant(variant.uri, reason)
         self._check_variant(variant, splits)
         # Splits are whole KV tiles: the count may round down so none is empty.

@@ -42,13 +42,16 @@ def render(v: Variant) -> str:
     return _tidy(text)
 
 
-REDUCE_WG = 64
+REDUCE_WG = 256
 
 
 def render_split_k_reduce(head_v: int, sinks: bool) -> str:
     """The pass that combines split-k partial outputs (see templates/README.md, split_k)."""
     template = environment().get_template("fa_split_k_reduce.comp.j2")
-    return _tidy(template.render(head_v=head_v, sinks=sinks, wg=REDUCE_WG,
+    lanes = 1 << (head_v // 4 - 1).bit_length()  # vec4 columns, rounded up to a power of two
+    if lanes > REDUCE_WG:
+        raise ValueError(f"head_v={head_v}: the reduce pass covers at most {4 * REDUCE_WG} columns")
+    return _tidy(template.render(head_v=head_v, sinks=sinks, wg=REDUCE_WG, lanes=lanes,
                                  push_fields=abi.PUSH_FIELDS, binding=abi.BINDING))
 
 

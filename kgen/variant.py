@@ -60,6 +60,7 @@ class Variant:
     d_split: int = 0         # scalar: threads per dot product
     row_split: int = 0       # scalar: row groups per workgroup
     kv_staging: bool = False  # scalar/coopmat1: stage K/V tiles through shared memory
+    kv_direct: bool = False   # coopmat1: load f16 K/V straight from memory into matrix operands
     mat_m: int = 0           # coopmat1: matrix shape M x N x K
     mat_n: int = 0
     mat_k: int = 0
@@ -163,6 +164,7 @@ _TOKENS: list[tuple[Callable[[Variant], str], str]] = [
     _knob("d_split", "ds"),
     _knob("row_split", "rs"),
     _flag("kv_staging", "stage"),
+    _flag("kv_direct", "direct"),
     (lambda v: f"m{v.mat_m}n{v.mat_n}k{v.mat_k}" if v.mat_m else "",
      r"(?:_m(?P<mat_m>\d+)n(?P<mat_n>\d+)k(?P<mat_k>\d+))?"),
     *(_flag(f, f.replace("_", "")) for f in FEATURES),

@@ -234,11 +234,12 @@ float row_sum(float x) {
     return x;
 }
 
-// For each of this thread's rows: score the raw q.k values (fa_score: scale, softcap, mask,
-// ALiBi, causal; out-of-range rows and keys become MASKED), fold the tile's row max into m,
+// For each of this thread's rows: score the raw q.k values of keys kv_at.. (fa_score: scale,
+// softcap, mask, ALiBi, causal; rows past Nq and keys outside kv_lo..kv_end-1 become MASKED;
+// kv_lo > kv_at only for a kv_direct tail tile), fold the tile's row max into m,
 // write p = exp(s - m) as f16 to Psh (masked scores give exactly 0), add the p actually used
 // to l, and put alpha = exp(m_old - m_new) MN times into Rsh for the O rescale.
-void softmax_tile(uint kv0, uint kv_end, uint row0, uint b, uint h, float slope,
+void softmax_tile(uint kv_at, uint kv_lo, uint kv_end, uint row0, uint b, uint h, float slope,
                   inout float m_row[RPT], inout float l_row[RPT]) {
     const uint rg = tid / TPR, cl = tid % TPR;
     [[unroll]] for (uint k = 0u; k < RPT; ++k) {
@@ -248,8 +249,8 @@ void softmax_tile(uint kv0, uint kv_end, uint row0, uint b, uint h, float slope,
         float mx = MASKED;
         for (uint j = cl; j < BC; j += TPR) {
             float s = MASKED;
-            if (row_ok && kv0 + j < kv_end) {
-                s = fa_score(Ssh[r * S_STRIDE + j], mrow, i, kv0 + j, slope);
+            if (row_ok && kv_at + j >= kv_lo && kv_at + j < kv_end) {
+                s = fa_score(Ssh[r * S_STRIDE + j], mrow, i, kv_at + j, slope);
             }
             Ssh[r * S_STRIDE + j] = s;  // only this lane reads it back
             mx = max(mx, s);
@@ -345,7 +346,7 @@ void main() {
         barrier();
 
         // ---- softmax rows: P -> Psh, rescale factors -> Rsh, m and l updated ----
-        softmax_tile(kv0, kv_end, row0, b, h, slope, m_row, l_row);
+        softmax_tile(kv0, kv0, kv_end, row0, b, h, slope, m_row, l_row);
 
         // ---- O = diag(alpha) O + P V, V streamed through KVsh V_ROWS rows at a time ----
         [[unroll]] for (uint c = 0u; c < V_CHUNKS; ++c) {

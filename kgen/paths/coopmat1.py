@@ -14,6 +14,13 @@ Head sizes are zero-padded to the matrix dimensions in shared memory. `kv_stagin
 whole K and V tiles at once (fewest barriers); without it K streams over the head dimension and
 V over KV rows, which is what lets 576/512 (MLA) fit in 48 KiB. Staging steps are software-
 pipelined: each thread loads the next step into registers while the current one is multiplied.
+
+`kv_direct` (f16 K and V only) skips the staging: every subgroup loads its K^T and V operands
+straight from the buffers (16-byte elements), so a tile costs two barriers instead of two per
+staging step and all of a tile's loads can be in flight at once: what decode, which is a stream
+over K and V, needs. The V of MLA (the first head_v columns of K's rows) is then read from the
+rows the same workgroup just read as K, from the cache. The last tile of an unaligned range is
+read from Nkv - bc (the plan guarantees Nkv >= bc) and keys already seen are masked.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ from dataclasses import dataclass
 from ..caps import Caps
 from ..errors import InvalidVariant
 from ..problem import ProblemClass
+from ..types import KvType
 from .shared import SharedArray
 from ..variant import PathKind, Variant
 
@@ -72,6 +80,17 @@ def check(v: Variant) -> str | None:
             return f"bc={v.bc} must be a multiple of the lanes per softmax row wg/br={tpr}"
     elif v.br % v.wg:
         return f"br={v.br} must be a multiple of wg={v.wg} when wg < br (rows per thread)"
+    if v.kv_direct:
+        if v.kv_staging:
+            return ("kv_direct and kv_staging: K/V go straight into matrix operands or through "
+                    "shared memory, not both")
+        if v.k_type != KvType.F16 or v.v_type != KvType.F16:
+            return (f"kv_direct with {v.k_type}/{v.v_type} K/V: only f16 loads straight into matrix "
+                    "operands; other types are decoded through shared memory (leave it False)")
+        if v.head_k % v.mat_k or v.head_v % v.mat_n:
+            return (f"kv_direct: head_k={v.head_k} must be a multiple of mat_k={v.mat_k} and "
+                    f"head_v={v.head_v} of mat_n={v.mat_n}: operands come straight from K and V "
+                    "rows, with no zero padding")
     staged = layout(v).staged
     if staged > STAGED_MAX:
         return (f"bc={v.bc}, wg={v.wg}, kv_staging={v.kv_staging}: a K/V staging step is {staged} "
@@ -111,6 +130,8 @@ class Layout:
     k_step: int           # vec4s per thread of one K staging step: bc * k_chunk / 4 / wg
     v_step: int           # vec4s per thread of one V staging step: v_rows * hsv_pad / 4 / wg
     staged: int           # max(k_step, v_step): registers holding the step in flight
+    k_batch: int          # kv_direct: K operands loaded before their products (a divisor of
+    v_batch: int          # the head's / the tile's depth steps): loads in flight per subgroup
     o_type: str           # O accumulator component: float (acc 32) or float16_t (acc 16)
     row_max_offset: float  # added to the row max: 3 ln 2 with f16 O (every p <= 1/8), else 0
     shared: tuple[SharedArray, ...]
@@ -135,6 +156,15 @@ def _v_rows(v: Variant, k_buffer: int, v_stride: int) -> int:
     return best
 
 
+DIRECT_BATCH = 12  # kv_direct operands one subgroup loads before multiplying: each waits on
+                   # memory, so they go out together (4 registers per 16x16 f16 operand)
+
+
+def _batch(steps: int) -> int:
+    """The largest divisor of `steps` up to DIRECT_BATCH: whole batches, no remainder code."""
+    return max(d for d in range(1, min(steps, DIRECT_BATCH) + 1) if steps % d == 0)
+
+
 def _per_thread(vec4s: int, wg: int) -> int:
     return -(-vec4s // wg)
 
@@ -143,20 +173,23 @@ def layout(v: Variant) -> Layout:
     nsg = v.wg // v.subgroup
     hsk_pad = _round_up(v.head_k, v.mat_k)
     hsv_pad = _round_up(v.head_v, v.mat_n)
-    k_chunk = hsk_pad if v.kv_staging else min(hsk_pad, K_CHUNK)
+    k_chunk = hsk_pad if v.kv_staging or v.kv_direct else min(hsk_pad, K_CHUNK)
     q_stride, k_stride, v_stride = hsk_pad + F16_PAD, k_chunk + F16_PAD, hsv_pad + F16_PAD
-    v_rows = _v_rows(v, v.bc * k_stride, v_stride)
+    v_rows = v.bc if v.kv_direct else _v_rows(v, v.bc * k_stride, v_stride)
     s_stride, p_stride = v.bc + F32_PAD, v.bc + F16_PAD
     s_cols, o_cols = v.bc // v.mat_n, hsv_pad // v.mat_n
     s_tiles, o_tiles = v.br // v.mat_m * s_cols, v.br // v.mat_m * o_cols
     tpr = max(1, v.wg // v.br)
-    k_step = _per_thread(v.bc * k_chunk // 4, v.wg)
-    v_step = _per_thread(v_rows * hsv_pad // 4, v.wg)
+    # kv_direct: no staging step, no KVsh.
+    k_step = 0 if v.kv_direct else _per_thread(v.bc * k_chunk // 4, v.wg)
+    v_step = 0 if v.kv_direct else _per_thread(v_rows * hsv_pad // 4, v.wg)
     kv_halves = max(v.bc * k_stride, v_rows * v_stride)
+    staging = () if v.kv_direct else (
+        SharedArray("KVsh", "f16vec4", kv_halves // 4,
+                    "decoded K chunk (bc rows x k_chunk), then V chunk (v_rows x hsv_pad)"),)
     shared = (
         SharedArray("Qsh", "f16vec4", v.br * q_stride // 4, "Q tile (f16), rows padded"),
-        SharedArray("KVsh", "f16vec4", kv_halves // 4,
-                    "decoded K chunk (bc rows x k_chunk), then V chunk (v_rows x hsv_pad)"),
+        *staging,
         # Scores, then in the epilogue one mat_m x mat_n output tile per subgroup.
         SharedArray("Ssh", "float", max(v.br * s_stride, nsg * v.mat_m * v.mat_n),
                     "S = Q K^T (f32); per-subgroup output staging at the end"),
@@ -174,10 +207,30 @@ def layout(v: Variant) -> Layout:
         tpr=tpr, row_groups=v.wg // tpr, rows_per_thread=max(1, v.br * tpr // v.wg),
         q_batch=min(Q_BATCH, _per_thread(v.br * hsk_pad // 4, v.wg)),
         k_step=k_step, v_step=v_step, staged=max(k_step, v_step),
+        k_batch=_batch(hsk_pad // v.mat_k), v_batch=_batch(v.bc // v.mat_k),
         o_type="float16_t" if v.acc == 16 else "float",
         row_max_offset=3 * math.log(2) if v.acc == 16 else 0.0,
         shared=shared,
     )
+
+
+DIRECT_ELEMENT = 8  # halves per element of kv_direct's K/V arrays (uvec4)
+
+
+def direct_reason(v: Variant, n_kv: int, layouts) -> str | None:
+    """Why a kv_direct variant cannot run on this call's K/V, or None. `layouts` maps "k" and
+    "v" to kgen.kvtensor.KvLayout: offsets and strides must be whole 16-byte elements, and an
+    unaligned KV length must hold one whole tile (the tail tile is read from Nkv - bc)."""
+    if not v.kv_direct:
+        return None
+    for name in ("k", "v"):
+        lay = layouts[name]
+        if lay.offset % DIRECT_ELEMENT or any(st % DIRECT_ELEMENT for st in lay.strides):
+            return (f"kv_direct reads {name} in {DIRECT_ELEMENT}-element units: its offset "
+                    f"{lay.offset} and strides {lay.strides} must be multiples of {DIRECT_ELEMENT}")
+    if not v.aligned and n_kv < v.bc:
+        return f"kv_direct: Nkv={n_kv} must be at least bc={v.bc} (the last tile is read whole)"
+    return None
 
 
 # --- device ----------------------------------------------------------------------------------
@@ -256,13 +309,23 @@ def _same_as_streamed(knobs: dict) -> bool:
 
 def candidates(problem: ProblemClass, caps: Caps) -> Iterator[dict]:
     common = _common(problem, caps)
+    f16 = problem.k_type == KvType.F16 and problem.v_type == KvType.F16
     for (m, n, k) in _shapes(caps, problem.acc):
+        # Half-depth shapes (k 8) double the direct loads per product: not worth timing.
+        direct = f16 and k >= 16
         for br, bc, nsg in itertools.product(_tile_rows(problem, m), (16, 32, 64, 128), (2, 4, 8)):
             knobs = dict(common, br=br, bc=bc, wg=nsg * caps.subgroup_size, mat_m=m, mat_n=n,
                          mat_k=k, kv_staging=False)
             yield knobs
             if not _same_as_streamed(knobs):
                 yield dict(knobs, kv_staging=True)
+            if direct:
+                yield dict(knobs, kv_direct=True)
+        if direct:
+            # Without staging buffers a wider KV tile fits: fewer softmax steps per key.
+            for br, nsg in itertools.product(_tile_rows(problem, m), (2, 4, 8)):
+                yield dict(common, br=br, bc=256, wg=nsg * caps.subgroup_size, mat_m=m, mat_n=n,
+                           mat_k=k, kv_staging=False, kv_direct=True)
 
 
 def default(problem: ProblemClass, caps: Caps) -> Variant:

@@ -59,9 +59,9 @@ def check(v: Variant) -> str | None:
         if getattr(v, name):
             return (f"{name}={getattr(v, name)}: coopmat2 multiplies br x bc workgroup-scope "
                     "matrices directly and has no such knob (leave it 0)")
-    if v.kv_staging:
-        return ("kv_staging: coopmat2 loads K/V through tensor layouts and the driver stages "
-                "them; leave it False")
+    if v.kv_staging or v.kv_direct:
+        return ("kv_staging/kv_direct: coopmat2 loads K/V through tensor layouts and the driver "
+                "stages them; leave both False")
     for name in ("br", "bc"):
         n = getattr(v, name)
         if n % TILE_STEP or not TILE_STEP <= n <= TILE_MAX:

@@ -26,6 +26,7 @@ void stage_q(uint q_base, uint row0) {
     }
 }
 
+{% if not v.kv_direct %}
 // This thread's vec4s of the staging step in flight (a K chunk or a block of V rows).
 f16vec4 staged[STAGED];
 
@@ -82,3 +83,4 @@ void store_v() {
         }
     }
 }
+{% endif %}

@@ -89,33 +89,52 @@ def time_back_to_back(plans: list["Plan"], runs: int) -> list[float]:
     return out
 
 
-# Warm-up: batches of about WARM_BATCH_US of GPU time until the per-run median stops falling
-# (WARM_STEADY batches in a row no better than WARM_TOLERANCE of the best), at most WARM_MAX_US.
-# An H100 left idle between batches by host work (compiling, checking, uploading) drops its SM
-# clock from 1980 to 345-645 MHz ("GPU idle" in nvidia-smi) and a fixed 25 ms warm-up did not
-# bring it back: every later candidate of a tune, and a plan kept alive to compare, ran 2-4x slow.
+# Warm-up: runs back to back in batches of about WARM_BATCH_US of GPU time, each ending with the
+# clock probe (kgen/clocks.py), until the floor has passed and the probe runs within
+# CLOCK_TOLERANCE of the fastest it ever ran in this process, at most WARM_MAX_US. A fixed
+# warm-up was not enough: an H100 idled by host work between candidates sat at 345-645 MHz
+# (nvidia-smi: "GPU idle") and timed every later candidate of a tune 2-4x slow.
 WARM_BATCH_US = 5_000
-WARM_STEADY = 3
-WARM_TOLERANCE = 0.01
+CLOCK_TOLERANCE = 0.03
 WARM_MAX_US = 2_000_000
+WARM_FIRST_US = 500_000  # the first warm-up of a process: long enough to reach the full clock
+
+
+def _warm_batch(plans: list["Plan"], runs: int, probe) -> tuple[list[float], float | None]:
+    """GPU us of `runs` back-to-back runs, and of the clock probe right after them (or None)."""
+    steps = [step for i in range(runs) for step in plans[i % len(plans)]._steps]
+    if probe is not None:
+        steps.append(probe.step)
+    with plans[0].device.sequence(steps) as seq:
+        times = seq.run(wait=True)
+    return times, (times.pop() if probe is not None else None)
 
 
 def warm_up(plans: list["Plan"], gpu_us: float, *, min_runs: int = 2, max_batch: int = 2000) -> float:
     """Run back to back for at least `gpu_us` of GPU time (and `min_runs` per plan), then on
-    until the clocks have settled: the per-run median of a batch no longer improves. Returns
-    the GPU microseconds spent."""
-    times = time_back_to_back(plans, min_runs * len(plans))
-    spent, best, steady = sum(times), statistics.median(times), 0
-    # A CPU device has no idle clock to wait out: the time floor alone.
-    settle = WARM_STEADY if plans[0].device.caps.device_type != "cpu" else 0
-    while spent < WARM_MAX_US and (spent < gpu_us or steady < settle):
-        n = max(len(plans), min(max_batch, int(WARM_BATCH_US / max(best, 1e-3)) + 1))
-        times = time_back_to_back(plans, n)
+    until the GPU's clock is up: the probe within CLOCK_TOLERANCE of its fastest time in this
+    process and no longer getting faster. Returns the GPU microseconds spent."""
+    from .clocks import probe_for
+    dev = plans[0].device
+    # A CPU device has no idle clock to wait out: the floor alone.
+    probe = probe_for(dev) if dev.caps.device_type != "cpu" else None
+    if probe is not None and probe.best_us == float("inf"):
+        gpu_us = max(gpu_us, WARM_FIRST_US)  # no full-clock reference yet: make one
+    runs = min_runs * len(plans)
+    spent, last_us = 0.0, float("inf")
+    while True:
+        times, probe_us = _warm_batch(plans, runs, probe)
         spent += sum(times)
-        med = statistics.median(times)
-        steady = steady + 1 if med >= best * (1 - WARM_TOLERANCE) else 0
-        best = min(best, med)
-    return spent
+        up = True
+        if probe_us is not None:
+            probe.saw(probe_us)
+            climbing = probe_us < last_us * (1 - CLOCK_TOLERANCE)
+            up = probe_us <= probe.best_us * (1 + CLOCK_TOLERANCE) and not climbing
+            last_us = probe_us
+        if spent >= WARM_MAX_US or (spent >= gpu_us and up):
+            return spent
+        per_run = max(statistics.median(times), 1e-3)
+        runs = max(len(plans), min(max_batch, int(WARM_BATCH_US / per_run) + 1))
 
 
 def _autotune(shapes: Shapes, device) -> None:

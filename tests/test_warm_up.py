@@ -1,44 +1,74 @@
-"""planning.warm_up runs until the per-run time stops falling (GPU clocks coming up from idle)."""
+"""planning.warm_up runs until the clock probe says the GPU clock is back up."""
 from types import SimpleNamespace
 
-from kgen import planning
+from kgen import clocks, planning
 
 
-def fake_plans(device_type="discrete"):
+class FakeProbe:
+    """Stands in for clocks.ClockProbe: the clock follows clock_at(batch index)."""
+    def __init__(self, clock_at):
+        self.clock_at, self.batches = clock_at, 0
+        self.best_us = float("inf")
+
+    def saw(self, us):
+        self.best_us = min(self.best_us, us)
+
+
+def fake(monkeypatch, device_type, per_run_us, clock_at):
+    """Plans on a fake device; each batch runs at clock_at(i) of the full clock."""
     dev = SimpleNamespace(caps=SimpleNamespace(device_type=device_type))
-    return [SimpleNamespace(device=dev)]
-
-
-def clock_ramp(monkeypatch, per_run_us):
-    """time_back_to_back replaced by a GPU whose per-run time follows per_run_us(batch index)."""
+    probe = FakeProbe(clock_at)
+    monkeypatch.setattr(clocks, "probe_for", lambda d: probe)
     calls = []
 
-    def timed(plans, runs):
-        t = per_run_us(len(calls))
+    def batch(plans, runs, probe_):
+        clock = clock_at(len(calls))
         calls.append(runs)
-        return [t] * runs
+        times = [per_run_us / clock] * runs
+        return times, (10.0 / clock if probe_ is not None else None)
 
-    monkeypatch.setattr(planning, "time_back_to_back", timed)
-    return calls
-
-
-def test_runs_until_the_time_stops_falling(monkeypatch):
-    # 100 us per run, halving for 5 batches (clocks ramping), then flat at ~3 us.
-    calls = clock_ramp(monkeypatch, lambda i: max(100.0 / 2 ** i, 3.125))
-    planning.warm_up(fake_plans(), 0)
-    flat_from = 5  # batch 5 is the first at the floor
-    assert len(calls) == flat_from + 1 + planning.WARM_STEADY
+    monkeypatch.setattr(planning, "_warm_batch", batch)
+    return [SimpleNamespace(device=dev)], calls
 
 
-def test_stops_at_the_cap_when_times_keep_falling(monkeypatch):
+def test_waits_for_the_clock_after_the_floor(monkeypatch):
+    # The clock climbs from 20% to full over 6 batches and stays there.
+    plans, calls = fake(monkeypatch, "discrete", 100.0, lambda i: min(1.0, 0.2 + 0.16 * i))
+    monkeypatch.setattr(planning, "WARM_FIRST_US", 0)
+    planning.warm_up(plans, 1.0)
+    assert len(calls) == 7  # batch 5 reaches the full clock, batch 6 shows it stopped climbing
+
+
+def test_later_warm_ups_compare_with_the_fastest_probe(monkeypatch):
+    plans, calls = fake(monkeypatch, "discrete", 100.0, lambda i: 1.0)
+    planning.warm_up(plans, 1.0)  # the first: at least WARM_FIRST_US, sets the reference
+    first = len(calls)
+    assert sum(100.0 * n for n in calls) >= planning.WARM_FIRST_US
+    # Now the clock has dropped to a third and takes 4 batches to come back.
+    clock = iter([1 / 3, 0.5, 0.7, 0.9, 1.0, 1.0, 1.0])
+    monkeypatch.setattr(planning, "_warm_batch",
+                        lambda p, runs, probe: (calls.append(runs) or [100.0] * runs, 10.0 / next(clock)))
+    planning.warm_up(plans, 1.0)
+    assert len(calls) - first == 6
+
+
+def test_a_clock_that_is_already_up_needs_only_the_floor(monkeypatch):
+    plans, calls = fake(monkeypatch, "discrete", 100.0, lambda i: 1.0)
+    monkeypatch.setattr(planning, "WARM_FIRST_US", 0)
+    spent = planning.warm_up(plans, 20_000)
+    assert 20_000 <= spent < 20_000 + 2 * planning.WARM_BATCH_US
+
+
+def test_gives_up_at_the_cap(monkeypatch):
     monkeypatch.setattr(planning, "WARM_MAX_US", 50_000)
-    clock_ramp(monkeypatch, lambda i: 1000.0 * 0.97 ** i)  # never steady
-    spent = planning.warm_up(fake_plans(), 0)
+    # Full clock once, then never again: warm-up stops at the cap, not forever.
+    plans, calls = fake(monkeypatch, "discrete", 100.0, lambda i: 1.0 if i == 0 else 0.5)
+    spent = planning.warm_up(plans, 1e9)
     assert 50_000 <= spent < 50_000 + 2 * planning.WARM_BATCH_US
 
 
 def test_cpu_devices_only_wait_for_the_floor(monkeypatch):
-    calls = clock_ramp(monkeypatch, lambda i: 1000.0)
-    spent = planning.warm_up(fake_plans("cpu"), 10_000)
-    # 2 runs, then batches of 6 (5 ms at 1 ms a run) until 10 ms: no settling batches after.
+    plans, calls = fake(monkeypatch, "cpu", 1000.0, lambda i: 1.0)
+    spent = planning.warm_up(plans, 10_000)
+    # 2 runs, then batches of 6 (5 ms at 1 ms a run) until 10 ms.
     assert calls == [2, 6, 6] and spent == 14_000

@@ -42,7 +42,7 @@ def render(v: Variant) -> str:
     return _tidy(text)
 
 
-REDUCE_WG = 256
+REDUCE_WG = 512
 
 
 def render_split_k_reduce(head_v: int, sinks: bool) -> str:

@@ -18,7 +18,8 @@ from .candidates import Candidate
 from .search import CandidateFailed, Outcome
 
 # GPUs drop their clocks while the tuner builds the next pipeline: each candidate runs back to
-# back until this much GPU time has passed (and at least WARMUP_MIN_RUNS) before its timed runs.
+# back for at least this much GPU time (and WARMUP_MIN_RUNS), then until the clock probe says
+# the clock is back up (planning.warm_up), before its timed runs.
 WARMUP_GPU_US = 25_000
 WARMUP_MIN_RUNS, WARMUP_MAX_RUNS = 2, 2000
 # The first candidate of a tune meets a GPU that may have idled for a while: warm longer.
@@ -143,7 +144,7 @@ class GpuEvaluator:
                 plan.close()
             if plans:
                 # Timed: drop its pipeline (rebuilt from the pipeline cache if a later round
-                # re-times it). Hundreds of live pipelines slowed every kernel 2x on an H100.
+                # re-times it), so a tune holds one at a time, not hundreds.
                 plans[0].device.drop_pipeline(plans[0].kernel)
 
 

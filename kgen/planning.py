@@ -12,7 +12,7 @@ from .compile import compile_source, compile_variant
 from .errors import UnsupportedVariant
 from .kvtensor import KVTensor, KvLayout, layout_of
 from .paths.coopmat1 import direct_reason
-from .render import render_split_k_reduce
+from .render import REDUCE_WG, render_split_k_reduce
 from .space import default_variant, why_invalid
 from .variant import PathKind, Variant
 
@@ -227,8 +227,9 @@ class Plan:
         groups = (math.ceil(s.n_q / v.br), s.heads_q, s.batch * self.splits)
         steps = [(fa, binds, push, groups)]
         if self.splits > 1:
-            reduce = dev.pipeline(compile_source(render_split_k_reduce(s.head_v, s.sinks),
-                                                 name=f"fa_reduce_v{s.head_v}{'_sinks' if s.sinks else ''}").spirv,
+            wg = min(REDUCE_WG, 1 << (caps.max_workgroup_invocations.bit_length() - 1))
+            reduce = dev.pipeline(compile_source(render_split_k_reduce(s.head_v, s.sinks, wg),
+                                                 name=f"fa_reduce_v{s.head_v}{'_sinks' if s.sinks else ''}_wg{wg}").spirv,
                                   name="split_k_reduce")
             steps.append((reduce, binds, push, (s.n_q, s.heads_q, s.batch)))
         self._steps = steps

@@ -45,13 +45,15 @@ def render(v: Variant) -> str:
 REDUCE_WG = 512
 
 
-def render_split_k_reduce(head_v: int, sinks: bool) -> str:
-    """The pass that combines split-k partial outputs (see templates/README.md, split_k)."""
+def render_split_k_reduce(head_v: int, sinks: bool, wg: int = REDUCE_WG) -> str:
+    """The pass that combines split-k partial outputs (see templates/README.md, split_k); `wg`
+    threads (a power of two: fewer where the device allows fewer per workgroup)."""
     template = environment().get_template("fa_split_k_reduce.comp.j2")
     lanes = 1 << (head_v // 4 - 1).bit_length()  # vec4 columns, rounded up to a power of two
-    if lanes > REDUCE_WG:
-        raise ValueError(f"head_v={head_v}: the reduce pass covers at most {4 * REDUCE_WG} columns")
-    return _tidy(template.render(head_v=head_v, sinks=sinks, wg=REDUCE_WG, lanes=lanes,
+    if wg & (wg - 1) or lanes > wg:
+        raise ValueError(f"head_v={head_v}, wg={wg}: the reduce pass needs a power-of-two "
+                         f"workgroup of at least {lanes} threads (one per 4 columns)")
+    return _tidy(template.render(head_v=head_v, sinks=sinks, wg=wg, lanes=lanes,
                                  push_fields=abi.PUSH_FIELDS, binding=abi.BINDING))
 
 

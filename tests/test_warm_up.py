@@ -72,3 +72,4 @@ def test_cpu_devices_only_wait_for_the_floor(monkeypatch):
     spent = planning.warm_up(plans, 10_000)
     # 2 runs, then batches of 6 (5 ms at 1 ms a run) until 10 ms.
     assert calls == [2, 6, 6] and spent == 14_000
+

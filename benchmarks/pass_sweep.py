@@ -14,10 +14,10 @@ import statistics
 import sys
 
 from kgen.api import fold_gqa
-from kgen.planning import Plan, time_back_to_back, warm_up
+from kgen.planning import Plan, step_times, time_back_to_back, warm_up
 from kgen.suites import suite
 from kgen.tune import Candidate, candidates
-from kgen.tune.measure import GpuEvaluator
+from kgen.tune.measure import WARMUP_GPU_US, GpuEvaluator
 
 
 def time_passes(ev: GpuEvaluator, c: Candidate, runs: int) -> list[list[float]]:
@@ -29,12 +29,9 @@ def time_passes(ev: GpuEvaluator, c: Candidate, runs: int) -> list[list[float]]:
             plan = Plan(ev.timed, variant=c.variant, split_k=c.splits, device=ev.device)
             plans.append(plan)
             plan.upload(x.q, x.k, x.v, mask=x.mask, sinks=x.sinks)
-        warm_up(plans, ev.warmup_us)
-        ev.warmup_us = 25_000
-        dev = plans[0].device
-        steps = [st for i in range(runs) for st in plans[i % len(plans)]._steps]
-        with dev.sequence(steps) as seq:
-            times = seq.run(wait=True)
+        # The first warm-up of the process lasts long enough to set the clock reference.
+        warm_up(plans, WARMUP_GPU_US)
+        times = step_times(plans, runs)
         n = len(plans[0]._steps)
         return [times[i::n] for i in range(n)]
     finally:
@@ -58,7 +55,6 @@ def main() -> None:
     case = suite("all", [args.case])[0]
     shapes = fold_gqa(case.shapes())
     ev = GpuEvaluator(shapes)
-    ev.warmup_us = 500_000  # an idle GPU's clocks take a while to come up
     from kgen.runtime import open_device
     cands, default = candidates(shapes, open_device().caps)
     want = {int(s) for s in args.splits.split(",") if s}
@@ -75,7 +71,7 @@ def main() -> None:
         sentinel = [Plan(ev.timed, variant=default.variant, split_k=default.splits) for _ in range(ev.copies)]
         for p in sentinel:
             p.upload(x.q, x.k, x.v, mask=x.mask, sinks=x.sinks)
-        warm_up(sentinel, 500_000)
+        warm_up(sentinel, WARMUP_GPU_US)
     print(f"{case.name}: {len(chosen)} candidates; flops {case.flops:.3g}, K+V bytes {case.kv_bytes:.3g}",
           flush=True)
     for c in chosen:

@@ -70,6 +70,14 @@ def rotation_sets(nbytes: int) -> int:
     return min(ROTATE_MAX, max(2, math.ceil(ROTATE_SPAN / max(nbytes, 1))))
 
 
+def step_times(plans: list["Plan"], runs: int, tail: tuple = ()) -> list[float]:
+    """GPU microseconds of every step of `runs` runs recorded into one submission, taking the
+    plans in turn, followed by those of the `tail` steps."""
+    steps = [step for i in range(runs) for step in plans[i % len(plans)]._steps]
+    with plans[0].device.sequence(steps + list(tail)) as seq:
+        return seq.run(wait=True)
+
+
 def time_back_to_back(plans: list["Plan"], runs: int) -> list[float]:
     """GPU microseconds of `runs` runs recorded into one submission, taking the plans in turn
     (separate buffers, so small inputs do not stay in L2 between runs). With no host round trip
@@ -77,13 +85,10 @@ def time_back_to_back(plans: list["Plan"], runs: int) -> list[float]:
     them: timing run by run measured some kernels at a third of their speed on an H100."""
     if runs < 1:
         raise ValueError(f"runs={runs}: >= 1")
-    dev = plans[0].device
-    steps = [step for i in range(runs) for step in plans[i % len(plans)]._steps]
-    per_run = [len(plans[i % len(plans)]._steps) for i in range(runs)]
-    with dev.sequence(steps) as seq:
-        times = seq.run(wait=True)
+    times = step_times(plans, runs)
     out, at = [], 0
-    for n in per_run:
+    for i in range(runs):
+        n = len(plans[i % len(plans)]._steps)
         out.append(float(sum(times[at:at + n])))
         at += n
     return out
@@ -101,12 +106,8 @@ WARM_FIRST_US = 500_000  # the first warm-up of a process: long enough to reach 
 
 
 def _warm_batch(plans: list["Plan"], runs: int, probe) -> tuple[list[float], float | None]:
-    """GPU us of `runs` back-to-back runs, and of the clock probe right after them (or None)."""
-    steps = [step for i in range(runs) for step in plans[i % len(plans)]._steps]
-    if probe is not None:
-        steps.append(probe.step)
-    with plans[0].device.sequence(steps) as seq:
-        times = seq.run(wait=True)
+    """GPU us of `runs` back-to-back runs' steps, and of the clock probe right after them (or None)."""
+    times = step_times(plans, runs, (probe.step,) if probe is not None else ())
     return times, (times.pop() if probe is not None else None)
 
 

@@ -12,7 +12,7 @@ from .compile import compile_source, compile_variant
 from .errors import UnsupportedVariant
 from .kvtensor import KVTensor, KvLayout, layout_of
 from .paths.coopmat1 import direct_reason
-from .render import REDUCE_WG, render_split_k_reduce
+from .render import REDUCE_WG, kv_to_f16_groups, render_kv_to_f16, render_split_k_reduce
 from .space import default_variant, why_invalid
 from .variant import PathKind, Variant
 
@@ -167,12 +167,13 @@ class Plan:
                     autotune if autotune is not None else knobs.get("KGEN_AUTOTUNE")):
                 _autotune(s, device)
                 variant, splits, how = choose_variant(s, caps, path, split_k)
-            if direct_reason(variant, s.n_kv, self.kv_layouts) is not None:
+            if direct_reason(variant, s.n_kv, self._kernel_layouts(variant)) is not None:
                 # A kv_direct pick tuned on dense caches; these K/V are laid out otherwise.
                 variant, splits, how = choose_variant(s, caps, path, split_k, tuned=False)
         else:
             splits, how = split_k or 1, "given"
-        if (reason := why_invalid(variant, caps) or direct_reason(variant, s.n_kv, self.kv_layouts)) is not None:
+        if (reason := why_invalid(variant, caps)
+                or direct_reason(variant, s.n_kv, self._kernel_layouts(variant))) is not None:
             raise UnsupportedVariant(variant.uri, reason)
         self._check_variant(variant, splits)
         # Splits are whole KV tiles: the count may round down so none is empty.
@@ -201,12 +202,27 @@ class Plan:
         if v.aligned and s.n_kv % v.bc:
             raise ValueError(f"variant {v.uri} is aligned (Nkv % {v.bc} == 0) but Nkv={s.n_kv}")
 
+    def _converted(self, v: Variant) -> tuple[str, ...]:
+        """The tensors ("k", "v") a kv_f16 variant converts to f16 before the kernel."""
+        s = self.kernel_shapes
+        return tuple(t for t in "kv" if v.kv_f16 and getattr(s, f"{t}_type").quantized)
+
+    def _kernel_layouts(self, v: Variant) -> dict[str, KvLayout]:
+        """Where the attention kernel reads K and V: the caller's layouts, or for tensors that
+        kv_f16 converts, the dense f16 copy."""
+        s, out = self.kernel_shapes, dict(self.kv_layouts)
+        for t in self._converted(v):
+            d = s.head_k if t == "k" else s.head_v
+            out[t] = KvLayout((d, d * s.n_kv, d * s.n_kv * s.heads_kv), 0, 2 * d * s.n_kv * s.heads_kv * s.batch)
+        return out
+
     # --- construction ----------------------------------------------------------------------
     def _build(self) -> None:
         s, v, dev = self.kernel_shapes, self.variant, self.device
         caps = dev.caps
-        fa = dev.pipeline(compile_variant(v).spirv, name=v.uri, required_subgroup_size=v.subgroup,
+        fa = dev.pipeline(compile_variant(v).spirv, name=v.kernel.uri, required_subgroup_size=v.subgroup,
                           full_subgroups=caps.compute_full_subgroups)
+        kernel_layouts = self._kernel_layouts(v)
         rows = s.batch * s.heads_q * s.n_q
         sizes = {
             "q": rows * s.head_k * 4,
@@ -221,12 +237,24 @@ class Plan:
         if self.splits > 1:
             sizes["stats"] = self.splits * rows * 8
             sizes["reduced"] = rows * s.head_v * 4
+        converted = self._converted(v)
+        for t in converted:
+            sizes[f"{t}_f16"] = kernel_layouts[t].nbytes
         self.kernel = fa
         self._buffers = {name: dev.buffer(n) for name, n in sizes.items()}
-        binds = {abi.BINDING[name]: buf for name, buf in self._buffers.items()}
-        push = self._push()
+        binds = {abi.BINDING[name]: buf for name, buf in self._buffers.items() if name in abi.BINDING}
+        steps = []
+        for t in converted:
+            # The pass reads the cache as stored (binding t) and writes its f16 copy as `out`.
+            d, kv_type = (s.head_k, s.k_type) if t == "k" else (s.head_v, s.v_type)
+            name = f"kv_to_f16_{t}_{kv_type}_d{d}"
+            convert = dev.pipeline(compile_source(render_kv_to_f16(t, kv_type, d), name=name).spirv, name=name)
+            steps.append((convert, {abi.BINDING[t]: self._buffers[t], abi.BINDING["out"]: self._buffers[f"{t}_f16"]},
+                          self._push(self.kv_layouts), kv_to_f16_groups(s.n_kv, d, s.heads_kv, s.batch)))
+            binds[abi.BINDING[t]] = self._buffers[f"{t}_f16"]
+        push = self._push(kernel_layouts)
         groups = (math.ceil(s.n_q / v.br), s.heads_q, s.batch * self.splits)
-        steps = [(fa, binds, push, groups)]
+        steps.append((fa, binds, push, groups))
         if self.splits > 1:
             wg = min(REDUCE_WG, 1 << (caps.max_workgroup_invocations.bit_length() - 1))
             reduce = dev.pipeline(compile_source(render_split_k_reduce(s.head_v, s.sinks, wg),
@@ -236,9 +264,9 @@ class Plan:
         self._steps = steps
         self._sequence = dev.sequence(steps)
 
-    def _push(self) -> bytes:
+    def _push(self, kv_layouts: dict[str, KvLayout]) -> bytes:
         s = self.kernel_shapes
-        kl, vl = self.kv_layouts["k"], self.kv_layouts["v"]
+        kl, vl = kv_layouts["k"], kv_layouts["v"]
         mb, mh, mq, _ = s.mask_shape or (1, 1, 1, 1)
         n_kv = s.n_kv
         slopes_n2 = 1 << (s.heads_q.bit_length() - 1)

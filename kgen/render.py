@@ -9,6 +9,7 @@ import jinja2
 
 from . import abi
 from .paths import path_spec
+from .types import KvType
 from .variant import Variant
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -32,6 +33,7 @@ def environment() -> jinja2.Environment:
 def render(v: Variant) -> str:
     """The GLSL compute shader for `v`: readable, self-contained, deterministic."""
     spec = path_spec(v.path)
+    v = v.kernel  # kv_f16 runs the f16 kernel (the same module, one cache entry)
     template = environment().get_template(spec.TEMPLATE)
     text = template.render(
         v=v,
@@ -55,6 +57,39 @@ def render_split_k_reduce(head_v: int, sinks: bool, wg: int = REDUCE_WG) -> str:
                          f"workgroup of at least {lanes} threads (one per 4 columns)")
     return _tidy(template.render(head_v=head_v, sinks=sinks, wg=wg, lanes=lanes,
                                  push_fields=abi.PUSH_FIELDS, binding=abi.BINDING))
+
+
+KV_TO_F16_WG = 256
+KV_TENSORS = ("k", "v")
+MAX_GROUPS = 65535  # the maxComputeWorkGroupCount every Vulkan device allows in each dimension
+
+
+def render_kv_to_f16(tensor: str, t: KvType, head: int, wg: int = KV_TO_F16_WG) -> str:
+    """The pass that decodes a `t` K or V cache (`tensor`, read by its own strides and offset)
+    into a dense f16 (B, Hkv, Nkv, head) copy; grid from `kv_to_f16_groups` with the same `wg`."""
+    if tensor not in KV_TENSORS:
+        raise ValueError(f"tensor={tensor!r}: must be one of {KV_TENSORS}")
+    if head < 8 or head % 8:
+        raise ValueError(f"head={head}: must be a positive multiple of 8 (8 elements per store)")
+    if wg < 1:
+        raise ValueError(f"wg={wg}: must be >= 1")
+    template = environment().get_template("kv_to_f16.comp.j2")
+    return _tidy(template.render(tensor=tensor, t=KvType.parse(t), head=head, head8=head // 8, wg=wg,
+                                 push_fields=abi.PUSH_FIELDS, binding=abi.BINDING))
+
+
+def kv_to_f16_groups(n_kv: int, head: int, heads_kv: int, batch: int,
+                     wg: int = KV_TO_F16_WG) -> tuple[int, int, int]:
+    """Dispatch grid of render_kv_to_f16(..., head, wg): (row chunks of 8 / wg, heads, batch)."""
+    for name, value in (("n_kv", n_kv), ("head", head), ("heads_kv", heads_kv), ("batch", batch), ("wg", wg)):
+        if value < 1:
+            raise ValueError(f"{name}={value}: must be >= 1")
+    groups = (-(-n_kv * (head // 8) // wg), heads_kv, batch)
+    for axis, count in zip("xyz", groups):
+        if count > MAX_GROUPS:
+            raise ValueError(f"kv_to_f16 grid {axis}={count} (n_kv={n_kv}, head={head}, heads_kv={heads_kv}, "
+                             f"batch={batch}, wg={wg}): exceeds maxComputeWorkGroupCount {MAX_GROUPS}")
+    return groups
 
 
 def _tidy(text: str) -> str:

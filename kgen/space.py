@@ -5,18 +5,21 @@ the tests all call it, and its reason becomes the error message.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from .caps import Caps
 from .errors import InvalidVariant
 from .paths import all_specs, path_spec
 from .problem import ProblemClass
+from .types import KvType
 from .variant import PathKind, Variant
 
 
 def why_invalid(v: Variant, caps: Caps) -> str | None:
     """None if `v` can run on the device described by `caps`, else the reason."""
     spec = path_spec(v.path)
+    v = v.kernel  # kv_f16: the conversion pass runs anywhere; the kernel is what must fit
     if (reason := spec.supports(caps)) is not None:
         return f"path {v.path}: {reason}"
     shared = spec.layout(v).shared_bytes
@@ -64,7 +67,7 @@ def enumerate_space(problem: ProblemClass, caps: Caps,
         if (reason := spec.supports(caps)) is not None:
             space.unsupported_paths[spec.KIND.value] = reason
             continue
-        for knobs in spec.candidates(problem, caps):
+        for knobs in _with_converted_kv(spec, problem, caps):
             try:
                 v = Variant(**knobs)
             except InvalidVariant as exc:
@@ -78,6 +81,22 @@ def enumerate_space(problem: ProblemClass, caps: Caps,
             else:
                 space.valid.append(v)
     return space
+
+
+# Query rows past which a quantized K/V cache is converted to f16 once per call, as a tuning
+# option: every KV tile is then decoded once instead of once per row tile that reads it.
+KV_F16_MIN_NQ_BUCKET = 2  # n_q > 8
+
+
+def _with_converted_kv(spec, problem: ProblemClass, caps: Caps):
+    """The path's candidates, and for prefill over quantized K/V also its f16 candidates run
+    behind the conversion pass (kv_f16)."""
+    yield from spec.candidates(problem, caps)
+    types = {f"{t}_type": getattr(problem, f"{t}_type") for t in "kv"}
+    if problem.nq_bucket >= KV_F16_MIN_NQ_BUCKET and any(t.quantized for t in types.values()):
+        as_f16 = dataclasses.replace(problem, **{n: KvType.F16 for n, t in types.items() if t.quantized})
+        for knobs in spec.candidates(as_f16, caps):
+            yield dict(knobs, **types, kv_f16=True)
 
 
 def default_variant(problem: ProblemClass, caps: Caps, path: PathKind | None = None) -> Variant:

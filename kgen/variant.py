@@ -61,6 +61,7 @@ class Variant:
     row_split: int = 0       # scalar: row groups per workgroup
     kv_staging: bool = False  # scalar/coopmat1: stage K/V tiles through shared memory
     kv_direct: bool = False   # coopmat1: load f16 K/V straight from memory into matrix operands
+    kv_f16: bool = False      # a pass converts block-quantized K/V to dense f16 before the kernel
     mat_m: int = 0           # coopmat1: matrix shape M x N x K
     mat_n: int = 0
     mat_k: int = 0
@@ -79,7 +80,7 @@ class Variant:
         reason = _intrinsic_reason(self)
         if reason is None:
             from .paths import path_spec  # the path modules import this one
-            reason = path_spec(self.path).check(self)
+            reason = path_spec(self.path).check(self.kernel)
         if reason:
             raise InvalidVariant(self._label(), reason)
 
@@ -110,6 +111,15 @@ class Variant:
         return dataclasses.replace(self, **changes)
 
     @property
+    def kernel(self) -> "Variant":
+        """The attention kernel this variant runs: with kv_f16, the f16 kernel that the converted
+        K/V feed (same tiles and features); otherwise the variant itself."""
+        if not self.kv_f16:
+            return self
+        f16 = {f"{t}_type": KvType.F16 for t in "kv" if getattr(self, f"{t}_type").quantized}
+        return dataclasses.replace(self, kv_f16=False, **f16)
+
+    @property
     def features(self) -> tuple[str, ...]:
         return tuple(f for f in FEATURES if getattr(self, f))
 
@@ -134,6 +144,9 @@ def _intrinsic_reason(v: Variant) -> str | None:
         return f"wg={v.wg}: a multiple of the subgroup size ({v.subgroup}) up to {MAX_WORKGROUP}"
     if v.br < 1 or v.bc < 1:
         return f"br={v.br}, bc={v.bc}: tile sizes are positive"
+    if v.kv_f16 and not (v.k_type.quantized or v.v_type.quantized):
+        return (f"kv_f16 with {v.k_type}/{v.v_type} K/V: the pass converts block-quantized "
+                "types only (leave it False)")
     if v.alibi and not v.mask:
         return "alibi scales the mask (score + slope * mask): it needs the mask feature"
     return None
@@ -165,6 +178,7 @@ _TOKENS: list[tuple[Callable[[Variant], str], str]] = [
     _knob("row_split", "rs"),
     _flag("kv_staging", "stage"),
     _flag("kv_direct", "direct"),
+    _flag("kv_f16", "kvf16"),
     (lambda v: f"m{v.mat_m}n{v.mat_n}k{v.mat_k}" if v.mat_m else "",
      r"(?:_m(?P<mat_m>\d+)n(?P<mat_n>\d+)k(?P<mat_k>\d+))?"),
     *(_flag(f, f.replace("_", "")) for f in FEATURES),

@@ -9,6 +9,7 @@ rotating input copies, median GPU microseconds per pass. A development tool for 
 design work of #7; `kgen tune` and `kgen bench` are the figures to quote.
 """
 import argparse
+import dataclasses
 import re
 import statistics
 import sys
@@ -51,8 +52,15 @@ def main() -> None:
     ap.add_argument("--sentinel", action="store_true",
                     help="time the default's long-lived plans after each candidate (last column)")
     ap.add_argument("--also", action="append", default=[], help="a candidate name to time too")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="change a field of the case, e.g. precision=f16 or mask=false")
     args = ap.parse_args()
     case = suite("all", [args.case])[0]
+    for change in args.set:
+        name, _, text = change.partition("=")
+        old = getattr(case, name)  # AttributeError names an unknown field
+        value = text.lower() in ("1", "true", "yes") if isinstance(old, bool) else type(old)(text)
+        case = dataclasses.replace(case, **{name: value})
     shapes = fold_gqa(case.shapes())
     ev = GpuEvaluator(shapes)
     from kgen.runtime import open_device

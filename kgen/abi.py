@@ -64,6 +64,11 @@ def pack(**values) -> bytes:
     return struct.pack(fmt, *(values[n] for n in names))
 
 
+def pack_some(**values) -> bytes:
+    """pack() for a pass that reads only some fields (a test driving one, say): the rest are 0."""
+    return pack(**{f.name: 0 for f in PUSH_FIELDS} | values)
+
+
 @dataclass(frozen=True)
 class Binding:
     index: int
@@ -81,5 +86,6 @@ BINDINGS: tuple[Binding, ...] = (
     Binding(5, "out", "O, f32, (B, Hq, Nq, Dv) contiguous; with split_k: (splits, B, Hq, Nq, Dv)"),
     Binding(6, "stats", "split_k only: f32 (max, sum) per (split, b, h, row)"),
     Binding(7, "reduced", "split_k reduce pass only: the final O, f32, (B, Hq, Nq, Dv)"),
+    Binding(8, "mask_tiles", "mask_tiles only: u32 class per (mask plane, br row tile, bc KV tile)"),
 )
 BINDING = {b.name: b.index for b in BINDINGS}

@@ -41,7 +41,8 @@ TEMPLATES = Path(__file__).resolve().parent / "export_templates"
 PUSH_TYPES = {"uint": ("uint32_t", 4), "float": ("float", 4)}
 # Element type of each abi binding ("k_type"/"v_type": the entry's KV types).
 BINDING_ELEMENTS = {"q": "f32", "k": "k_type", "v": "v_type", "mask": "f16", "sinks": "f32",
-                    "out": "f32", "stats": "vec2<f32> (max, sum)", "reduced": "f32"}
+                    "out": "f32", "stats": "vec2<f32> (max, sum)", "reduced": "f32",
+                    "mask_tiles": "u32"}
 assert set(BINDING_ELEMENTS) == set(abi.BINDING), "a new abi binding needs its element type here"
 # Bucketed problem dimensions: (name in the class key and entries, edges, ProblemClass field).
 BUCKETS = (("n_q", NQ_BUCKETS, "nq_bucket"), ("n_kv", NKV_BUCKETS, "nkv_bucket"),
@@ -137,6 +138,10 @@ def collect(entries) -> list[Row]:
     rows = []
     for device, build, w in entries:
         v = _checked_variant(w)
+        if v.kv_f16 or v.mask_tiles:
+            raise NotImplementedError(
+                f"export of {v.uri} (class {w.problem.key}): the passes that run before the kernel "
+                "(kv_f16's K/V conversion, mask_tiles' classification) have no dispatch-table form yet")
         fa = shader(("fa", v.uri), lambda: Shader(
             v.uri, compile_variant(v).spirv, v.wg, v.subgroup))
         red = None

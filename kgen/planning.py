@@ -12,7 +12,8 @@ from .compile import compile_source, compile_variant
 from .errors import UnsupportedVariant
 from .kvtensor import KVTensor, KvLayout, layout_of
 from .paths.coopmat1 import direct_reason
-from .render import REDUCE_WG, kv_to_f16_groups, render_kv_to_f16, render_split_k_reduce
+from .render import (REDUCE_WG, kv_to_f16_groups, mask_tiles_groups, render_kv_to_f16, render_mask_tiles,
+                     render_split_k_reduce)
 from .space import default_variant, why_invalid
 from .variant import PathKind, Variant
 
@@ -240,6 +241,9 @@ class Plan:
         converted = self._converted(v)
         for t in converted:
             sizes[f"{t}_f16"] = kernel_layouts[t].nbytes
+        if v.mask_tiles:
+            tile_groups = mask_tiles_groups(s.mask_shape, v.br, v.bc)
+            sizes["mask_tiles"] = 4 * math.prod(tile_groups)
         self.kernel = fa
         self._buffers = {name: dev.buffer(n) for name, n in sizes.items()}
         binds = {abi.BINDING[name]: buf for name, buf in self._buffers.items() if name in abi.BINDING}
@@ -253,6 +257,11 @@ class Plan:
                           self._push(self.kv_layouts), kv_to_f16_groups(s.n_kv, d, s.heads_kv, s.batch)))
             binds[abi.BINDING[t]] = self._buffers[f"{t}_f16"]
         push = self._push(kernel_layouts)
+        if v.mask_tiles:
+            name = f"mask_tiles_br{v.br}_bc{v.bc}"
+            classify = dev.pipeline(compile_source(render_mask_tiles(v.br, v.bc), name=name).spirv, name=name)
+            steps.append((classify, {abi.BINDING["mask"]: self._buffers["mask"],
+                                     abi.BINDING["mask_tiles"]: self._buffers["mask_tiles"]}, push, tile_groups))
         groups = (math.ceil(s.n_q / v.br), s.heads_q, s.batch * self.splits)
         steps.append((fa, binds, push, groups))
         if self.splits > 1:

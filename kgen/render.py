@@ -92,6 +92,31 @@ def kv_to_f16_groups(n_kv: int, head: int, heads_kv: int, batch: int,
     return groups
 
 
+MASK_TILES_WG = 256
+
+
+def render_mask_tiles(br: int, bc: int, wg: int = MASK_TILES_WG) -> str:
+    """The pass that classifies every br x bc tile of the mask (all -inf, all zero, mixed) for
+    a coopmat2 mask_tiles kernel of those tiles; grid from `mask_tiles_groups`."""
+    for name, value in (("br", br), ("bc", bc), ("wg", wg)):
+        if value < 1:
+            raise ValueError(f"{name}={value}: must be >= 1")
+    template = environment().get_template("mask_tiles.comp.j2")
+    return _tidy(template.render(br=br, bc=bc, wg=wg, push_fields=abi.PUSH_FIELDS, binding=abi.BINDING))
+
+
+def mask_tiles_groups(mask_shape: tuple[int, int, int, int], br: int, bc: int) -> tuple[int, int, int]:
+    """Grid of the mask-tile pass, one workgroup per tile: (KV tiles, row tiles, planes) of a
+    stored (B, H, rows, Nkv) mask; also the shape of the class array the kernel reads."""
+    planes, rows, n_kv = mask_shape[0] * mask_shape[1], mask_shape[2], mask_shape[3]
+    groups = (-(-n_kv // bc), -(-rows // br), planes)
+    for axis, count in zip("xyz", groups):
+        if count > MAX_GROUPS:
+            raise ValueError(f"mask_tiles grid {axis}={count} (mask {mask_shape}, br={br}, bc={bc}): "
+                             f"exceeds maxComputeWorkGroupCount {MAX_GROUPS}")
+    return groups
+
+
 def _tidy(text: str) -> str:
     """Collapse runs of blank lines left by skipped template blocks; strip trailing spaces."""
     lines, blank = [], 0

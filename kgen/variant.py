@@ -62,6 +62,7 @@ class Variant:
     kv_staging: bool = False  # scalar/coopmat1: stage K/V tiles through shared memory
     kv_direct: bool = False   # coopmat1: load f16 K/V straight from memory into matrix operands
     kv_f16: bool = False      # a pass converts block-quantized K/V to dense f16 before the kernel
+    mask_tiles: bool = False  # coopmat2: a pass classifies mask tiles (all -inf: skipped; all 0: no load)
     mat_m: int = 0           # coopmat1: matrix shape M x N x K
     mat_n: int = 0
     mat_k: int = 0
@@ -147,6 +148,8 @@ def _intrinsic_reason(v: Variant) -> str | None:
     if v.kv_f16 and not (v.k_type.quantized or v.v_type.quantized):
         return (f"kv_f16 with {v.k_type}/{v.v_type} K/V: the pass converts block-quantized "
                 "types only (leave it False)")
+    if v.mask_tiles and not v.mask:
+        return "mask_tiles classifies the mask's tiles: it needs the mask feature"
     if v.alibi and not v.mask:
         return "alibi scales the mask (score + slope * mask): it needs the mask feature"
     return None
@@ -179,6 +182,7 @@ _TOKENS: list[tuple[Callable[[Variant], str], str]] = [
     _flag("kv_staging", "stage"),
     _flag("kv_direct", "direct"),
     _flag("kv_f16", "kvf16"),
+    _flag("mask_tiles", "mtiles"),
     (lambda v: f"m{v.mat_m}n{v.mat_n}k{v.mat_k}" if v.mat_m else "",
      r"(?:_m(?P<mat_m>\d+)n(?P<mat_n>\d+)k(?P<mat_k>\d+))?"),
     *(_flag(f, f.replace("_", "")) for f in FEATURES),

@@ -33,16 +33,9 @@ def convert(dev, kv: KVTensor, tensor: str) -> np.ndarray:
     src = render_kv_to_f16(tensor, t, d)
     kernel = dev.pipeline(compile_source(src, name=f"kv_to_f16_{tensor}_{t}_d{d}").spirv,
                           name=f"kv_to_f16_{tensor}")
-    strides = {f"{x}_stride_{w}": 0 for x in "kv" for w in ("row", "head", "batch")}
-    strides.update({f"{tensor}_stride_row": kv.strides[0], f"{tensor}_stride_head": kv.strides[1],
-                    f"{tensor}_stride_batch": kv.strides[2]})
-    offsets = {"k_offset": 0, "v_offset": 0, f"{tensor}_offset": kv.offset}
-    # Only n_kv, n_batch and this tensor's strides and offset are read; the rest are dummies.
-    push = abi.pack(n_q=1, n_kv=n, n_head_q=h, gqa_ratio=1, n_batch=b,
-                    q_stride_row=0, q_stride_head=0, q_stride_batch=0, **strides, **offsets,
-                    mask_stride_row=0, mask_stride_head=0, mask_stride_batch=0,
-                    scale=1.0, softcap=0.0, alibi_m0=1.0, alibi_m1=1.0, alibi_n2=1,
-                    window=0, split_kv=0, split_count=1)
+    # Only n_kv and this tensor's strides and offset are read.
+    push = abi.pack_some(n_kv=n, **{f"{tensor}_stride_{w}": s for w, s in zip(("row", "head", "batch"), kv.strides)},
+                         **{f"{tensor}_offset": kv.offset})
     out_bytes = b * h * n * d * 2
     src_buf, out_buf = dev.buffer(len(kv.raw)), dev.buffer(out_bytes)
     try:

@@ -80,6 +80,8 @@ def check(v: Variant) -> str | None:
             return f"bc={v.bc} must be a multiple of the lanes per softmax row wg/br={tpr}"
     elif v.br % v.wg:
         return f"br={v.br} must be a multiple of wg={v.wg} when wg < br (rows per thread)"
+    if v.mask_tiles:
+        return "mask_tiles: a coopmat2 knob (leave it False)"
     if v.kv_direct:
         if v.kv_staging:
             return ("kv_direct and kv_staging: K/V go straight into matrix operands or through "

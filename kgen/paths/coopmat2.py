@@ -106,10 +106,16 @@ def _block(t: KvType) -> int:
 
 
 def _mask_skip(v: Variant) -> bool:
-    """The all--inf test reads element 0 of a reduced matrix in every invocation, so each one
-    must own elements of it: true with 4+ elements per invocation (llama.cpp's smallest cm2
-    tile, 32x32 over 256 invocations, has 4)."""
-    return v.mask and v.br * v.bc >= 4 * v.wg
+    """The in-loop all--inf test (when no mask_tiles pass classified the tiles) reads element 0
+    of a reduced matrix in every invocation, so each one must own elements of it: true with 4+
+    elements per invocation (llama.cpp's smallest cm2 tile, 32x32 over 256 invocations, has 4)."""
+    return v.mask and not v.mask_tiles and v.br * v.bc >= 4 * v.wg
+
+
+# Query rows from which a masked class classifies its mask tiles in a pass before the kernel
+# (mask_tiles): the in-loop all--inf test, a whole-tile reduction, cost 7-10% of masked prefill
+# on an H100 (P2, P5); decode reads a one-row mask where a second pass would cost more.
+MASK_TILES_MIN_NQ_BUCKET = 2  # n_q > 8
 
 
 def _live_words(head_k: int, head_v: int, acc: int, br: int, bc: int, wg: int) -> int:
@@ -212,9 +218,11 @@ def _driver_ok(caps: Caps, **knobs) -> bool:
 
 # --- tuning space ----------------------------------------------------------------------------
 def _common(problem: ProblemClass, caps: Caps) -> dict:
+    flags = problem.feature_flags()
     return dict(path=KIND, head_k=problem.head_k, head_v=problem.head_v, k_type=problem.k_type,
                 v_type=problem.v_type, acc=problem.acc, subgroup=caps.subgroup_size,
-                aligned=False, **problem.feature_flags())
+                aligned=False, **flags,
+                mask_tiles=flags.get("mask", False) and problem.nq_bucket >= MASK_TILES_MIN_NQ_BUCKET)
 
 
 def candidates(problem: ProblemClass, caps: Caps) -> Iterator[dict]:

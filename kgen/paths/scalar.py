@@ -41,6 +41,8 @@ def check(v: Variant) -> str | None:
         return f"mat_m/n/k={v.mat_m}/{v.mat_n}/{v.mat_k}: the scalar path uses no matrices (all 0)"
     if v.kv_direct:
         return "kv_direct loads matrix operands: a coopmat1 knob (leave it False)"
+    if v.mask_tiles:
+        return "mask_tiles: a coopmat2 knob (leave it False)"
     if not _pow2(v.d_split) or v.subgroup % v.d_split:
         return f"d_split={v.d_split} must be a power of two dividing subgroup={v.subgroup}"
     for name in ("head_k", "head_v"):

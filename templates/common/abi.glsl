@@ -13,6 +13,11 @@ layout(std430, binding = {{ binding.q }}) readonly buffer QBuf1 { float q_data[]
 {% if v.mask %}
 layout(std430, binding = {{ binding.mask }}) readonly buffer MaskBuf { float16_t mask_data[]; };
 {% endif %}
+{% if v.mask_tiles %}
+// Per mask tile: MASK_MIXED, MASK_HIDDEN (all -inf) or MASK_ZERO (templates/mask_tiles.comp.j2).
+layout(std430, binding = {{ binding.mask_tiles }}) readonly buffer MaskTileBuf { uint mask_tile_class[]; };
+const uint MASK_MIXED = 0u, MASK_HIDDEN = 1u, MASK_ZERO = 2u;
+{% endif %}
 {% if v.sinks %}
 layout(std430, binding = {{ binding.sinks }}) readonly buffer SinkBuf { float sink_data[]; };
 {% endif %}

@@ -1,5 +1,5 @@
 #version 450
-// fa_cm2_k64_v64_q4_0q4_0_acc32_br64_bc32_wg128_sg32_mask
+// fa_cm2_k256_v256_f16f16_acc32_br64_bc32_wg128_sg32_mtiles_mask
 // Flash attention, VK_NV_cooperative_matrix2: workgroup-scope br x bc tiles (kgen/paths/coopmat2.py).
 #extension GL_EXT_control_flow_attributes : require
 #extension GL_EXT_shader_16bit_storage : require
@@ -13,10 +13,10 @@ layout(local_size_x = 128) in;
 
 const uint BR = 64u;    // query rows per workgroup
 const uint BC = 32u;    // KV columns per step
-const uint HK = 64u;
-const uint HV = 64u;
-const uint HKP = 64u;  // head sizes padded to 16; the padding loads as zero
-const uint HVP = 64u;
+const uint HK = 256u;
+const uint HV = 256u;
+const uint HKP = 256u;  // head sizes padded to 16; the padding loads as zero
+const uint HVP = 256u;
 const float ROW_MAX_OFFSET = 0.0;
 
 // ---- run-time values (kgen/abi.py: PUSH_FIELDS) ----
@@ -54,6 +54,9 @@ layout(push_constant) uniform Push {
 layout(std430, binding = 0) readonly buffer QBuf { vec4 q_data4[]; };
 layout(std430, binding = 0) readonly buffer QBuf1 { float q_data[]; };
 layout(std430, binding = 3) readonly buffer MaskBuf { float16_t mask_data[]; };
+// Per mask tile: MASK_MIXED, MASK_HIDDEN (all -inf) or MASK_ZERO (templates/mask_tiles.comp.j2).
+layout(std430, binding = 8) readonly buffer MaskTileBuf { uint mask_tile_class[]; };
+const uint MASK_MIXED = 0u, MASK_HIDDEN = 1u, MASK_ZERO = 2u;
 layout(std430, binding = 5) writeonly buffer OutBuf { vec4 out_data4[]; };
 layout(std430, binding = 5) writeonly buffer OutBuf1 { float out_data[]; };
 // A masked score is this finite value, not -inf, so that max() and exp() never meet inf - inf;
@@ -93,39 +96,11 @@ float16_t q_decode(const in QBlock b, const in uint blk[2], const in uint at[2])
     return float16_t(b.x[at[1]] * pc.scale);
 }
 
-// ---- K: q4_0, decoded 32 elements per block ----
-layout(std430, binding = 1) readonly buffer KRaw { uint k_buf[]; };
-layout(buffer_reference, std430, buffer_reference_align = 2) readonly buffer KBlock { uint16_t w[9]; };
-float k_half(const in KBlock b, uint w) { return unpackHalf2x16(uint(b.w[w])).x; }
-// The 4-bit quant of element i from 16 bytes starting at word `w`: element i < 16 is the low
-// nibble of byte i, i >= 16 the high nibble of byte i - 16.
-uint k_nibble(const in KBlock b, uint w, uint i) {
-    return (uint(b.w[w + ((i & 15u) >> 1)]) >> ((i & 1u) * 8u + (i >> 4) * 4u)) & 15u;
-}
-// q4_0: d (f16) then 16 bytes of nibbles; x = d * (nibble - 8).
-float k_value(const in KBlock b, uint i) {
-    return k_half(b, 0u) * (float(k_nibble(b, 1u, i)) - 8.0);
-}
-float16_t k_decode(const in KBlock b, const in uint blk[2], const in uint at[2]) {
-    return float16_t(k_value(b, at[1]));
-}
+// ---- K: f16 ----
+layout(std430, binding = 1) readonly buffer KF16 { float16_t k_buf[]; };
 
-// ---- V: q4_0, decoded 32 elements per block ----
-layout(std430, binding = 2) readonly buffer VRaw { uint v_buf[]; };
-layout(buffer_reference, std430, buffer_reference_align = 2) readonly buffer VBlock { uint16_t w[9]; };
-float v_half(const in VBlock b, uint w) { return unpackHalf2x16(uint(b.w[w])).x; }
-// The 4-bit quant of element i from 16 bytes starting at word `w`: element i < 16 is the low
-// nibble of byte i, i >= 16 the high nibble of byte i - 16.
-uint v_nibble(const in VBlock b, uint w, uint i) {
-    return (uint(b.w[w + ((i & 15u) >> 1)]) >> ((i & 1u) * 8u + (i >> 4) * 4u)) & 15u;
-}
-// q4_0: d (f16) then 16 bytes of nibbles; x = d * (nibble - 8).
-float v_value(const in VBlock b, uint i) {
-    return v_half(b, 0u) * (float(v_nibble(b, 1u, i)) - 8.0);
-}
-float16_t v_decode(const in VBlock b, const in uint blk[2], const in uint at[2]) {
-    return float16_t(v_value(b, at[1]));
-}
+// ---- V: f16 ----
+layout(std430, binding = 2) readonly buffer VF16 { float16_t v_buf[]; };
 
 // Where element `base` of a tensor whose rows are `stride` elements apart falls when rows are
 // counted from element 0 of its binding: (row, column). coopMatLoadTensorNV needs its element
@@ -185,17 +160,21 @@ void main() {
     const uint k_base = pc.k_offset + b * pc.k_stride_batch + hk * pc.k_stride_head;
     const uvec2 k_origin = origin(k_base, pc.k_stride_row);
     tensorLayoutNV<2, gl_CooperativeMatrixClampModeConstantNV> k_layout = createTensorLayoutNV(2, gl_CooperativeMatrixClampModeConstantNV);
-    k_layout = setTensorLayoutBlockSizeNV(k_layout, 1, 32);
     k_layout = setTensorLayoutDimensionNV(k_layout, k_origin.x + pc.n_kv, k_origin.y + HK);
-    k_layout = setTensorLayoutStrideNV(k_layout, pc.k_stride_row / 32u, 1);
-
+    k_layout = setTensorLayoutStrideNV(k_layout, (pc.k_stride_row & ~3u), 1);
+    const bool k_wide = pc.k_stride_row != 0u && ((k_base | pc.k_stride_row) & 7u) == 0u;
+    tensorLayoutNV<2, gl_CooperativeMatrixClampModeConstantNV> k_wide_layout = createTensorLayoutNV(2, gl_CooperativeMatrixClampModeConstantNV);
+    k_wide_layout = setTensorLayoutDimensionNV(k_wide_layout, pc.n_kv, HK);
+    k_wide_layout = setTensorLayoutStrideNV(k_wide_layout, (pc.k_stride_row & ~7u), 1);
     const uint v_base = pc.v_offset + b * pc.v_stride_batch + hk * pc.v_stride_head;
     const uvec2 v_origin = origin(v_base, pc.v_stride_row);
     tensorLayoutNV<2, gl_CooperativeMatrixClampModeConstantNV> v_layout = createTensorLayoutNV(2, gl_CooperativeMatrixClampModeConstantNV);
-    v_layout = setTensorLayoutBlockSizeNV(v_layout, 1, 32);
     v_layout = setTensorLayoutDimensionNV(v_layout, v_origin.x + pc.n_kv, v_origin.y + HV);
-    v_layout = setTensorLayoutStrideNV(v_layout, pc.v_stride_row / 32u, 1);
-
+    v_layout = setTensorLayoutStrideNV(v_layout, (pc.v_stride_row & ~3u), 1);
+    const bool v_wide = pc.v_stride_row != 0u && ((v_base | pc.v_stride_row) & 7u) == 0u;
+    tensorLayoutNV<2, gl_CooperativeMatrixClampModeConstantNV> v_wide_layout = createTensorLayoutNV(2, gl_CooperativeMatrixClampModeConstantNV);
+    v_wide_layout = setTensorLayoutDimensionNV(v_wide_layout, pc.n_kv, HV);
+    v_wide_layout = setTensorLayoutStrideNV(v_wide_layout, (pc.v_stride_row & ~7u), 1);
     const tensorViewNV<2, false, 1, 0> transposed = createTensorViewNV(2, false, 1, 0);
 
     // Mask rows of (b, h). ClampToEdge repeats the last row past Nq and the only row of a
@@ -210,6 +189,11 @@ void main() {
     mask_wide_layout = setTensorLayoutDimensionNV(mask_wide_layout, pc.mask_stride_row == 0u ? 1u : pc.n_q, pc.n_kv);
     mask_wide_layout = setTensorLayoutStrideNV(mask_wide_layout, (pc.mask_stride_row & ~7u), 1);
     const float slope = 1.0;
+    // This row tile's classes in (b, h)'s mask plane, one per KV tile (templates/mask_tiles.comp.j2).
+    const uint mask_rows = pc.mask_stride_row == 0u ? 1u : pc.n_q;
+    const uint mask_plane = mask_base / (mask_rows * pc.n_kv);
+    const uint row_tile = pc.mask_stride_row == 0u ? 0u : i0 / BR;
+    const uint tile_base = (mask_plane * ((mask_rows + BR - 1u) / BR) + row_tile) * ((pc.n_kv + BC - 1u) / BC);
 
     const coopmat<float16_t, gl_ScopeWorkgroup, BC, BC, gl_MatrixUseB> ones =
         coopmat<float16_t, gl_ScopeWorkgroup, BC, BC, gl_MatrixUseB>(1.0);
@@ -220,20 +204,29 @@ void main() {
     [[dont_unroll]]
     for (uint j0 = kv_begin; j0 < kv_end; j0 += BC) {
         MASK_TILE mask_tile;
-        if (mask_wide) {
-            coopMatLoadTensorNV(mask_tile, mask_data, mask_base,
-                                sliceTensorLayoutNV(mask_wide_layout, i0, BR, j0, BC));
+        // The class is the same for the whole workgroup: uniform control flow around the loads.
+        const uint mask_class = mask_tile_class[tile_base + j0 / BC];
+        if (mask_class == MASK_HIDDEN) continue;  // every p would be 0
+        if (mask_class == MASK_ZERO) {
+            mask_tile = MASK_TILE(0.0);
         } else {
-            coopMatLoadTensorNV(mask_tile, mask_data, 0, sliceTensorLayoutNV(mask_layout,
-                                mask_origin.x + i0, BR, mask_origin.y + j0, BC));
+            if (mask_wide) {
+                coopMatLoadTensorNV(mask_tile, mask_data, mask_base,
+                                    sliceTensorLayoutNV(mask_wide_layout, i0, BR, j0, BC));
+            } else {
+                coopMatLoadTensorNV(mask_tile, mask_data, 0, sliceTensorLayoutNV(mask_layout,
+                                    mask_origin.x + i0, BR, mask_origin.y + j0, BC));
+            }
         }
-        MASK_TILE mask_max;
-        coopMatReduceNV(mask_max, mask_tile, gl_CooperativeMatrixReduceRowAndColumnNV, max_of16);
-        if (mask_max[0] < float16_t(-65504.0)) continue;  // all -inf: every p would be 0
 
         coopmat<float16_t, gl_ScopeWorkgroup, HKP, BC, gl_MatrixUseB> kt;
-        coopMatLoadTensorNV(kt, k_buf, 0, sliceTensorLayoutNV(k_layout,
-                            k_origin.x + j0, BC, k_origin.y + 0, HKP), transposed, k_decode);
+        if (k_wide) {
+            coopMatLoadTensorNV(kt, k_buf, k_base,
+                                sliceTensorLayoutNV(k_wide_layout, j0, BC, 0, HKP), transposed);
+        } else {
+            coopMatLoadTensorNV(kt, k_buf, 0, sliceTensorLayoutNV(k_layout,
+                                k_origin.x + j0, BC, k_origin.y + 0, HKP), transposed);
+        }
         TILE s = coopMatMulAdd(q, kt, TILE(0.0));
         const TILE mask_f32 = TILE(mask_tile);
         coopMatPerElementNV(s, s, tile_score, mask_f32, slope, i0, j0, kv_end);
@@ -251,8 +244,13 @@ void main() {
 
         // O = diag(alpha) O + P V
         coopmat<float16_t, gl_ScopeWorkgroup, BC, HVP, gl_MatrixUseB> vt;
-        coopMatLoadTensorNV(vt, v_buf, 0, sliceTensorLayoutNV(v_layout,
-                            v_origin.x + j0, BC, v_origin.y + 0, HVP), v_decode);
+        if (v_wide) {
+            coopMatLoadTensorNV(vt, v_buf, v_base,
+                                sliceTensorLayoutNV(v_wide_layout, j0, BC, 0, HVP));
+        } else {
+            coopMatLoadTensorNV(vt, v_buf, 0, sliceTensorLayoutNV(v_layout,
+                                v_origin.x + j0, BC, v_origin.y + 0, HVP));
+        }
         ROWS_O alpha_o;
         coopMatReduceNV(alpha_o, alpha, gl_CooperativeMatrixReduceRowNV, spread);
         o = coopMatMulAdd(pa, vt, O_ACC(alpha_o) * o);

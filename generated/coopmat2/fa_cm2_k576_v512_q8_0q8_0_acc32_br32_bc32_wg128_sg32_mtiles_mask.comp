@@ -1,5 +1,5 @@
 #version 450
-// fa_cm2_k128_v128_q8_0q8_0_acc32_br64_bc32_wg128_sg32_mask
+// fa_cm2_k576_v512_q8_0q8_0_acc32_br32_bc32_wg128_sg32_mtiles_mask
 // Flash attention, VK_NV_cooperative_matrix2: workgroup-scope br x bc tiles (kgen/paths/coopmat2.py).
 #extension GL_EXT_control_flow_attributes : require
 #extension GL_EXT_shader_16bit_storage : require
@@ -11,12 +11,12 @@
 
 layout(local_size_x = 128) in;
 
-const uint BR = 64u;    // query rows per workgroup
+const uint BR = 32u;    // query rows per workgroup
 const uint BC = 32u;    // KV columns per step
-const uint HK = 128u;
-const uint HV = 128u;
-const uint HKP = 128u;  // head sizes padded to 16; the padding loads as zero
-const uint HVP = 128u;
+const uint HK = 576u;
+const uint HV = 512u;
+const uint HKP = 576u;  // head sizes padded to 16; the padding loads as zero
+const uint HVP = 512u;
 const float ROW_MAX_OFFSET = 0.0;
 
 // ---- run-time values (kgen/abi.py: PUSH_FIELDS) ----
@@ -54,6 +54,9 @@ layout(push_constant) uniform Push {
 layout(std430, binding = 0) readonly buffer QBuf { vec4 q_data4[]; };
 layout(std430, binding = 0) readonly buffer QBuf1 { float q_data[]; };
 layout(std430, binding = 3) readonly buffer MaskBuf { float16_t mask_data[]; };
+// Per mask tile: MASK_MIXED, MASK_HIDDEN (all -inf) or MASK_ZERO (templates/mask_tiles.comp.j2).
+layout(std430, binding = 8) readonly buffer MaskTileBuf { uint mask_tile_class[]; };
+const uint MASK_MIXED = 0u, MASK_HIDDEN = 1u, MASK_ZERO = 2u;
 layout(std430, binding = 5) writeonly buffer OutBuf { vec4 out_data4[]; };
 layout(std430, binding = 5) writeonly buffer OutBuf1 { float out_data[]; };
 // A masked score is this finite value, not -inf, so that max() and exp() never meet inf - inf;
@@ -212,6 +215,11 @@ void main() {
     mask_wide_layout = setTensorLayoutDimensionNV(mask_wide_layout, pc.mask_stride_row == 0u ? 1u : pc.n_q, pc.n_kv);
     mask_wide_layout = setTensorLayoutStrideNV(mask_wide_layout, (pc.mask_stride_row & ~7u), 1);
     const float slope = 1.0;
+    // This row tile's classes in (b, h)'s mask plane, one per KV tile (templates/mask_tiles.comp.j2).
+    const uint mask_rows = pc.mask_stride_row == 0u ? 1u : pc.n_q;
+    const uint mask_plane = mask_base / (mask_rows * pc.n_kv);
+    const uint row_tile = pc.mask_stride_row == 0u ? 0u : i0 / BR;
+    const uint tile_base = (mask_plane * ((mask_rows + BR - 1u) / BR) + row_tile) * ((pc.n_kv + BC - 1u) / BC);
 
     const coopmat<float16_t, gl_ScopeWorkgroup, BC, BC, gl_MatrixUseB> ones =
         coopmat<float16_t, gl_ScopeWorkgroup, BC, BC, gl_MatrixUseB>(1.0);
@@ -222,16 +230,20 @@ void main() {
     [[dont_unroll]]
     for (uint j0 = kv_begin; j0 < kv_end; j0 += BC) {
         MASK_TILE mask_tile;
-        if (mask_wide) {
-            coopMatLoadTensorNV(mask_tile, mask_data, mask_base,
-                                sliceTensorLayoutNV(mask_wide_layout, i0, BR, j0, BC));
+        // The class is the same for the whole workgroup: uniform control flow around the loads.
+        const uint mask_class = mask_tile_class[tile_base + j0 / BC];
+        if (mask_class == MASK_HIDDEN) continue;  // every p would be 0
+        if (mask_class == MASK_ZERO) {
+            mask_tile = MASK_TILE(0.0);
         } else {
-            coopMatLoadTensorNV(mask_tile, mask_data, 0, sliceTensorLayoutNV(mask_layout,
-                                mask_origin.x + i0, BR, mask_origin.y + j0, BC));
+            if (mask_wide) {
+                coopMatLoadTensorNV(mask_tile, mask_data, mask_base,
+                                    sliceTensorLayoutNV(mask_wide_layout, i0, BR, j0, BC));
+            } else {
+                coopMatLoadTensorNV(mask_tile, mask_data, 0, sliceTensorLayoutNV(mask_layout,
+                                    mask_origin.x + i0, BR, mask_origin.y + j0, BC));
+            }
         }
-        MASK_TILE mask_max;
-        coopMatReduceNV(mask_max, mask_tile, gl_CooperativeMatrixReduceRowAndColumnNV, max_of16);
-        if (mask_max[0] < float16_t(-65504.0)) continue;  // all -inf: every p would be 0
 
         coopmat<float16_t, gl_ScopeWorkgroup, HKP, BC, gl_MatrixUseB> kt;
         coopMatLoadTensorNV(kt, k_buf, 0, sliceTensorLayoutNV(k_layout,

@@ -319,3 +319,17 @@ def test_a_budget_cut_still_counts_every_stored_outcome(space):
     winner, _, outcomes = run_search("exhaustive", cands, default, FakeEvaluator(costs), Limits(budget_s=1.5, runs=3),
                                      seed="k", known=known, clock=lambda: next(ticks))
     assert len(outcomes) < len(cands) and outcomes[-1].candidate == last and winner.candidate == last
+
+
+def test_budget_cuts_sample_every_path_and_conversion():
+    from kgen.profiles import H100
+    from kgen.suites import P5
+    from kgen.tune.search import order_for
+    shapes = fold_gqa(P5.shapes())
+    cands, default = candidates(shapes, H100)
+    order = order_for("halving", cands, default, seed="P5")
+    assert order[0] == default and sorted(c.name for c in order) == sorted(c.name for c in cands)
+    strata = {(c.variant.path.value, c.variant.kv_f16) for c in cands}
+    first = {(c.variant.path.value, c.variant.kv_f16) for c in order[1:1 + len(strata)]}
+    assert len(strata) >= 4 and first == strata  # one of each before any second
+    assert order == order_for("halving", cands, default, seed="P5")

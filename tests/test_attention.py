@@ -22,6 +22,21 @@ def make_inputs(rng, b, hq, hkv, nq, nkv, dk, dv):
     return q, k, v
 
 
+def run_plan(q, k, v, variant, splits, *, mla_type=None, **kw):
+    """Plan `variant` with `splits`, run it once and return (plan, output, V's values). With
+    `mla_type`, K goes in as a KVTensor of that type and V as the view of its first head_v
+    columns (DeepSeek MLA: V inside K's bytes, no copy)."""
+    from kgen.kvtensor import KVTensor
+    k_in, v_in = k, v
+    if mla_type is not None:
+        k_in = KVTensor.from_array(k, mla_type)
+        v_in = KVTensor(k_in.data, k_in.type, k_in.shape[:3] + (v.shape[3],), k_in.strides)
+        v = k[..., :v.shape[3]]
+    with kgen.plan(q, k_in, v_in, variant=variant, split_k=splits, **kw) as p:
+        out = p(q, k_in, v_in, mask=kw.get("mask"))
+    return p, out, v
+
+
 def check(out, q, k, v, *, k_type="f16", v_type="f16", **kw):
     ref = reference.attention(q, roundtrip(k, k_type), roundtrip(v, v_type), **kw)
     assert out.shape == ref.shape and out.dtype == np.float32

@@ -8,7 +8,7 @@ import pytest
 
 import kgen
 from kgen.errors import InvalidVariant, KgenError
-from kgen.kvtensor import KVTensor, KvLayout
+from kgen.kvtensor import KvLayout
 from kgen.paths import coopmat1
 from kgen.paths.coopmat1 import direct_reason
 from kgen.profiles import H100
@@ -16,7 +16,7 @@ from kgen.runtime import open_device
 from kgen.space import why_invalid
 from kgen.variant import Variant
 
-from test_attention import check, make_inputs
+from test_attention import check, make_inputs, run_plan
 
 BASE = dict(path="coopmat1", head_k=128, head_v=128, k_type="f16", v_type="f16", br=16, bc=64,
             wg=128, mat_m=16, mat_n=16, mat_k=16, kv_direct=True)
@@ -107,15 +107,6 @@ def test_direct_kernels_match_the_reference(case):
         with pytest.raises(KgenError, match="coopmat1|cooperative"):
             kgen.plan(q, k, v, variant=variant, split_k=splits, **kw)
         return
-    if dk == 576:
-        # MLA: V is the first 512 columns of K's own bytes (a view, not a copy).
-        kt = KVTensor.from_array(k, "f16")
-        vt = KVTensor(kt.data, kt.type, (1, hkv, nkv, dv), kt.strides)
-        with kgen.plan(q, kt, vt, variant=variant, split_k=splits, **kw) as p:
-            out = p(q, kt, vt, mask=mask)
-        v = k[..., :dv]
-    else:
-        with kgen.plan(q, k, v, variant=variant, split_k=splits, **kw) as p:
-            out = p(q, k, v, mask=mask)
+    p, out, v = run_plan(q, k, v, variant, splits, mla_type="f16" if dk == 576 else None, **kw)
     assert p.variant == variant and p.splits == splits
     check(out, q, k, v, mask=mask, causal=causal)

@@ -8,7 +8,6 @@ import pytest
 
 import kgen
 from kgen.errors import InvalidVariant, KgenError
-from kgen.kvtensor import KVTensor
 from kgen.paths import path_spec
 from kgen.problem import ProblemClass
 from kgen.profiles import H100
@@ -17,7 +16,7 @@ from kgen.runtime import open_device
 from kgen.space import enumerate_space
 from kgen.variant import PathKind, Variant
 
-from test_attention import check, make_inputs
+from test_attention import check, make_inputs, run_plan
 
 CM2 = dict(path="coopmat2", head_k=128, head_v=128, k_type="q8_0", v_type="q8_0", br=64, bc=32,
            wg=128, kv_f16=True)
@@ -91,16 +90,8 @@ def test_converted_kernels_match_the_reference(case):
     variant = _kernel_for(path, caps, head_k=dk, head_v=dv, k_type=kt, v_type=vt,
                           features=("mask",) if use_mask else ())
     variant = variant.replace(split_k=splits > 1, aligned=nkv % variant.bc == 0)
-    if dk == 576:
-        # MLA: V is the first 512 columns of K's own q8_0 bytes (a view, not a copy).
-        kq = KVTensor.from_array(k, kt)
-        vq = KVTensor(kq.data, kq.type, (b, hkv, nkv, dv), kq.strides)
-        with kgen.plan(q, kq, vq, variant=variant, split_k=splits, **kw) as p:
-            out = p(q, kq, vq, mask=mask)
-        v = k[..., :dv]
-    else:
-        with kgen.plan(q, k, v, variant=variant, split_k=splits, **kw) as p:
-            out = p(q, k, v, mask=mask)
+    # MLA: V is the first 512 columns of K's own quantized bytes (a view, not a copy).
+    p, out, v = run_plan(q, k, v, variant, splits, mla_type=kt if dk == 576 else None, **kw)
     assert p.variant == variant and p.splits == splits
     passes = (kt != "f16") + (vt != "f16") + variant.mask_tiles + 1 + (splits > 1)
     assert len(p._steps) == passes

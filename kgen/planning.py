@@ -213,7 +213,7 @@ class Plan:
         kv_f16 converts, the dense f16 copy."""
         s, out = self.kernel_shapes, dict(self.kv_layouts)
         for t in self._converted(v):
-            d = s.head_k if t == "k" else s.head_v
+            d = getattr(s, f"head_{t}")
             out[t] = KvLayout((d, d * s.n_kv, d * s.n_kv * s.heads_kv), 0, 2 * d * s.n_kv * s.heads_kv * s.batch)
         return out
 
@@ -250,7 +250,7 @@ class Plan:
         steps = []
         for t in converted:
             # The pass reads the cache as stored (binding t) and writes its f16 copy as `out`.
-            d, kv_type = (s.head_k, s.k_type) if t == "k" else (s.head_v, s.v_type)
+            d, kv_type = getattr(s, f"head_{t}"), getattr(s, f"{t}_type")
             name = f"kv_to_f16_{t}_{kv_type}_d{d}"
             convert = dev.pipeline(compile_source(render_kv_to_f16(t, kv_type, d), name=name).spirv, name=name)
             steps.append((convert, {abi.BINDING[t]: self._buffers[t], abi.BINDING["out"]: self._buffers[f"{t}_f16"]},

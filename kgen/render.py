@@ -84,11 +84,15 @@ def kv_to_f16_groups(n_kv: int, head: int, heads_kv: int, batch: int,
     for name, value in (("n_kv", n_kv), ("head", head), ("heads_kv", heads_kv), ("batch", batch), ("wg", wg)):
         if value < 1:
             raise ValueError(f"{name}={value}: must be >= 1")
-    groups = (-(-n_kv * (head // 8) // wg), heads_kv, batch)
+    return _within_group_limit((-(-n_kv * (head // 8) // wg), heads_kv, batch), "kv_to_f16",
+                               f"n_kv={n_kv}, head={head}, heads_kv={heads_kv}, batch={batch}, wg={wg}")
+
+
+def _within_group_limit(groups: tuple[int, int, int], what: str, inputs: str) -> tuple[int, int, int]:
+    """`groups`, or a ValueError naming the axis over maxComputeWorkGroupCount and the inputs."""
     for axis, count in zip("xyz", groups):
         if count > MAX_GROUPS:
-            raise ValueError(f"kv_to_f16 grid {axis}={count} (n_kv={n_kv}, head={head}, heads_kv={heads_kv}, "
-                             f"batch={batch}, wg={wg}): exceeds maxComputeWorkGroupCount {MAX_GROUPS}")
+            raise ValueError(f"{what} grid {axis}={count} ({inputs}): exceeds maxComputeWorkGroupCount {MAX_GROUPS}")
     return groups
 
 
@@ -109,12 +113,8 @@ def mask_tiles_groups(mask_shape: tuple[int, int, int, int], br: int, bc: int) -
     """Grid of the mask-tile pass, one workgroup per tile: (KV tiles, row tiles, planes) of a
     stored (B, H, rows, Nkv) mask; also the shape of the class array the kernel reads."""
     planes, rows, n_kv = mask_shape[0] * mask_shape[1], mask_shape[2], mask_shape[3]
-    groups = (-(-n_kv // bc), -(-rows // br), planes)
-    for axis, count in zip("xyz", groups):
-        if count > MAX_GROUPS:
-            raise ValueError(f"mask_tiles grid {axis}={count} (mask {mask_shape}, br={br}, bc={bc}): "
-                             f"exceeds maxComputeWorkGroupCount {MAX_GROUPS}")
-    return groups
+    return _within_group_limit((-(-n_kv // bc), -(-rows // br), planes), "mask_tiles",
+                               f"mask {mask_shape}, br={br}, bc={bc}")
 
 
 def _tidy(text: str) -> str:

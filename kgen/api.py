@@ -41,6 +41,7 @@ class Shapes:
     alibi_max_bias: float = 0.0
     sinks: bool = False
     precision: str = "f32"
+    v_in_k: bool = False   # V is the first head_v columns of K's rows, in K's bytes (DeepSeek MLA)
 
     def validate(self) -> None:
         for name in ("batch", "heads_q", "heads_kv", "n_q", "n_kv"):
@@ -64,6 +65,9 @@ class Shapes:
             raise ValueError("alibi_max_bias > 0 scales the mask (score + slope * mask): pass a mask")
         if self.scale is not None and not math.isfinite(self.scale):
             raise ValueError(f"scale={self.scale}: must be finite")
+        if self.v_in_k and (self.head_v > self.head_k or self.k_type != self.v_type):
+            raise ValueError(f"v_in_k: V ({self.head_v} {self.v_type}) must be the first columns of "
+                             f"K's rows ({self.head_k} {self.k_type}): head_v <= head_k, one type")
 
     def problem(self) -> ProblemClass:
         """The tuning class these shapes fall in."""
@@ -132,7 +136,8 @@ def shapes_of(q, k, v, *, mask=None, causal=False, window=None, scale=None, soft
     v_type = KvType.parse(v.type if isinstance(v, KVTensor) else (v_type or "f16"))
     shapes = Shapes(b, hq, hkv, nq, nkv, dk, dv, k_type, v_type, _mask_shape(mask, (b, hq, nq, nkv)),
                     bool(causal), int(window or 0), scale, float(softcap), float(alibi_max_bias),
-                    sinks is not None, precision)
+                    sinks is not None, precision,
+                    v_in_k=isinstance(k, KVTensor) and isinstance(v, KVTensor) and v.data is k.data)
     shapes.validate()
     return shapes
 

@@ -158,6 +158,14 @@ class Plan:
         self.kv_layouts = kv_layouts or {
             "k": layout_of(None, s.k_type, (s.batch, s.heads_kv, s.n_kv, s.head_k)),
             "v": layout_of(None, s.v_type, (s.batch, s.heads_kv, s.n_kv, s.head_v))}
+        # V is a view of K's bytes (DeepSeek MLA): one device buffer serves both bindings, so
+        # the V reads of a tile hit the cache lines its K reads just brought in.
+        self.v_in_k = s.v_in_k
+        if self.v_in_k:
+            # V's layout is K's unless the caller gave V as a view (a KVTensor on K's data).
+            self.kv_layouts["v"] = kv_layouts["v"] if kv_layouts else self.kv_layouts["k"]
+            if self.kv_layouts["k"].nbytes != self.kv_layouts["v"].nbytes:
+                raise ValueError("v_in_k: V must be a view of K's whole buffer (both KVTensors on the same data)")
         self.device = open_device(device)
         caps = self.device.caps
         if split_k is not None and split_k < 1:
@@ -228,7 +236,7 @@ class Plan:
         sizes = {
             "q": rows * s.head_k * 4,
             "k": self.kv_layouts["k"].nbytes,
-            "v": self.kv_layouts["v"].nbytes,
+            **({} if self.v_in_k else {"v": self.kv_layouts["v"].nbytes}),
             "out": self.splits * rows * s.head_v * 4,
         }
         if s.mask_shape is not None:
@@ -247,13 +255,15 @@ class Plan:
         self.kernel = fa
         self._buffers = {name: dev.buffer(n) for name, n in sizes.items()}
         binds = {abi.BINDING[name]: buf for name, buf in self._buffers.items() if name in abi.BINDING}
+        if self.v_in_k:
+            binds[abi.BINDING["v"]] = self._buffers["k"]
         steps = []
         for t in converted:
             # The pass reads the cache as stored (binding t) and writes its f16 copy as `out`.
             d, kv_type = getattr(s, f"head_{t}"), getattr(s, f"{t}_type")
             name = f"kv_to_f16_{t}_{kv_type}_d{d}"
             convert = dev.pipeline(compile_source(render_kv_to_f16(t, kv_type, d), name=name).spirv, name=name)
-            steps.append((convert, {abi.BINDING[t]: self._buffers[t], abi.BINDING["out"]: self._buffers[f"{t}_f16"]},
+            steps.append((convert, {abi.BINDING[t]: self._stored(t), abi.BINDING["out"]: self._buffers[f"{t}_f16"]},
                           self._push(self.kv_layouts), kv_to_f16_groups(s.n_kv, d, s.heads_kv, s.batch)))
             binds[abi.BINDING[t]] = self._buffers[f"{t}_f16"]
         push = self._push(kernel_layouts)
@@ -272,6 +282,10 @@ class Plan:
             steps.append((reduce, binds, push, (s.n_q, s.heads_q, s.batch)))
         self._steps = steps
         self._sequence = dev.sequence(steps)
+
+    def _stored(self, t: str):
+        """The device buffer holding tensor `t` ("k" or "v") as the caller stores it."""
+        return self._buffers["k" if t == "v" and self.v_in_k else t]
 
     def _push(self, kv_layouts: dict[str, KvLayout]) -> bytes:
         s = self.kernel_shapes
@@ -310,6 +324,11 @@ class Plan:
                                  f"make a plan with this {name}")
             if isinstance(x, KVTensor) and x.type != t:
                 raise ValueError(f"{name}: a {x.type} KVTensor, the plan stores {t}")
+            if name == "v" and self.v_in_k:
+                if not (isinstance(x, KVTensor) and isinstance(k, KVTensor) and x.data is k.data):
+                    raise ValueError("v: this plan reads V inside K's bytes (v_in_k); pass V as a "
+                                     "KVTensor view on K's data, or make a plan with this v")
+                continue   # its bytes went up with K
             raw = x.raw if isinstance(x, KVTensor) else KVTensor.from_array(np.asarray(x), t).raw
             self._buffers[name].write(raw)
         if s.mask_shape is not None:

@@ -47,7 +47,8 @@ class Case:
         mask_shape = (1, 1, self.n_q, self.n_kv) if self.mask else None
         return Shapes(self.batch, self.heads_q, self.heads_kv, self.n_q, self.n_kv, self.head_k,
                       self.head_v, KvType.parse(self.k_type), KvType.parse(self.v_type),
-                      mask_shape=mask_shape, causal=self.causal, precision=self.precision)
+                      mask_shape=mask_shape, causal=self.causal, precision=self.precision,
+                      v_in_k=self.mla)
 
     def problem(self) -> ProblemClass:
         return self.shapes().problem()

@@ -61,6 +61,8 @@ class Variant:
     row_split: int = 0       # scalar: row groups per workgroup
     kv_staging: bool = False  # scalar/coopmat1: stage K/V tiles through shared memory
     kv_direct: bool = False   # coopmat1: load f16 K/V straight from memory into matrix operands
+    kv_stream: bool = False   # coopmat1, f16 K/V, one row tile (decode): whole K/V tiles in 16-byte
+                              # loads, the next tile in flight during this one's work
     kv_f16: bool = False      # a pass converts block-quantized K/V to dense f16 before the kernel
     mask_tiles: bool = False  # coopmat2: a pass classifies mask tiles (all -inf: skipped; all 0: no load)
     mat_m: int = 0           # coopmat1: matrix shape M x N x K
@@ -181,6 +183,7 @@ _TOKENS: list[tuple[Callable[[Variant], str], str]] = [
     _knob("row_split", "rs"),
     _flag("kv_staging", "stage"),
     _flag("kv_direct", "direct"),
+    _flag("kv_stream", "stream"),
     _flag("kv_f16", "kvf16"),
     _flag("mask_tiles", "mtiles"),
     (lambda v: f"m{v.mat_m}n{v.mat_n}k{v.mat_k}" if v.mat_m else "",

@@ -89,12 +89,17 @@ float v_load1(uint e) { return v_load4(e & ~3u)[e & 3u]; }
 const float MASKED = -1.0e30;
 const float MASKED_LIMIT = -1.0e29;
 
-// Everything applied to q.k before the softmax. `slope` is alibi_slope(h) (1.0 without ALiBi),
-// hoisted by the caller because it is per head.
-float fa_score(float qk, uint mask_row_base, uint i, uint j, float slope) {
+// Everything applied to q.k before the softmax, given key j's mask value for row i (0 without
+// the mask). `slope` is alibi_slope(h) (1.0 without ALiBi), hoisted by the caller: it is per head.
+float fa_score_with(float qk, float mask_value, uint i, uint j, float slope) {
     float s = pc.scale * qk;
-    s += slope * float(mask_data[mask_row_base + j]);
+    s += slope * mask_value;
     return max(s, MASKED);  // also maps a -inf mask entry to MASKED
+}
+
+// fa_score_with, reading the mask value from the mask buffer (row base from mask_row()).
+float fa_score(float qk, uint mask_row_base, uint i, uint j, float slope) {
+    return fa_score_with(qk, float(mask_data[mask_row_base + j]), i, j, slope);
 }
 
 // First mask element of query row i of head h in batch b.

@@ -21,6 +21,13 @@ staging step and all of a tile's loads can be in flight at once: what decode, wh
 over K and V, needs. The V of MLA (the first head_v columns of K's rows) is then read from the
 rows the same workgroup just read as K, from the cache. The last tile of an unaligned range is
 read from Nkv - bc (the plan guarantees Nkv >= bc) and keys already seen are masked.
+
+`kv_stream` (f16 K/V, one row tile: decode) is a stream over K and V: every thread loads its
+share of the whole next K and V tile (and mask) in 16-byte loads, issued before the current
+tile's products, so a tile's bytes are in flight while the last one is worked on. S is split
+over head depth (each subgroup keeps its Q operands in registers and multiplies its depth steps
+for all columns; the softmax adds the partial sums), so no subgroup waits on Q in shared
+memory and 576-wide heads (MLA) need no Q tile.
 """
 from __future__ import annotations
 
@@ -44,6 +51,9 @@ BR_MAX, BC_MAX = 128, 256
 K_CHUNK = 64             # head columns of K per staging step without kv_staging
 Q_BATCH = 8              # global vec4 loads of Q each thread keeps in flight
 STAGED_MAX = 32          # vec4s per thread of one K/V staging step (held in registers)
+STREAM_STAGED_MAX = 24   # kv_stream: 16-byte K+V elements per thread of one tile in flight
+STREAM_MAX_ROWS = 64     # kv_stream is offered up to this many (GQA-folded) query rows: every
+                         # row tile streams all of K and V, the ones after the first from L2
 F16_PAD, F32_PAD = 8, 4  # row padding in elements (16 bytes): rows stay 16-byte aligned, as
                          # coopMatLoad/Store require, and consecutive rows shift banks
 # Bytes per element of the shared array types the template declares.
@@ -82,6 +92,21 @@ def check(v: Variant) -> str | None:
         return f"br={v.br} must be a multiple of wg={v.wg} when wg < br (rows per thread)"
     if v.mask_tiles:
         return "mask_tiles: a coopmat2 knob (leave it False)"
+    if v.kv_stream:
+        if v.kv_staging or v.kv_direct:
+            return "kv_stream replaces kv_staging and kv_direct (leave both False)"
+        if v.k_type != KvType.F16 or v.v_type != KvType.F16:
+            return (f"kv_stream with {v.k_type}/{v.v_type} K/V: it copies f16 rows in 16-byte "
+                    "loads (leave it False)")
+        if v.br != v.mat_m:
+            return f"kv_stream: br={v.br} must be mat_m={v.mat_m} (one row tile: decode)"
+        if v.bc < v.br:
+            return f"kv_stream: bc={v.bc} must be at least br={v.br} (Q is staged in K's rows)"
+        staged = layout(v).staged
+        if staged > STREAM_STAGED_MAX:
+            return (f"kv_stream: bc={v.bc}, wg={v.wg}: a tile is {staged} 16-byte loads per "
+                    f"thread, held in registers; at most {STREAM_STAGED_MAX}")
+        return None
     if v.kv_direct:
         if v.kv_staging:
             return ("kv_direct and kv_staging: K/V go straight into matrix operands or through "
@@ -134,6 +159,10 @@ class Layout:
     staged: int           # max(k_step, v_step): registers holding the step in flight
     k_batch: int          # kv_direct: K operands loaded before their products (a divisor of
     v_batch: int          # the head's / the tile's depth steps): loads in flight per subgroup
+    ks_steps: int         # kv_stream: depth steps of q.k (hsk_pad / mat_k), dealt to subgroups
+    ks_per_sg: int        # kv_stream: ceil(ks_steps / subgroups): Q operands each subgroup holds
+    s_parts: int          # kv_stream: subgroups with depth steps (partial S tiles to add)
+    m_step: int           # kv_stream: mask values per thread of one tile
     o_type: str           # O accumulator component: float (acc 32) or float16_t (acc 16)
     row_max_offset: float  # added to the row max: 3 ln 2 with f16 O (every p <= 1/8), else 0
     shared: tuple[SharedArray, ...]
@@ -171,6 +200,29 @@ def _per_thread(vec4s: int, wg: int) -> int:
     return -(-vec4s // wg)
 
 
+def _stream_layout(v: Variant, nsg: int, hsk_pad: int, hsv_pad: int) -> dict:
+    """The fields that differ for kv_stream: whole K/V tiles in 16-byte elements, S partial
+    tiles per subgroup, Q staged once in K's rows."""
+    k_stride, v_stride, s_stride = hsk_pad + F16_PAD, hsv_pad + F16_PAD, v.bc + F32_PAD
+    ks_steps = hsk_pad // v.mat_k
+    k_step = _per_thread(v.bc * v.head_k // 8, v.wg)
+    v_step = _per_thread(v.bc * v.head_v // 8, v.wg)
+    shared = (
+        SharedArray("Ksh", "uvec4", v.bc * k_stride // 8, "K tile (bc rows, 16-byte elements); Q before the loop"),
+        SharedArray("Vsh", "uvec4", v.bc * v_stride // 8, "V tile (bc rows, 16-byte elements)"),
+        SharedArray("Ssh", "float", max(min(nsg, ks_steps) * v.br * s_stride, nsg * v.mat_m * v.mat_n),
+                    "one partial S = Q K^T per subgroup (f32); per-subgroup output staging at the end"),
+        SharedArray("Psh", "float16_t", v.br * (v.bc + F16_PAD), "P = exp(S - m), the A operand of P V"),
+        SharedArray("Rsh", "float", v.br * v.mat_n,
+                    "per-row factor repeated mat_n times: a coopmat load broadcasts it over a tile"),
+        *((SharedArray("Msh", "float16_t", v.br * v.bc, "the tile's mask values"),) if v.mask else ()),
+    )
+    return dict(q_stride=k_stride, k_chunk=hsk_pad, k_chunks=1, k_stride=k_stride, v_rows=v.bc,
+                v_chunks=1, v_stride=v_stride, s_stride=s_stride, k_step=k_step, v_step=v_step,
+                staged=k_step + v_step, ks_steps=ks_steps, ks_per_sg=-(-ks_steps // nsg),
+                s_parts=min(nsg, ks_steps), m_step=_per_thread(v.br * v.bc, v.wg), shared=shared)
+
+
 def layout(v: Variant) -> Layout:
     nsg = v.wg // v.subgroup
     hsk_pad = _round_up(v.head_k, v.mat_k)
@@ -199,7 +251,7 @@ def layout(v: Variant) -> Layout:
         SharedArray("Rsh", "float", v.br * v.mat_n,
                     "per-row factor repeated mat_n times: a coopmat load broadcasts it over a tile"),
     )
-    return Layout(
+    fields = dict(
         subgroups=nsg, hsk_pad=hsk_pad, hsv_pad=hsv_pad, q_stride=q_stride,
         k_chunk=k_chunk, k_chunks=-(-hsk_pad // k_chunk), k_stride=k_stride,
         v_rows=v_rows, v_chunks=v.bc // v_rows, v_stride=v_stride,
@@ -210,10 +262,14 @@ def layout(v: Variant) -> Layout:
         q_batch=min(Q_BATCH, _per_thread(v.br * hsk_pad // 4, v.wg)),
         k_step=k_step, v_step=v_step, staged=max(k_step, v_step),
         k_batch=_batch(hsk_pad // v.mat_k), v_batch=_batch(v.bc // v.mat_k),
+        ks_steps=0, ks_per_sg=0, s_parts=0, m_step=0,
         o_type="float16_t" if v.acc == 16 else "float",
         row_max_offset=3 * math.log(2) if v.acc == 16 else 0.0,
         shared=shared,
     )
+    if v.kv_stream:
+        fields.update(_stream_layout(v, nsg, hsk_pad, hsv_pad))
+    return Layout(**fields)
 
 
 DIRECT_ELEMENT = 8  # halves per element of kv_direct's K/V arrays (uvec4)
@@ -223,14 +279,15 @@ def direct_reason(v: Variant, n_kv: int, layouts) -> str | None:
     """Why a kv_direct variant cannot run on this call's K/V, or None. `layouts` maps "k" and
     "v" to kgen.kvtensor.KvLayout: offsets and strides must be whole 16-byte elements, and an
     unaligned KV length must hold one whole tile (the tail tile is read from Nkv - bc)."""
-    if not v.kv_direct:
+    if not (v.kv_direct or v.kv_stream):
         return None
+    knob = "kv_direct" if v.kv_direct else "kv_stream"
     for name in ("k", "v"):
         lay = layouts[name]
         if lay.offset % DIRECT_ELEMENT or any(st % DIRECT_ELEMENT for st in lay.strides):
-            return (f"kv_direct reads {name} in {DIRECT_ELEMENT}-element units: its offset "
+            return (f"{knob} reads {name} in {DIRECT_ELEMENT}-element units: its offset "
                     f"{lay.offset} and strides {lay.strides} must be multiples of {DIRECT_ELEMENT}")
-    if not v.aligned and n_kv < v.bc:
+    if v.kv_direct and not v.aligned and n_kv < v.bc:
         return f"kv_direct: Nkv={n_kv} must be at least bc={v.bc} (the last tile is read whole)"
     return None
 
@@ -323,6 +380,11 @@ def candidates(problem: ProblemClass, caps: Caps) -> Iterator[dict]:
                 yield dict(knobs, kv_staging=True)
             if direct:
                 yield dict(knobs, kv_direct=True)
+        if direct and problem.n_q <= STREAM_MAX_ROWS:
+            # Decode (GQA-folded rows): the stream kernel, tiles of 16 to 64 keys.
+            for bc, nsg in itertools.product((16, 32, 64), (2, 4, 8)):
+                yield dict(common, br=m, bc=bc, wg=nsg * caps.subgroup_size, mat_m=m, mat_n=n,
+                           mat_k=k, kv_stream=True)
         if direct:
             # Without staging buffers a wider KV tile fits: fewer softmax steps per key.
             for br, nsg in itertools.product(_tile_rows(problem, m), (2, 4, 8)):

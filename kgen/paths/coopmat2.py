@@ -59,6 +59,8 @@ def check(v: Variant) -> str | None:
         if getattr(v, name):
             return (f"{name}={getattr(v, name)}: coopmat2 multiplies br x bc workgroup-scope "
                     "matrices directly and has no such knob (leave it 0)")
+    if v.kv_stream:
+        return "kv_stream: a coopmat1 kernel (leave it False)"
     if v.kv_staging or v.kv_direct:
         return ("kv_staging/kv_direct: coopmat2 loads K/V through tensor layouts and the driver "
                 "stages them; leave both False")

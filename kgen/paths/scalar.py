@@ -39,6 +39,8 @@ def check(v: Variant) -> str | None:
     """Device-independent rules of the scalar template; the reason names the field and limit."""
     if v.mat_m or v.mat_n or v.mat_k:
         return f"mat_m/n/k={v.mat_m}/{v.mat_n}/{v.mat_k}: the scalar path uses no matrices (all 0)"
+    if v.kv_stream:
+        return "kv_stream: a coopmat1 kernel (leave it False)"
     if v.kv_direct:
         return "kv_direct loads matrix operands: a coopmat1 knob (leave it False)"
     if v.mask_tiles:

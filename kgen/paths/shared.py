@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 # Bytes per element of the GLSL types templates put in shared memory (std430-free: shared
 # arrays of these types are tightly packed).
-GLSL_TYPE_BYTES = {"float16_t": 2, "float": 4, "vec2": 8, "f16vec4": 8, "vec4": 16}
+GLSL_TYPE_BYTES = {"float16_t": 2, "float": 4, "vec2": 8, "f16vec4": 8, "vec4": 16, "uvec4": 16}
 
 
 @dataclass(frozen=True)

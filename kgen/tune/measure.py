@@ -56,12 +56,15 @@ class Inputs:
             mask = rng.uniform(-2.0, 0.0, s.mask_shape).astype(np.float32)
             mask[..., ::7, 3::5] = -np.inf   # hidden keys, as a padding mask has them
         sinks = rng.standard_normal(s.heads_q).astype(np.float32) if s.sinks else None
-        return cls(q, KVTensor.from_array(k, s.k_type), KVTensor.from_array(v, s.v_type),
-                   k, v, mask, sinks)
+        kt = KVTensor.from_array(k, s.k_type)
+        if s.v_in_k:   # V is the view of K's first head_v columns (MLA), as the caller has it
+            return cls(q, kt, KVTensor(kt.data, kt.type, kt.shape[:3] + (s.head_v,), kt.strides),
+                       k, k[..., :s.head_v], mask, sinks)
+        return cls(q, kt, KVTensor.from_array(v, s.v_type), k, v, mask, sinks)
 
     @property
     def nbytes(self) -> int:
-        return self.q.nbytes + len(self.k.raw) + len(self.v.raw)
+        return self.q.nbytes + len(self.k.raw) + (0 if self.v.data is self.k.data else len(self.v.raw))
 
 
 def check_shapes(timed: Shapes, c: Candidate) -> Shapes:

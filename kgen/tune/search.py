@@ -71,9 +71,9 @@ class Limits:
 def order_for(strategy: str, cands: list[Candidate], default: Candidate, seed: str) -> list[Candidate]:
     """Which candidates to try, in which order: default first; random and halving shuffle the
     rest with a seed from the class, so a rerun (and a resume) tries the same ones, and deal
-    them out one stratum (path, K/V conversion) at a time, so that a budget cuts a fair sample
-    of each: on an H100 coopmat1's 378 candidates of a q8_0 prefill class otherwise drowned
-    coopmat2's 54, where the winners are."""
+    them out one stratum (path, K/V conversion, stream kernel) at a time, so that a budget cuts
+    a fair sample of each: on an H100 coopmat1's 378 candidates of a q8_0 prefill class otherwise
+    drowned coopmat2's 54, where the winners are."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r}: one of {', '.join(STRATEGIES)}")
     rest = [c for c in cands if c != default]
@@ -81,7 +81,8 @@ def order_for(strategy: str, cands: list[Candidate], default: Candidate, seed: s
         rng = random.Random(seed)
         strata: dict[tuple, list[Candidate]] = {}
         for c in rest:
-            strata.setdefault((c.variant.path.value, c.variant.kv_f16), []).append(c)
+            v = c.variant
+            strata.setdefault((v.path.value, v.kv_f16, v.kv_stream), []).append(c)
         for group in strata.values():
             rng.shuffle(group)
         rest = [c for deal in itertools.zip_longest(*strata.values()) for c in deal if c is not None]

@@ -20,20 +20,29 @@ bool kv_visible(uint i, uint j) {
 }
 {% endif %}
 
-// Everything applied to q.k before the softmax. `slope` is alibi_slope(h) (1.0 without ALiBi),
-// hoisted by the caller because it is per head.
-float fa_score(float qk, uint mask_row_base, uint i, uint j, float slope) {
+// Everything applied to q.k before the softmax, given key j's mask value for row i (0 without
+// the mask). `slope` is alibi_slope(h) (1.0 without ALiBi), hoisted by the caller: it is per head.
+float fa_score_with(float qk, float mask_value, uint i, uint j, float slope) {
     float s = pc.scale * qk;
 {% if v.softcap %}
     s = pc.softcap * tanh(s / pc.softcap);
 {% endif %}
 {% if v.mask %}
-    s += slope * float(mask_data[mask_row_base + j]);
+    s += slope * mask_value;
 {% endif %}
 {% if v.causal %}
     if (!kv_visible(i, j)) s = MASKED;
 {% endif %}
     return max(s, MASKED);  // also maps a -inf mask entry to MASKED
+}
+
+// fa_score_with, reading the mask value from the mask buffer (row base from mask_row()).
+float fa_score(float qk, uint mask_row_base, uint i, uint j, float slope) {
+{% if v.mask %}
+    return fa_score_with(qk, float(mask_data[mask_row_base + j]), i, j, slope);
+{% else %}
+    return fa_score_with(qk, 0.0, i, j, slope);
+{% endif %}
 }
 {% if v.mask %}
 

@@ -3,6 +3,7 @@
     the matrix products then read only finite values and need no bounds. K and V go through
     registers in two halves (load_*: global -> `staged`, store_*: `staged` -> KVsh) so that the
     main loop can issue the next step's loads before this step's matrix work. -#}
+{% if not v.kv_stream %}
 // Q rows row0.. of this head (f32 in memory) -> Qsh, once per workgroup. Q is read as scalars:
 // its strides need not be multiples of 4. Loads go out Q_BATCH at a time before any store.
 void stage_q(uint q_base, uint row0) {
@@ -26,7 +27,9 @@ void stage_q(uint q_base, uint row0) {
     }
 }
 
-{% if not v.kv_direct %}
+{% endif %}
+
+{% if not (v.kv_direct or v.kv_stream) %}
 // This thread's vec4s of the staging step in flight (a K chunk or a block of V rows).
 f16vec4 staged[STAGED];
 

@@ -1,0 +1,157 @@
+{#- kv_stream (kgen/paths/coopmat1.py): one row tile streams whole K/V tiles. Every thread holds
+    its share of the next tile (K and V rows as 16-byte elements, and the tile's mask values) in
+    registers: load_tile issues the loads before the current tile's products, store_tile puts
+    them in shared memory once that tile is done. -#}
+{% set ragged_k = L.k_step * v.wg != v.bc * v.head_k // 8 %}
+{% set ragged_v = L.v_step * v.wg != v.bc * v.head_v // 8 %}
+const uint K_VECS = HSK / 8u;      // 16-byte elements per K row (head sizes are multiples of 8)
+const uint V_VECS = HSV / 8u;
+const uint KSH_ROW = K_STRIDE / 8u;  // 16-byte elements between rows of Ksh / Vsh
+const uint VSH_ROW = V_STRIDE / 8u;
+
+uvec4 k_staged[K_STEP];
+uvec4 v_staged[V_STEP];
+{% if v.mask %}
+float16_t m_staged[M_STEP];
+{% endif %}
+
+// Zeros everywhere in Ksh and Vsh: head columns past HSK / HSV (up to the matrix padding) are
+// never written by a tile, and the products read them.
+void clear_kv() {
+    for (uint e = tid; e < BC * KSH_ROW; e += WG) {
+        Ksh[e] = uvec4(0u);
+    }
+    for (uint e = tid; e < BC * VSH_ROW; e += WG) {
+        Vsh[e] = uvec4(0u);
+    }
+}
+
+// Q rows row0.. of this head (f32 in memory) as f16 into the first BR rows of Ksh; rows past Nq
+// stay zero. Read as scalars: Q's strides need not be multiples of 4.
+void stage_q_stream(uint q_base, uint row0) {
+    for (uint e = tid; e < BR * K_VECS; e += WG) {
+        const uint r = e / K_VECS, c = e % K_VECS;
+        if (row0 + r < pc.n_q) {
+            const uint q = q_base + (row0 + r) * pc.q_stride_row + c * 8u;
+            uvec4 x;
+            [[unroll]] for (uint n = 0u; n < 4u; ++n) {
+                x[n] = packFloat2x16(f16vec2(q_data[q + 2u * n], q_data[q + 2u * n + 1u]));
+            }
+            Ksh[r * KSH_ROW + c] = x;
+        }
+    }
+}
+
+// The tile of keys kv0..kv0+BC-1 -> registers. Keys past kv_end load as zeros (and are masked).
+void load_tile(uint k_base, uint v_base, uint kv0, uint kv_end, uint b, uint h, uint row0) {
+    [[unroll]] for (uint n = 0u; n < K_STEP; ++n) {
+        const uint e = tid + n * WG, j = e / K_VECS;
+        bool in_tile = true;
+{% if ragged_k %}
+        in_tile = e < BC * K_VECS;
+{% endif %}
+{% if not v.aligned %}
+        in_tile = in_tile && kv0 + j < kv_end;
+{% endif %}
+        k_staged[n] = uvec4(0u);
+        if (in_tile) {
+            k_staged[n] = k_direct[(k_base + (kv0 + j) * pc.k_stride_row) / 8u + e % K_VECS];
+        }
+    }
+    [[unroll]] for (uint n = 0u; n < V_STEP; ++n) {
+        const uint e = tid + n * WG, j = e / V_VECS;
+        bool in_tile = true;
+{% if ragged_v %}
+        in_tile = e < BC * V_VECS;
+{% endif %}
+{% if not v.aligned %}
+        in_tile = in_tile && kv0 + j < kv_end;
+{% endif %}
+        v_staged[n] = uvec4(0u);
+        if (in_tile) {
+            v_staged[n] = v_direct[(v_base + (kv0 + j) * pc.v_stride_row) / 8u + e % V_VECS];
+        }
+    }
+{% if v.mask %}
+    [[unroll]] for (uint n = 0u; n < M_STEP; ++n) {
+        const uint e = tid + n * WG, r = e / BC, j = e % BC;
+        m_staged[n] = float16_t(0.0);
+        if (e < BR * BC && row0 + r < pc.n_q && kv0 + j < kv_end) {
+            m_staged[n] = mask_data[mask_row(b, h, row0 + r) + kv0 + j];
+        }
+    }
+{% endif %}
+}
+
+void store_tile() {
+    [[unroll]] for (uint n = 0u; n < K_STEP; ++n) {
+        const uint e = tid + n * WG;
+{% if ragged_k %}
+        if (e < BC * K_VECS)
+{% endif %}
+        Ksh[e / K_VECS * KSH_ROW + e % K_VECS] = k_staged[n];
+    }
+    [[unroll]] for (uint n = 0u; n < V_STEP; ++n) {
+        const uint e = tid + n * WG;
+{% if ragged_v %}
+        if (e < BC * V_VECS)
+{% endif %}
+        Vsh[e / V_VECS * VSH_ROW + e % V_VECS] = v_staged[n];
+    }
+{% if v.mask %}
+    [[unroll]] for (uint n = 0u; n < M_STEP; ++n) {
+        const uint e = tid + n * WG;
+        if (e < BR * BC) {
+            Msh[e] = m_staged[n];
+        }
+    }
+{% endif %}
+}
+
+// Online softmax over the tile: TPR adjacent lanes own row tid / TPR and add the S_PARTS
+// subgroups' partial q.k sums of each of their columns. Writes P (f16) to Psh, adds the p
+// actually used to l, and puts alpha = exp(m_old - m_new) MN times into Rsh.
+void softmax_stream(uint kv0, uint kv_end, uint row0, float slope,
+                    inout float m_row[RPT], inout float l_row[RPT]) {
+    const uint r = tid / TPR, cl = tid % TPR, i = row0 + r;
+    const bool row_ok = i < pc.n_q;
+    float s[BC / TPR];
+    float mx = MASKED;
+    [[unroll]] for (uint u = 0u; u < BC / TPR; ++u) {
+        const uint j = cl + u * TPR;
+        float qk = 0.0;
+        [[unroll]] for (uint g = 0u; g < S_PARTS; ++g) {
+            qk += Ssh[(g * BR + r) * S_STRIDE + j];
+        }
+        s[u] = MASKED;
+{% if v.aligned %}
+        if (row_ok) {
+{% else %}
+        if (row_ok && kv0 + j < kv_end) {
+{% endif %}
+{% if v.mask %}
+            s[u] = fa_score_with(qk, float(Msh[r * BC + j]), i, kv0 + j, slope);
+{% else %}
+            s[u] = fa_score_with(qk, 0.0, i, kv0 + j, slope);
+{% endif %}
+        }
+        mx = max(mx, s[u]);
+    }
+{% if v.acc == 16 %}
+    const float m_new = max(m_row[0], row_max(mx) + ROW_MAX_OFFSET);
+{% else %}
+    const float m_new = max(m_row[0], row_max(mx));
+{% endif %}
+    const float alpha = exp(m_row[0] - m_new);
+    float sum = 0.0;
+    [[unroll]] for (uint u = 0u; u < BC / TPR; ++u) {
+        const float16_t p = float16_t(s[u] > MASKED_LIMIT ? exp(s[u] - m_new) : 0.0);
+        Psh[r * P_STRIDE + cl + u * TPR] = p;
+        sum += float(p);
+    }
+    l_row[0] = l_row[0] * alpha + row_sum(sum);
+    m_row[0] = m_new;
+    for (uint c = cl; c < MN; c += TPR) {
+        Rsh[r * MN + c] = alpha;
+    }
+}

@@ -1,0 +1,141 @@
+"""coopmat1's kv_stream knob: one row tile streams whole f16 K/V tiles (16-byte loads, the next
+tile in flight), S split over head depth. Also the plan's one buffer for MLA's V inside K.
+
+The rules run everywhere; the kernels run where coopmat1 exists (an H100 in the GPU
+verification) and elsewhere forcing one must fail naming the path, before any submission.
+"""
+import numpy as np
+import pytest
+
+import kgen
+from kgen.errors import InvalidVariant, KgenError
+from kgen.kvtensor import KVTensor, KvLayout
+from kgen.paths import coopmat1
+from kgen.paths.coopmat1 import direct_reason
+from kgen.problem import ProblemClass
+from kgen.profiles import H100
+from kgen.runtime import open_device
+from kgen.space import why_invalid
+from kgen.variant import Variant
+
+from test_attention import check, make_inputs, run_plan
+
+BASE = dict(path="coopmat1", head_k=128, head_v=128, k_type="f16", v_type="f16", br=16, bc=32,
+            wg=128, mat_m=16, mat_n=16, mat_k=16, kv_stream=True)
+
+
+def test_uri_round_trip():
+    v = Variant(**BASE, mask=True, split_k=True)
+    assert "_stream_" in v.uri
+    assert Variant.parse(v.uri) == v
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(k_type="q8_0"), "16-byte"),
+    (dict(kv_direct=True), "replaces kv_staging and kv_direct"),
+    (dict(kv_staging=True), "replaces kv_staging and kv_direct"),
+    (dict(br=32, wg=128), "one row tile"),
+    (dict(head_k=576, head_v=512, bc=64, wg=64), "at most 24"),
+])
+def test_rules_name_the_limit(change, words):
+    with pytest.raises(InvalidVariant, match=words):
+        Variant(**dict(BASE, **change))
+
+
+def test_other_paths_reject_the_knob():
+    with pytest.raises(InvalidVariant, match="kv_stream"):
+        Variant(path="scalar", head_k=128, head_v=128, k_type="f16", v_type="f16", br=8, bc=32,
+                wg=128, d_split=4, row_split=1, kv_stream=True)
+    with pytest.raises(InvalidVariant, match="kv_stream"):
+        Variant(path="coopmat2", head_k=128, head_v=128, k_type="f16", v_type="f16", br=32, bc=32,
+                wg=128, kv_stream=True)
+
+
+def test_layout_splits_depth_and_fits_mla():
+    lay = coopmat1.layout(Variant(**BASE))
+    assert {a.name for a in lay.shared} == {"Ksh", "Vsh", "Ssh", "Psh", "Rsh"}
+    assert (lay.ks_steps, lay.ks_per_sg, lay.s_parts) == (8, 2, 4)
+    # 32 keys x 128 halves = 512 16-byte elements of K and of V over 128 threads.
+    assert (lay.k_step, lay.v_step, lay.staged) == (4, 4, 8)
+    mla = Variant(**dict(BASE, head_k=576, head_v=512, bc=16, wg=256))
+    assert why_invalid(mla, H100) is None
+    assert coopmat1.layout(mla).ks_per_sg == 5      # 36 depth steps over 8 subgroups
+    assert coopmat1.layout(mla).shared_bytes <= H100.max_shared_memory
+    assert "Msh" in {a.name for a in coopmat1.layout(Variant(**BASE, mask=True)).shared}
+
+
+def test_h100_candidates_offer_stream_for_one_row_tile_only():
+    decode = ProblemClass.parse("576/512 f16/f16 acc32 - nq2 nkv3 gqa0")
+    prefill = ProblemClass.parse("128/128 f16/f16 acc32 - nq3 nkv3 gqa0")
+    valid = []
+    for knobs in coopmat1.candidates(decode, H100):
+        if knobs.get("kv_stream"):
+            try:
+                valid.append(Variant(**knobs))
+            except InvalidVariant as exc:
+                assert "at most 24" in str(exc)   # only the register budget rules some out
+    # MLA's 576/512 rows fit 48 KiB of shared memory in tiles of 16 keys.
+    assert {v.bc for v in valid if why_invalid(v, H100) is None} == {16}
+    assert not any(k.get("kv_stream") for k in coopmat1.candidates(prefill, H100))
+
+
+def test_layout_reason_names_the_knob():
+    v = Variant(**BASE)
+    dense = KvLayout((128, 128 * 100, 128 * 100), 0, 0)
+    assert direct_reason(v, 20, {"k": dense, "v": dense}) is None   # short KV: loads are guarded
+    odd = KvLayout((132, 132 * 100, 132 * 100), 0, 0)
+    assert direct_reason(v, 100, {"k": odd, "v": dense}).startswith("kv_stream reads k")
+
+
+def test_v_in_k_plan_holds_one_buffer():
+    """MLA: V given as a view of K's bytes is bound to K's buffer (no second copy on the device)
+    and the result is right; a V that is not that view is refused at upload."""
+    rng = np.random.default_rng(7)
+    q, k, v = make_inputs(rng, 1, 4, 1, 3, 50, 576, 512)
+    p, out, v = run_plan(q, k, v, None, None, mla_type="f16", path="scalar")
+    assert p.v_in_k and "v" not in p._buffers
+    check(out, q, k, v)
+    kt = KVTensor.from_array(k, "f16")
+    vt = KVTensor(kt.data, "f16", kt.shape[:3] + (512,), kt.strides)
+    with kgen.plan(q, kt, vt, path="scalar") as plan:
+        other = KVTensor(bytes(bytearray(kt.data)), "f16", vt.shape, vt.strides)
+        with pytest.raises(ValueError, match="v_in_k"):
+            plan.upload(q, kt, other)
+
+
+def _has_coopmat1() -> bool:
+    return coopmat1.supports(open_device(None).caps) is None
+
+
+# (name, Hq, Hkv, Nq, Nkv, head_k, head_v, mask, causal, precision, splits, bc, wg)
+CASES = [
+    ("decode-gqa4-mask-split", 8, 2, 1, 512, 128, 128, True, False, "f32", 4, 32, 128),
+    ("decode-tail-no-split", 4, 4, 1, 300, 128, 128, False, False, "f32", 1, 32, 128),
+    ("rows-11-mask-causal", 2, 1, 11, 200, 64, 64, True, True, "f32", 1, 16, 64),
+    ("acc16-odd-heads", 4, 2, 1, 150, 72, 40, True, False, "f16", 2, 32, 256),
+    ("mla-decode-tail", 16, 1, 1, 333, 576, 512, False, False, "f32", 3, 16, 256),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_stream_kernels_match_the_reference(case):
+    name, hq, hkv, nq, nkv, dk, dv, use_mask, causal, precision, splits, bc, wg = case
+    rng = np.random.default_rng(len(name))
+    q, k, v = make_inputs(rng, 1, hq, hkv, nq, nkv, dk, dv)
+    mask = None
+    if use_mask:
+        mask = rng.standard_normal((nq, nkv)).astype(np.float32)
+        mask[:, 5:40] = -np.inf
+    rows = nq * (hq // hkv) if not causal else nq   # GQA folds query heads into rows
+    variant = Variant(**dict(BASE, head_k=dk, head_v=dv, bc=bc, wg=wg, acc=16 if precision == "f16" else 32,
+                             mat_n=8 if dk == 72 else 16, mask=use_mask, causal=causal,
+                             split_k=splits > 1, aligned=nkv % bc == 0))
+    assert rows <= variant.br
+    kw = dict(mask=mask, causal=causal, precision=precision)
+    if not _has_coopmat1():
+        with pytest.raises(KgenError, match="coopmat1|cooperative"):
+            kgen.plan(q, k, v, variant=variant, split_k=splits, **kw)
+        return
+    p, out, v = run_plan(q, k, v, variant, splits, mla_type="f16" if dk == 576 else None, **kw)
+    assert p.variant == variant and p.splits == splits
+    check(out, q, k, v, mask=mask, causal=causal)

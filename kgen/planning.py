@@ -162,8 +162,8 @@ class Plan:
         # the V reads of a tile hit the cache lines its K reads just brought in.
         self.v_in_k = s.v_in_k
         if self.v_in_k:
-            # V's layout is K's unless the caller gave V as a view (a KVTensor on K's data).
-            self.kv_layouts["v"] = kv_layouts["v"] if kv_layouts else self.kv_layouts["k"]
+            if not kv_layouts:   # no caller's view given: V addresses K's rows, first head_v columns
+                self.kv_layouts["v"] = self.kv_layouts["k"]
             if self.kv_layouts["k"].nbytes != self.kv_layouts["v"].nbytes:
                 raise ValueError("v_in_k: V must be a view of K's whole buffer (both KVTensors on the same data)")
         self.device = open_device(device)

@@ -139,3 +139,17 @@ def test_stream_kernels_match_the_reference(case):
     p, out, v = run_plan(q, k, v, variant, splits, mla_type="f16" if dk == 576 else None, **kw)
     assert p.variant == variant and p.splits == splits
     check(out, q, k, v, mask=mask, causal=causal)
+
+
+def test_tuner_inputs_keep_v_inside_k():
+    """A class timed with V inside K (the MLA cases) gets V as a view on K's bytes, so the tuner
+    times the one-buffer plan that bench and callers run; V wider than K is refused."""
+    from kgen.api import Shapes
+    from kgen.tune.measure import Inputs
+    s = Shapes(1, 4, 1, 2, 40, 576, 512, v_in_k=True)
+    x = Inputs.random(s, np.random.default_rng(0))
+    assert x.v.data is x.k.data and x.v.shape == (1, 1, 40, 512)
+    assert np.array_equal(x.v_f32, x.k_f32[..., :512])
+    assert x.nbytes == x.q.nbytes + len(x.k.raw)
+    with pytest.raises(ValueError, match="v_in_k"):
+        Shapes(1, 4, 1, 2, 40, 128, 256, v_in_k=True).validate()

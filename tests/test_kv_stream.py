@@ -14,11 +14,11 @@ from kgen.paths import coopmat1
 from kgen.paths.coopmat1 import direct_reason
 from kgen.problem import ProblemClass
 from kgen.profiles import H100
-from kgen.runtime import open_device
 from kgen.space import why_invalid
 from kgen.variant import Variant
 
 from test_attention import check, make_inputs, run_plan
+from test_kv_direct import _has_coopmat1
 
 BASE = dict(path="coopmat1", head_k=128, head_v=128, k_type="f16", v_type="f16", br=16, bc=32,
             wg=128, mat_m=16, mat_n=16, mat_k=16, kv_stream=True)
@@ -101,10 +101,6 @@ def test_v_in_k_plan_holds_one_buffer():
         other = KVTensor(bytes(bytearray(kt.data)), "f16", vt.shape, vt.strides)
         with pytest.raises(ValueError, match="v_in_k"):
             plan.upload(q, kt, other)
-
-
-def _has_coopmat1() -> bool:
-    return coopmat1.supports(open_device(None).caps) is None
 
 
 # (name, Hq, Hkv, Nq, Nkv, head_k, head_v, mask, causal, precision, splits, bc, wg)

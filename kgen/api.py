@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import knobs
-from .kvtensor import KVTensor
+from .kvtensor import KVTensor, views_k
 from .problem import ProblemClass
 from .types import KvType
 from .variant import HEAD_MAX, HEAD_MIN, HEAD_STEP, PathKind
@@ -137,7 +137,7 @@ def shapes_of(q, k, v, *, mask=None, causal=False, window=None, scale=None, soft
     shapes = Shapes(b, hq, hkv, nq, nkv, dk, dv, k_type, v_type, _mask_shape(mask, (b, hq, nq, nkv)),
                     bool(causal), int(window or 0), scale, float(softcap), float(alibi_max_bias),
                     sinks is not None, precision,
-                    v_in_k=isinstance(k, KVTensor) and isinstance(v, KVTensor) and v.data is k.data)
+                    v_in_k=views_k(k, v))
     shapes.validate()
     return shapes
 

@@ -58,6 +58,11 @@ class KVTensor:
         return cls(raw.tobytes(), t, (b, h, n, d), layout_of(None, t, (b, h, n, d)).strides)
 
 
+def views_k(k, v) -> bool:
+    """True when V is a KVTensor on K's own bytes (DeepSeek MLA: V is K's first columns)."""
+    return isinstance(k, KVTensor) and isinstance(v, KVTensor) and v.data is k.data
+
+
 @dataclass(frozen=True)
 class KvLayout:
     """Where a plan's K or V lives in its device buffer: strides (row, head, batch) and offset in

@@ -10,7 +10,7 @@ from . import abi, dispatch, knobs
 from .api import PRECISIONS, Shapes, fold_gqa
 from .compile import compile_source, compile_variant
 from .errors import UnsupportedVariant
-from .kvtensor import KVTensor, KvLayout, layout_of
+from .kvtensor import KVTensor, KvLayout, layout_of, views_k
 from .paths.coopmat1 import direct_reason
 from .render import (REDUCE_WG, kv_to_f16_groups, mask_tiles_groups, render_kv_to_f16, render_mask_tiles,
                      render_split_k_reduce)
@@ -325,7 +325,7 @@ class Plan:
             if isinstance(x, KVTensor) and x.type != t:
                 raise ValueError(f"{name}: a {x.type} KVTensor, the plan stores {t}")
             if name == "v" and self.v_in_k:
-                if not (isinstance(x, KVTensor) and isinstance(k, KVTensor) and x.data is k.data):
+                if not views_k(k, x):
                     raise ValueError("v: this plan reads V inside K's bytes (v_in_k); pass V as a "
                                      "KVTensor view on K's data, or make a plan with this v")
                 continue   # its bytes went up with K

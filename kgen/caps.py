@@ -9,6 +9,8 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from .fragments import Fragment
+
 # VkComponentTypeKHR values (Vulkan spec, VK_KHR_cooperative_matrix) -> short names.
 COMPONENT_TYPES = {
     0: "f16", 1: "f32", 2: "f64", 3: "s8", 4: "s16", 5: "s32", 6: "s64",
@@ -91,6 +93,9 @@ class Caps:
     coopmat2_max_workgroup_size: int = 0
     coopmat2_flexible_max_dimension: int = 0
     coopmat2_reserved_shared_memory: int = 0
+    # Where coopmat1 fragments' elements live (kgen.fragments.probe, run when a Device opens);
+    # empty when not probed.
+    coopmat1_fragments: tuple[Fragment, ...] = ()
 
     @property
     def has_coopmat1(self) -> bool:
@@ -126,6 +131,8 @@ class Caps:
             values["coopmat_shapes"] = tuple(CoopMatShape(**s) for s in values["coopmat_shapes"])
         if "coopmat2" in values:
             values["coopmat2"] = CoopMat2Features(**values["coopmat2"])
+        if "coopmat1_fragments" in values:
+            values["coopmat1_fragments"] = tuple(Fragment.from_dict(f) for f in values["coopmat1_fragments"])
         return cls(**values)
 
     @classmethod

@@ -63,6 +63,8 @@ class Variant:
     kv_direct: bool = False   # coopmat1: load f16 K/V straight from memory into matrix operands
     kv_stream: bool = False   # coopmat1, f16 K/V, one row tile (decode): whole K/V tiles in 16-byte
                               # loads, the next tile in flight during this one's work
+    reg_softmax: int = 0      # coopmat1, f16 K/V: each subgroup keeps S, P and O of its rows in
+                              # registers; the number names the fragment scheme (kgen/fragments.py)
     kv_f16: bool = False      # a pass converts block-quantized K/V to dense f16 before the kernel
     mask_tiles: bool = False  # coopmat2: a pass classifies mask tiles (all -inf: skipped; all 0: no load)
     mat_m: int = 0           # coopmat1: matrix shape M x N x K
@@ -184,6 +186,7 @@ _TOKENS: list[tuple[Callable[[Variant], str], str]] = [
     _flag("kv_staging", "stage"),
     _flag("kv_direct", "direct"),
     _flag("kv_stream", "stream"),
+    _knob("reg_softmax", "regs"),
     _flag("kv_f16", "kvf16"),
     _flag("mask_tiles", "mtiles"),
     (lambda v: f"m{v.mat_m}n{v.mat_n}k{v.mat_k}" if v.mat_m else "",

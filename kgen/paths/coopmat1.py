@@ -28,6 +28,15 @@ tile's products, so a tile's bytes are in flight while the last one is worked on
 over head depth (each subgroup keeps its Q operands in registers and multiplies its depth steps
 for all columns; the softmax adds the partial sums), so no subgroup waits on Q in shared
 memory and 576-wide heads (MLA) need no Q tile.
+
+`reg_softmax` (f16 K/V, f32 O: prefill) is FlashAttention-2 on coopmat1: each subgroup owns
+mat_m query rows (br = subgroups * mat_m) and keeps their S, P and O in registers. The softmax
+works on the accumulator elements themselves: a fragment scheme (kgen/fragments.py, probed on
+the device) says which elements share a row and which lanes hold the rest of it, so the row max
+is a few xor shuffles and P becomes the A operand of P V in place. Only the K and V tiles go
+through shared memory (whole tiles as 16-byte elements; the next K tile is loaded during P V,
+the V tile during S and the softmax), so a tile costs three barriers and no S/P round trip.
+Q's operands stay in registers for heads up to REGS_Q_STEPS depth steps, else in shared memory.
 """
 from __future__ import annotations
 
@@ -38,6 +47,7 @@ from dataclasses import dataclass
 
 from ..caps import Caps
 from ..errors import InvalidVariant
+from ..fragments import SCHEMES, RegLayout, reg_layout, scheme_reason
 from ..problem import ProblemClass
 from ..types import KvType
 from .shared import SharedArray
@@ -52,6 +62,9 @@ K_CHUNK = 64             # head columns of K per staging step without kv_staging
 Q_BATCH = 8              # global vec4 loads of Q each thread keeps in flight
 STAGED_MAX = 32          # vec4s per thread of one K/V staging step (held in registers)
 STREAM_STAGED_MAX = 24   # kv_stream: 16-byte K+V elements per thread of one tile in flight
+REGS_STAGED_MAX = 16     # reg_softmax: 16-byte K (or V) elements per thread of one tile in flight
+REGS_HSV_MAX = 256       # reg_softmax: O of mat_m rows x head_v stays in registers (128 per lane)
+REGS_Q_STEPS = 8         # reg_softmax: Q operands kept in registers up to this many depth steps
 STREAM_MAX_ROWS = 64     # kv_stream is offered up to this many (GQA-folded) query rows: every
                          # row tile streams all of K and V, the ones after the first from L2
 F16_PAD, F32_PAD = 8, 4  # row padding in elements (16 bytes): rows stay 16-byte aligned, as
@@ -92,6 +105,8 @@ def check(v: Variant) -> str | None:
         return f"br={v.br} must be a multiple of wg={v.wg} when wg < br (rows per thread)"
     if v.mask_tiles:
         return "mask_tiles: a coopmat2 knob (leave it False)"
+    if v.reg_softmax:
+        return _regs_reason(v)
     if v.kv_stream:
         if v.kv_staging or v.kv_direct:
             return "kv_stream replaces kv_staging and kv_direct (leave both False)"
@@ -125,6 +140,32 @@ def check(v: Variant) -> str | None:
     return None
 
 
+
+
+def _regs_reason(v: Variant) -> str | None:
+    if v.kv_staging or v.kv_direct or v.kv_stream:
+        return "reg_softmax stages whole K/V tiles itself (leave kv_staging, kv_direct, kv_stream False)"
+    if v.k_type != KvType.F16 or v.v_type != KvType.F16:
+        return (f"reg_softmax with {v.k_type}/{v.v_type} K/V: it copies f16 rows in 16-byte loads "
+                "(quantized caches: use kv_f16)")
+    if v.acc != 32:
+        return f"reg_softmax with acc={v.acc}: O is accumulated in f32 registers (acc=32)"
+    nsg = v.wg // v.subgroup
+    if v.br != nsg * v.mat_m:
+        return (f"reg_softmax: br={v.br} must be subgroups * mat_m = {nsg} * {v.mat_m} (each "
+                "subgroup owns mat_m rows)")
+    if v.head_v > REGS_HSV_MAX:
+        return (f"reg_softmax: head_v={v.head_v}: O of {v.mat_m} rows stays in registers, "
+                f"head_v at most {REGS_HSV_MAX}")
+    try:
+        reg_layout(v.reg_softmax, v.mat_m, v.mat_n, v.mat_k)
+    except ValueError as e:
+        return str(e)
+    staged = layout(v).staged
+    if staged > REGS_STAGED_MAX:
+        return (f"reg_softmax: bc={v.bc}, wg={v.wg}: a K or V tile is {staged} 16-byte loads per "
+                f"thread, held in registers; at most {REGS_STAGED_MAX}")
+    return None
 
 
 @dataclass(frozen=True)
@@ -166,6 +207,8 @@ class Layout:
     o_type: str           # O accumulator component: float (acc 32) or float16_t (acc 16)
     row_max_offset: float  # added to the row max: 3 ln 2 with f16 O (every p <= 1/8), else 0
     shared: tuple[SharedArray, ...]
+    q_regs: bool = False  # reg_softmax: Q's operands in registers (else read from Qsh per tile)
+    frag: RegLayout | None = None  # reg_softmax: the fragment scheme's numbers
 
     @property
     def shared_bytes(self) -> int:
@@ -223,6 +266,26 @@ def _stream_layout(v: Variant, nsg: int, hsk_pad: int, hsv_pad: int) -> dict:
                 s_parts=min(nsg, ks_steps), m_step=_per_thread(v.br * v.bc, v.wg), shared=shared)
 
 
+def _regs_layout(v: Variant, hsk_pad: int, hsv_pad: int) -> dict:
+    """reg_softmax: whole K and V tiles in 16-byte elements; Q in registers or in Qsh; no S, P
+    or row-factor arrays."""
+    k_stride, v_stride = hsk_pad + F16_PAD, hsv_pad + F16_PAD
+    q_regs = hsk_pad // v.mat_k <= REGS_Q_STEPS
+    k_step = _per_thread(v.bc * v.head_k // 8, v.wg)
+    v_step = _per_thread(v.bc * v.head_v // 8, v.wg)
+    shared = (
+        SharedArray("Ksh", "uvec4", v.bc * k_stride // 8,
+                    "K tile (bc rows, 16-byte elements); Q rows on their way to registers first"),
+        SharedArray("Vsh", "uvec4", v.bc * v_stride // 8, "V tile (bc rows, 16-byte elements)"),
+        *(() if q_regs else (SharedArray("Qsh", "uvec4", v.br * k_stride // 8,
+                                         "Q tile (f16, 16-byte elements), read every tile"),)),
+    )
+    return dict(q_stride=k_stride, k_chunk=hsk_pad, k_chunks=1, k_stride=k_stride, v_rows=v.bc,
+                v_chunks=1, v_stride=v_stride, k_step=k_step, v_step=v_step,
+                staged=max(k_step, v_step), ks_steps=hsk_pad // v.mat_k, shared=shared,
+                q_regs=q_regs, frag=reg_layout(v.reg_softmax, v.mat_m, v.mat_n, v.mat_k))
+
+
 def layout(v: Variant) -> Layout:
     nsg = v.wg // v.subgroup
     hsk_pad = _round_up(v.head_k, v.mat_k)
@@ -269,6 +332,8 @@ def layout(v: Variant) -> Layout:
     )
     if v.kv_stream:
         fields.update(_stream_layout(v, nsg, hsk_pad, hsv_pad))
+    if v.reg_softmax:
+        fields.update(_regs_layout(v, hsk_pad, hsv_pad))
     return Layout(**fields)
 
 
@@ -279,9 +344,9 @@ def direct_reason(v: Variant, n_kv: int, layouts) -> str | None:
     """Why a kv_direct variant cannot run on this call's K/V, or None. `layouts` maps "k" and
     "v" to kgen.kvtensor.KvLayout: offsets and strides must be whole 16-byte elements, and an
     unaligned KV length must hold one whole tile (the tail tile is read from Nkv - bc)."""
-    if not (v.kv_direct or v.kv_stream):
+    if not (v.kv_direct or v.kv_stream or v.reg_softmax):
         return None
-    knob = "kv_direct" if v.kv_direct else "kv_stream"
+    knob = "kv_direct" if v.kv_direct else "kv_stream" if v.kv_stream else "reg_softmax"
     for name in ("k", "v"):
         lay = layouts[name]
         if lay.offset % DIRECT_ELEMENT or any(st % DIRECT_ELEMENT for st in lay.strides):
@@ -339,7 +404,15 @@ def device_reason(v: Variant, caps: Caps) -> str | None:
             use = "S = Q K^T" if acc_type == "f32" else "O (acc=16)"
             return (f"mat {v.mat_m}x{v.mat_n}x{v.mat_k}: the device lists no subgroup-scope "
                     f"f16 x f16 -> {acc_type} shape of that size (needed for {use})")
+    if v.reg_softmax:
+        return scheme_reason(v.reg_softmax, v.mat_m, v.mat_n, v.mat_k, caps.coopmat1_fragments,
+                             caps.subgroup_size)
     return None
+
+
+def device_schemes(caps: Caps, m: int, n: int, k: int) -> list[int]:
+    """The fragment schemes the device's probed layout at (m, n, k) matches."""
+    return [s for s in SCHEMES if scheme_reason(s, m, n, k, caps.coopmat1_fragments, caps.subgroup_size) is None]
 
 
 # --- tuning space ----------------------------------------------------------------------------
@@ -385,6 +458,12 @@ def candidates(problem: ProblemClass, caps: Caps) -> Iterator[dict]:
             for bc, nsg in itertools.product((16, 32, 64), (2, 4, 8)):
                 yield dict(common, br=m, bc=bc, wg=nsg * caps.subgroup_size, mat_m=m, mat_n=n,
                            mat_k=k, kv_stream=True)
+        for scheme in (device_schemes(caps, m, n, k) if direct and problem.acc == 32 else ()):
+            # FlashAttention-2 in registers: br = subgroups * m, one KV tile in shared memory.
+            for bc, nsg in itertools.product((16, 32, 64, 128), (2, 4, 8)):
+                if nsg * m <= max(m, _round_up(problem.n_q, m)):
+                    yield dict(common, br=nsg * m, bc=bc, wg=nsg * caps.subgroup_size, mat_m=m,
+                               mat_n=n, mat_k=k, reg_softmax=scheme)
         if direct:
             # Without staging buffers a wider KV tile fits: fewer softmax steps per key.
             for br, nsg in itertools.product(_tile_rows(problem, m), (2, 4, 8)):

@@ -61,6 +61,8 @@ def check(v: Variant) -> str | None:
                     "matrices directly and has no such knob (leave it 0)")
     if v.kv_stream:
         return "kv_stream: a coopmat1 kernel (leave it False)"
+    if v.reg_softmax:
+        return "reg_softmax: a coopmat1 kernel (leave it 0)"
     if v.kv_staging or v.kv_direct:
         return ("kv_staging/kv_direct: coopmat2 loads K/V through tensor layouts and the driver "
                 "stages them; leave both False")

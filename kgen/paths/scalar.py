@@ -41,6 +41,8 @@ def check(v: Variant) -> str | None:
         return f"mat_m/n/k={v.mat_m}/{v.mat_n}/{v.mat_k}: the scalar path uses no matrices (all 0)"
     if v.kv_stream:
         return "kv_stream: a coopmat1 kernel (leave it False)"
+    if v.reg_softmax:
+        return "reg_softmax: a coopmat1 kernel (leave it 0)"
     if v.kv_direct:
         return "kv_direct loads matrix operands: a coopmat1 knob (leave it False)"
     if v.mask_tiles:

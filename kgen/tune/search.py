@@ -82,7 +82,7 @@ def order_for(strategy: str, cands: list[Candidate], default: Candidate, seed: s
         strata: dict[tuple, list[Candidate]] = {}
         for c in rest:
             v = c.variant
-            strata.setdefault((v.path.value, v.kv_f16, v.kv_stream), []).append(c)
+            strata.setdefault((v.path.value, v.kv_f16, v.kv_stream, bool(v.reg_softmax)), []).append(c)
         for group in strata.values():
             rng.shuffle(group)
         rest = [c for deal in itertools.zip_longest(*strata.values()) for c in deal if c is not None]

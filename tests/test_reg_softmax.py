@@ -1,0 +1,188 @@
+"""coopmat1's reg_softmax knob: FlashAttention-2 in registers (S, P and O of each subgroup's rows
+stay in accumulator registers; the fragment scheme says where each element lives), and the
+fragment probe and analysis behind it (kgen/fragments.py).
+
+The rules and the analysis run everywhere; the kernels run where coopmat1 exists with a probed
+scheme (an H100 in the GPU verification); elsewhere forcing one fails before any submission.
+"""
+import dataclasses
+
+import numpy as np
+import pytest
+
+import kgen
+from kgen.errors import InvalidVariant, KgenError
+from kgen.fragments import Fragment, analyse, expected, SCHEMES, scheme_reason
+from kgen.paths import coopmat1
+from kgen.problem import ProblemClass
+from kgen.profiles import H100
+from kgen.space import why_invalid
+from kgen.variant import Variant
+from runtime import open_device
+
+from test_attention import check, make_inputs, run_plan
+
+BASE = dict(path="coopmat1", head_k=128, head_v=128, k_type="f16", v_type="f16", br=64, bc=64,
+            wg=128, mat_m=16, mat_n=16, mat_k=16, reg_softmax=1)
+
+
+def test_uri_round_trip():
+    v = Variant(**BASE, mask=True, causal=True, split_k=True)
+    assert "_regs1_" in v.uri
+    assert Variant.parse(v.uri) == v
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(k_type="q8_0"), "kv_f16"),
+    (dict(acc=16), "acc=32"),
+    (dict(br=32), "subgroups \\* mat_m"),
+    (dict(head_k=512, head_v=512, bc=16), "head_v at most 256"),
+    (dict(kv_stream=True), "leave kv_staging, kv_direct, kv_stream"),
+    (dict(bc=128, wg=64, br=32), "at most 16"),
+    (dict(reg_softmax=7), "no such fragment scheme"),
+    (dict(mat_m=16, mat_n=16, mat_k=8, bc=32), "defined for shapes"),
+])
+def test_rules_name_the_limit(change, words):
+    with pytest.raises(InvalidVariant, match=words):
+        Variant(**dict(BASE, **change))
+
+
+def test_other_paths_reject_the_knob():
+    with pytest.raises(InvalidVariant, match="reg_softmax"):
+        Variant(path="coopmat2", head_k=128, head_v=128, k_type="f16", v_type="f16", br=32, bc=32,
+                wg=128, reg_softmax=1)
+    with pytest.raises(InvalidVariant, match="reg_softmax"):
+        Variant(path="scalar", head_k=128, head_v=128, k_type="f16", v_type="f16", br=8, bc=32,
+                wg=128, d_split=4, row_split=1, reg_softmax=1)
+
+
+def test_layout_keeps_q_in_registers_for_small_heads_only():
+    small = coopmat1.layout(Variant(**BASE))
+    assert small.q_regs and {a.name for a in small.shared} == {"Ksh", "Vsh"}
+    # 64 keys x 128 halves = 1024 16-byte elements of K over 128 threads.
+    assert (small.k_step, small.v_step, small.staged) == (8, 8, 8)
+    assert small.shared_bytes == 2 * 64 * 136 * 2
+    wide = coopmat1.layout(Variant(**dict(BASE, head_k=256, head_v=256, br=32, wg=64, bc=16)))
+    assert not wide.q_regs and "Qsh" in {a.name for a in wide.shared}
+    assert wide.shared_bytes <= H100.max_shared_memory
+
+
+def test_h100_profile_matches_scheme_1():
+    """The profile holds what the probe read on the H100; scheme 1 is that layout."""
+    for shape in ((16, 16, 16), (16, 8, 16), (16, 8, 8)):
+        assert scheme_reason(1, *shape, H100.coopmat1_fragments, 32) is None
+    assert why_invalid(Variant(**BASE), H100) is None
+
+
+def test_device_without_probe_or_with_another_layout_is_refused():
+    unprobed = dataclasses.replace(H100, coopmat1_fragments=())
+    assert "not known" in why_invalid(Variant(**BASE), unprobed)
+    # Swap two lanes' accumulator elements: no longer scheme 1.
+    acc, a = expected(SCHEMES[1], 16, 16, 16)
+    rows = list(acc.rows)
+    rows[0], rows[4] = rows[4], rows[0]
+    other = dataclasses.replace(H100, coopmat1_fragments=(dataclasses.replace(acc, rows=tuple(rows)), a))
+    assert "are not NVIDIA" in why_invalid(Variant(**BASE), other)
+
+
+def test_analysis_of_scheme_1():
+    lay = analyse(*expected(SCHEMES[1], 16, 8, 16))
+    assert (lay.acc_len, lay.a_len, lay.slots, lay.row_xor) == (4, 8, 2, (1, 2))
+    # A 16x16 operand spans two 16x8 S tiles: elements alternate between them in pairs.
+    assert lay.a_from == ((0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (0, 3), (1, 2), (1, 3))
+
+
+def _amd_like_acc() -> Fragment:
+    """An accumulator where lane L holds column L % 16 of rows 2i + L // 16 (AMD-like)."""
+    rows = tuple(tuple(2 * i + lane // 16 for i in range(8)) for lane in range(32))
+    cols = tuple(tuple(lane % 16 for _ in range(8)) for lane in range(32))
+    return Fragment(16, 16, 16, "acc", rows, cols)
+
+
+def test_analysis_refuses_what_registers_cannot_do():
+    acc = _amd_like_acc()
+    # An A operand whose lane L holds all of row L % 16.
+    a = Fragment(16, 16, 16, "a", tuple(tuple(lane % 16 for _ in range(16)) for lane in range(32)),
+                 tuple(tuple(range(16)) for _ in range(32)))
+    # The rows reduce over 16 lanes (xor 1..8), but P's A operand holds whole rows per lane.
+    with pytest.raises(ValueError, match="in no S element of that lane"):
+        analyse(acc, a)
+    # A lane pairing that no xor tree reaches: lanes 0 and 5 share rows, 0 and 1 do not.
+    s1, s1a = expected(SCHEMES[1], 16, 16, 16)
+    perm = [0, 2, 4, 6, 1, 3, 5, 7] + list(range(8, 32))
+    rows = tuple(s1.rows[perm.index(q)] if q < 8 else s1.rows[q] for q in range(32))
+    cols = tuple(s1.cols[perm.index(q)] if q < 8 else s1.cols[q] for q in range(32))
+    with pytest.raises(ValueError, match="shuffle tree"):
+        analyse(Fragment(16, 16, 16, "acc", rows, cols), s1a)
+
+
+def test_h100_candidates_offer_regs_for_prefill():
+    prefill = ProblemClass.parse("128/128 f16/f16 acc32 - nq3 nkv3 gqa0")
+    regs = [Variant(**k) for k in coopmat1.candidates(prefill, H100) if k.get("reg_softmax")
+            and _valid(k)]
+    fit = [v for v in regs if why_invalid(v, H100) is None]
+    assert {v.br for v in fit} >= {32, 64, 128} and {v.bc for v in fit} >= {16, 32, 64}
+    assert all(v.br == v.wg // 32 * v.mat_m for v in fit)
+    unprobed = dataclasses.replace(H100, coopmat1_fragments=())
+    assert not any(k.get("reg_softmax") for k in coopmat1.candidates(prefill, unprobed))
+    acc16 = ProblemClass.parse("128/128 f16/f16 acc16 - nq3 nkv3 gqa0")
+    assert not any(k.get("reg_softmax") for k in coopmat1.candidates(acc16, H100))
+
+
+def _valid(knobs: dict) -> bool:
+    try:
+        Variant(**knobs)
+    except InvalidVariant as exc:
+        assert "at most 16" in str(exc)  # only the register budget rules some out
+        return False
+    return True
+
+
+def test_probed_fragments_cover_every_element_once():
+    """On a device with coopmat1 the probe ran when it opened: each matrix's elements are held
+    exactly once over the lanes. Without coopmat1 nothing is probed."""
+    caps = open_device(None).caps
+    if coopmat1.supports(caps) is not None:
+        assert caps.coopmat1_fragments == ()
+        return
+    assert {f.use for f in caps.coopmat1_fragments} == {"acc", "a"}
+    for f in caps.coopmat1_fragments:
+        width = f.n if f.use == "acc" else f.k
+        held = sorted((r, c) for lane_r, lane_c in zip(f.rows, f.cols) for r, c in zip(lane_r, lane_c))
+        assert set(held) == {(r, c) for r in range(f.m) for c in range(width)}
+
+
+def _scheme_on_device() -> bool:
+    caps = open_device(None).caps
+    return coopmat1.supports(caps) is None and why_invalid(Variant(**BASE), caps) is None
+
+
+# (name, Hq, Hkv, Nq, Nkv, head_k, head_v, mask, causal, splits, br, bc, mat_n)
+CASES = [
+    ("prefill-aligned", 4, 4, 128, 512, 128, 128, False, False, 1, 64, 64, 16),
+    ("prefill-tail-mask-gqa", 8, 2, 100, 300, 128, 128, True, False, 1, 64, 32, 16),
+    ("causal-split-n8", 4, 2, 70, 260, 128, 128, False, True, 2, 32, 32, 8),
+    ("wide-heads-q-in-shared", 2, 1, 40, 200, 256, 256, True, False, 1, 32, 16, 16),
+    ("odd-heads", 2, 1, 33, 90, 72, 40, True, True, 1, 32, 16, 16),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_regs_kernels_match_the_reference(case):
+    name, hq, hkv, nq, nkv, dk, dv, use_mask, causal, splits, br, bc, mat_n = case
+    rng = np.random.default_rng(len(name))
+    q, k, v = make_inputs(rng, 1, hq, hkv, nq, nkv, dk, dv)
+    mask = None
+    if use_mask:
+        mask = rng.standard_normal((nq, nkv)).astype(np.float32)
+        mask[:, 5:40] = -np.inf
+    variant = Variant(**dict(BASE, head_k=dk, head_v=dv, br=br, bc=bc, wg=br // 16 * 32, mat_n=mat_n,
+                             mask=use_mask, causal=causal, split_k=splits > 1, aligned=nkv % bc == 0))
+    kw = dict(mask=mask, causal=causal)
+    if not _scheme_on_device():
+        with pytest.raises(KgenError, match="coopmat1|cooperative|fragment"):
+            kgen.plan(q, k, v, variant=variant, split_k=splits, **kw)
+        return
+    p, out, v = run_plan(q, k, v, variant, splits, **kw)
+    assert p.variant == variant and p.splits == splits
+    check(out, q, k, v, mask=mask, causal=causal)

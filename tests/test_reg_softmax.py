@@ -36,7 +36,9 @@ def test_uri_round_trip():
     (dict(k_type="q8_0"), "kv_f16"),
     (dict(acc=16), "acc=32"),
     (dict(br=32), "subgroups \\* mat_m"),
+    (dict(br=48, wg=64), "subgroups \\* mat_m"),
     (dict(head_k=512, head_v=512, bc=16), "head_v at most 256"),
+    (dict(head_k=256, head_v=256, br=128, bc=16), "row tiles \\* head_v at most 256"),
     (dict(kv_stream=True), "leave kv_staging, kv_direct, kv_stream"),
     (dict(bc=128, wg=64, br=32), "at most 16"),
     (dict(reg_softmax=7), "no such fragment scheme"),
@@ -62,7 +64,9 @@ def test_layout_keeps_q_in_registers_for_small_heads_only():
     # 64 keys x 128 halves = 1024 16-byte elements of K over 128 threads.
     assert (small.k_step, small.v_step, small.staged) == (8, 8, 8)
     assert small.shared_bytes == 2 * 64 * 136 * 2
-    wide = coopmat1.layout(Variant(**dict(BASE, head_k=256, head_v=256, br=32, wg=64, bc=16)))
+    # Two row tiles of 16 x 128: 16 Q operands per lane, still in registers.
+    assert coopmat1.layout(Variant(**dict(BASE, br=128))).q_regs
+    wide = coopmat1.layout(Variant(**dict(BASE, head_k=320, br=32, wg=64, bc=16)))
     assert not wide.q_regs and "Qsh" in {a.name for a in wide.shared}
     assert wide.shared_bytes <= H100.max_shared_memory
 
@@ -122,7 +126,7 @@ def test_h100_candidates_offer_regs_for_prefill():
             and _valid(k)]
     fit = [v for v in regs if why_invalid(v, H100) is None]
     assert {v.br for v in fit} >= {32, 64, 128} and {v.bc for v in fit} >= {16, 32, 64}
-    assert all(v.br == v.wg // 32 * v.mat_m for v in fit)
+    assert all(v.br in (v.wg // 32 * v.mat_m, v.wg // 16 * v.mat_m) for v in fit)
     unprobed = dataclasses.replace(H100, coopmat1_fragments=())
     assert not any(k.get("reg_softmax") for k in coopmat1.candidates(prefill, unprobed))
     acc16 = ProblemClass.parse("128/128 f16/f16 acc16 - nq3 nkv3 gqa0")
@@ -157,26 +161,29 @@ def _scheme_on_device() -> bool:
     return coopmat1.supports(caps) is None and why_invalid(Variant(**BASE), caps) is None
 
 
-# (name, Hq, Hkv, Nq, Nkv, head_k, head_v, mask, causal, splits, br, bc, mat_n)
+# (name, Hq, Hkv, Nq, Nkv, head_k, head_v, mask, causal, splits, br, bc, mat_n, row tiles)
 CASES = [
-    ("prefill-aligned", 4, 4, 128, 512, 128, 128, False, False, 1, 64, 64, 16),
-    ("prefill-tail-mask-gqa", 8, 2, 100, 300, 128, 128, True, False, 1, 64, 32, 16),
-    ("causal-split-n8", 4, 2, 70, 260, 128, 128, False, True, 2, 32, 32, 8),
-    ("wide-heads-q-in-shared", 2, 1, 40, 200, 256, 256, True, False, 1, 32, 16, 16),
-    ("odd-heads", 2, 1, 33, 90, 72, 40, True, True, 1, 32, 16, 16),
+    ("prefill-aligned", 4, 4, 128, 512, 128, 128, False, False, 1, 64, 64, 16, 1),
+    ("prefill-tail-mask-gqa", 8, 2, 100, 300, 128, 128, True, False, 1, 64, 32, 16, 1),
+    ("causal-split-n8", 4, 2, 70, 260, 128, 128, False, True, 2, 32, 32, 8, 1),
+    ("wide-k-q-in-shared", 2, 1, 40, 200, 320, 128, True, False, 1, 32, 16, 16, 1),
+    ("two-row-tiles-mask-tail", 4, 2, 100, 300, 128, 128, True, False, 1, 128, 32, 16, 2),
+    ("two-row-tiles-causal-split", 4, 4, 64, 200, 256, 128, False, True, 2, 64, 16, 8, 2),
+    ("odd-heads", 2, 1, 33, 90, 72, 40, True, True, 1, 32, 16, 16, 1),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_regs_kernels_match_the_reference(case):
-    name, hq, hkv, nq, nkv, dk, dv, use_mask, causal, splits, br, bc, mat_n = case
+    name, hq, hkv, nq, nkv, dk, dv, use_mask, causal, splits, br, bc, mat_n, row_tiles = case
     rng = np.random.default_rng(len(name))
     q, k, v = make_inputs(rng, 1, hq, hkv, nq, nkv, dk, dv)
     mask = None
     if use_mask:
         mask = rng.standard_normal((nq, nkv)).astype(np.float32)
         mask[:, 5:40] = -np.inf
-    variant = Variant(**dict(BASE, head_k=dk, head_v=dv, br=br, bc=bc, wg=br // 16 * 32, mat_n=mat_n,
+    wg = br // (16 * row_tiles) * 32
+    variant = Variant(**dict(BASE, head_k=dk, head_v=dv, br=br, bc=bc, wg=wg, mat_n=mat_n,
                              mask=use_mask, causal=causal, split_k=splits > 1, aligned=nkv % bc == 0))
     kw = dict(mask=mask, causal=causal)
     if not _scheme_on_device():

@@ -324,12 +324,13 @@ def test_a_budget_cut_still_counts_every_stored_outcome(space):
 def test_budget_cuts_sample_every_path_and_conversion():
     from kgen.profiles import H100
     from kgen.suites import P5
-    from kgen.tune.search import order_for
+    from kgen.tune.search import order_for, stratum
     shapes = fold_gqa(P5.shapes())
     cands, default = candidates(shapes, H100)
     order = order_for("halving", cands, default, seed="P5")
     assert order[0] == default and sorted(c.name for c in order) == sorted(c.name for c in cands)
-    strata = {(c.variant.path.value, c.variant.kv_f16) for c in cands}
-    first = {(c.variant.path.value, c.variant.kv_f16) for c in order[1:1 + len(strata)]}
-    assert len(strata) >= 4 and first == strata  # one of each before any second
+    strata = {stratum(c.variant) for c in cands}
+    first = {stratum(c.variant) for c in order[1:1 + len(strata)]}
+    assert len(strata) >= 5 and first == strata  # one of each before any second
+    assert ("coopmat1", True, False, True) in strata  # register softmax behind the f16 conversion
     assert order == order_for("halving", cands, default, seed="P5")

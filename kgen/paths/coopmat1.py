@@ -30,13 +30,14 @@ for all columns; the softmax adds the partial sums), so no subgroup waits on Q i
 memory and 576-wide heads (MLA) need no Q tile.
 
 `reg_softmax` (f16 K/V, f32 O: prefill) is FlashAttention-2 on coopmat1: each subgroup owns
-mat_m query rows (br = subgroups * mat_m) and keeps their S, P and O in registers. The softmax
+one or two tiles of mat_m query rows (br = subgroups * mat_m * row tiles) and keeps their S, P
+and O in registers; with two, every K and V operand read from shared memory serves both. The softmax
 works on the accumulator elements themselves: a fragment scheme (kgen/fragments.py, probed on
 the device) says which elements share a row and which lanes hold the rest of it, so the row max
 is a few xor shuffles and P becomes the A operand of P V in place. Only the K and V tiles go
 through shared memory (whole tiles as 16-byte elements; the next K tile is loaded during P V,
 the V tile during S and the softmax), so a tile costs three barriers and no S/P round trip.
-Q's operands stay in registers for heads up to REGS_Q_STEPS depth steps, else in shared memory.
+Q's operands stay in registers up to REGS_Q_STEPS of them, else in shared memory.
 """
 from __future__ import annotations
 
@@ -64,7 +65,10 @@ STAGED_MAX = 32          # vec4s per thread of one K/V staging step (held in reg
 STREAM_STAGED_MAX = 24   # kv_stream: 16-byte K+V elements per thread of one tile in flight
 REGS_STAGED_MAX = 16     # reg_softmax: 16-byte K (or V) elements per thread of one tile in flight
 REGS_HSV_MAX = 256       # reg_softmax: O of mat_m rows x head_v stays in registers (128 per lane)
-REGS_Q_STEPS = 8         # reg_softmax: Q operands kept in registers up to this many depth steps
+REGS_Q_STEPS = 16        # reg_softmax: Q operands kept in registers up to this many (row tiles x
+                         # depth steps: 64 registers per lane), else read from Qsh every tile
+REGS_ROW_TILES = (1, 2)  # reg_softmax: tiles of mat_m rows per subgroup; two reuse every K and V
+                         # operand read from shared memory twice
 STREAM_MAX_ROWS = 64     # kv_stream is offered up to this many (GQA-folded) query rows: every
                          # row tile streams all of K and V, the ones after the first from L2
 F16_PAD, F32_PAD = 8, 4  # row padding in elements (16 bytes): rows stay 16-byte aligned, as
@@ -93,6 +97,10 @@ def check(v: Variant) -> str | None:
     if v.bc % v.mat_n or v.bc % v.mat_k or v.bc > BC_MAX:
         return (f"bc={v.bc} must be a multiple of mat_n={v.mat_n} (S columns) and of "
                 f"mat_k={v.mat_k} (P.V depth), and at most {BC_MAX}")
+    if v.mask_tiles:
+        return "mask_tiles: a coopmat2 knob (leave it False)"
+    if v.reg_softmax:
+        return _regs_reason(v)  # its softmax works on the accumulators: no lanes-per-row rule
     # Softmax: each row is owned by tpr adjacent lanes that reduce by xor shuffles.
     if v.wg >= v.br:
         tpr = v.wg // v.br
@@ -105,8 +113,6 @@ def check(v: Variant) -> str | None:
         return f"br={v.br} must be a multiple of wg={v.wg} when wg < br (rows per thread)"
     if v.mask_tiles:
         return "mask_tiles: a coopmat2 knob (leave it False)"
-    if v.reg_softmax:
-        return _regs_reason(v)
     if v.kv_stream:
         if v.kv_staging or v.kv_direct:
             return "kv_stream replaces kv_staging and kv_direct (leave both False)"
@@ -151,12 +157,13 @@ def _regs_reason(v: Variant) -> str | None:
     if v.acc != 32:
         return f"reg_softmax with acc={v.acc}: O is accumulated in f32 registers (acc=32)"
     nsg = v.wg // v.subgroup
-    if v.br != nsg * v.mat_m:
-        return (f"reg_softmax: br={v.br} must be subgroups * mat_m = {nsg} * {v.mat_m} (each "
-                "subgroup owns mat_m rows)")
-    if v.head_v > REGS_HSV_MAX:
-        return (f"reg_softmax: head_v={v.head_v}: O of {v.mat_m} rows stays in registers, "
-                f"head_v at most {REGS_HSV_MAX}")
+    if v.br not in [nsg * v.mat_m * rt for rt in REGS_ROW_TILES]:
+        return (f"reg_softmax: br={v.br} must be subgroups * mat_m * (1 or 2) = {nsg} * {v.mat_m} "
+                "* row tiles (each subgroup owns one or two tiles of mat_m rows)")
+    row_tiles = v.br // (nsg * v.mat_m)
+    if row_tiles * v.head_v > REGS_HSV_MAX:
+        return (f"reg_softmax: head_v={v.head_v} with {row_tiles} row tile(s) per subgroup: O "
+                f"stays in registers, row tiles * head_v at most {REGS_HSV_MAX}")
     try:
         reg_layout(v.reg_softmax, v.mat_m, v.mat_n, v.mat_k)
     except ValueError as e:
@@ -208,6 +215,7 @@ class Layout:
     row_max_offset: float  # added to the row max: 3 ln 2 with f16 O (every p <= 1/8), else 0
     shared: tuple[SharedArray, ...]
     q_regs: bool = False  # reg_softmax: Q's operands in registers (else read from Qsh per tile)
+    row_tiles: int = 1    # reg_softmax: tiles of mat_m rows each subgroup owns
     frag: RegLayout | None = None  # reg_softmax: the fragment scheme's numbers
 
     @property
@@ -270,7 +278,8 @@ def _regs_layout(v: Variant, hsk_pad: int, hsv_pad: int) -> dict:
     """reg_softmax: whole K and V tiles in 16-byte elements; Q in registers or in Qsh; no S, P
     or row-factor arrays."""
     k_stride, v_stride = hsk_pad + F16_PAD, hsv_pad + F16_PAD
-    q_regs = hsk_pad // v.mat_k <= REGS_Q_STEPS
+    row_tiles = v.br // (v.wg // v.subgroup * v.mat_m)
+    q_regs = row_tiles * hsk_pad // v.mat_k <= REGS_Q_STEPS
     k_step = _per_thread(v.bc * v.head_k // 8, v.wg)
     v_step = _per_thread(v.bc * v.head_v // 8, v.wg)
     shared = (
@@ -283,7 +292,8 @@ def _regs_layout(v: Variant, hsk_pad: int, hsv_pad: int) -> dict:
     return dict(q_stride=k_stride, k_chunk=hsk_pad, k_chunks=1, k_stride=k_stride, v_rows=v.bc,
                 v_chunks=1, v_stride=v_stride, k_step=k_step, v_step=v_step,
                 staged=max(k_step, v_step), ks_steps=hsk_pad // v.mat_k, shared=shared,
-                q_regs=q_regs, frag=reg_layout(v.reg_softmax, v.mat_m, v.mat_n, v.mat_k))
+                q_regs=q_regs, row_tiles=row_tiles,
+                frag=reg_layout(v.reg_softmax, v.mat_m, v.mat_n, v.mat_k))
 
 
 def layout(v: Variant) -> Layout:
@@ -460,10 +470,10 @@ def candidates(problem: ProblemClass, caps: Caps) -> Iterator[dict]:
                            mat_k=k, kv_stream=True)
         for scheme in (device_schemes(caps, m, n, k) if direct and problem.acc == 32 else ()):
             # FlashAttention-2 in registers: br = subgroups * m, one KV tile in shared memory.
-            for bc, nsg in itertools.product((16, 32, 64, 128), (2, 4, 8)):
-                if nsg * m <= max(m, _round_up(problem.n_q, m)):
-                    yield dict(common, br=nsg * m, bc=bc, wg=nsg * caps.subgroup_size, mat_m=m,
-                               mat_n=n, mat_k=k, reg_softmax=scheme)
+            for bc, nsg, rt in itertools.product((16, 32, 64, 128), (2, 4, 8), REGS_ROW_TILES):
+                if nsg * m * rt <= min(BR_MAX, max(m, _round_up(problem.n_q, m))):
+                    yield dict(common, br=nsg * m * rt, bc=bc, wg=nsg * caps.subgroup_size,
+                               mat_m=m, mat_n=n, mat_k=k, reg_softmax=scheme)
         if direct:
             # Without staging buffers a wider KV tile fits: fewer softmax steps per key.
             for br, nsg in itertools.product(_tile_rows(problem, m), (2, 4, 8)):

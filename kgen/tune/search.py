@@ -68,10 +68,16 @@ class Limits:
             raise ValueError(f"runs={self.runs}: >= 3 (a median needs a few)")
 
 
+def stratum(v) -> tuple:
+    """The kind of kernel a candidate is, for dealing a budget out fairly: path, K/V conversion,
+    and the coopmat1 kernels that differ most (stream decode, register softmax)."""
+    return (v.path.value, v.kv_f16, v.kv_stream, bool(v.reg_softmax))
+
+
 def order_for(strategy: str, cands: list[Candidate], default: Candidate, seed: str) -> list[Candidate]:
     """Which candidates to try, in which order: default first; random and halving shuffle the
     rest with a seed from the class, so a rerun (and a resume) tries the same ones, and deal
-    them out one stratum (path, K/V conversion, stream kernel) at a time, so that a budget cuts
+    them out one stratum (`stratum`) at a time, so that a budget cuts
     a fair sample of each: on an H100 coopmat1's 378 candidates of a q8_0 prefill class otherwise
     drowned coopmat2's 54, where the winners are."""
     if strategy not in STRATEGIES:
@@ -81,8 +87,7 @@ def order_for(strategy: str, cands: list[Candidate], default: Candidate, seed: s
         rng = random.Random(seed)
         strata: dict[tuple, list[Candidate]] = {}
         for c in rest:
-            v = c.variant
-            strata.setdefault((v.path.value, v.kv_f16, v.kv_stream, bool(v.reg_softmax)), []).append(c)
+            strata.setdefault(stratum(c.variant), []).append(c)
         for group in strata.values():
             rng.shuffle(group)
         rest = [c for deal in itertools.zip_longest(*strata.values()) for c in deal if c is not None]

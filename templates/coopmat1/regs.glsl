@@ -1,6 +1,6 @@
-{#- reg_softmax (kgen/paths/coopmat1.py): FlashAttention-2 on coopmat1. Each subgroup owns MM
-    query rows and keeps S, P and O in registers; the fragment scheme (kgen/fragments.py, `F`)
-    says which row and column each lane's accumulator element holds. Whole K and V tiles go
+{#- reg_softmax (kgen/paths/coopmat1.py): FlashAttention-2 on coopmat1. Each subgroup owns RT
+    tiles of MM query rows and keeps S, P and O in registers; the fragment scheme
+    (kgen/fragments.py, `F`) says which row and column each lane's accumulator element holds. Whole K and V tiles go
     through shared memory as 16-byte elements, each thread holding its share of the next one in
     registers while the current products run. -#}
 {% set F = L.frag %}
@@ -16,7 +16,8 @@ const uint KSTEPS = HSK_PAD / MK;     // q.k depth steps
 const uint PSTEPS = BC / MK;          // P.V depth steps per tile
 const uint TILES_PER_PSTEP = MK / MN; // S tiles one P operand spans
 const uint S_N = BC / MN;             // S tiles (of MM x MN) per tile row
-const uint O_N = HSV_PAD / MN;        // O tiles per row strip
+const uint O_N = HSV_PAD / MN;        // O tiles per row tile
+const uint RT = {{ L.row_tiles }}u;   // tiles of MM rows per subgroup
 
 // ---- fragment scheme {{ v.reg_softmax }}: lane l's accumulator element i is row
 // FRAG_ROW[l * SLOTS + SLOT_OF[i]] and column FRAG_COL[l * ACC_LEN + i] of its MM x MN tile ----

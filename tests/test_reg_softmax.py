@@ -126,7 +126,7 @@ def test_h100_candidates_offer_regs_for_prefill():
             and _valid(k)]
     fit = [v for v in regs if why_invalid(v, H100) is None]
     assert {v.br for v in fit} >= {32, 64, 128} and {v.bc for v in fit} >= {16, 32, 64}
-    assert all(v.br in (v.wg // 32 * v.mat_m, v.wg // 16 * v.mat_m) for v in fit)
+    assert all(v.br == v.wg // 32 * v.mat_m for v in fit)  # one row tile per subgroup
     unprobed = dataclasses.replace(H100, coopmat1_fragments=())
     assert not any(k.get("reg_softmax") for k in coopmat1.candidates(prefill, unprobed))
     acc16 = ProblemClass.parse("128/128 f16/f16 acc16 - nq3 nkv3 gqa0")

@@ -13,6 +13,7 @@ variant with a scheme only runs where the probe matches it exactly (`scheme_reas
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -182,6 +183,18 @@ def scheme_reason(number: int, m: int, n: int, k: int, probed: tuple[Fragment, .
 
 
 # --- the probe -------------------------------------------------------------------------------
+def probe_or_warn(device: Any) -> tuple[Fragment, ...]:
+    """probe(), for a Device that is opening: a failed probe must not stop the device from
+    running every other kernel, so it warns and leaves the layout unknown (reg_softmax variants
+    then say so)."""
+    try:
+        return probe(device)
+    except Exception as exc:  # any failure: compiler, driver, read-back
+        warnings.warn(f"coopmat1 fragment probe failed ({type(exc).__name__}: {exc}); "
+                      "reg_softmax variants are unavailable on this device", RuntimeWarning, stacklevel=2)
+        return ()
+
+
 def probe(device: Any) -> tuple[Fragment, ...]:
     """Every subgroup-scope f16 x f16 -> f32 shape's accumulator and A fragments, as the device
     lays them out (one small dispatch per shape)."""

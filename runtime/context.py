@@ -97,7 +97,7 @@ class Device:
         self.dummy.write(bytes(DUMMY_BYTES))
         if self.caps.has_coopmat1 and self.caps.subgroup_size_control:
             # The register-softmax coopmat1 kernel needs the device's fragment layout.
-            self.caps = dataclasses.replace(self.caps, coopmat1_fragments=fragments.probe(self))
+            self.caps = dataclasses.replace(self.caps, coopmat1_fragments=fragments.probe_or_warn(self))
 
     def _create_device(self) -> None:
         chain = enable_chain(self.physical_device, api=_api(self.caps), extensions=self.caps.extensions)

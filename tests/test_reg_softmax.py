@@ -12,7 +12,7 @@ import pytest
 
 import kgen
 from kgen.errors import InvalidVariant, KgenError
-from kgen.fragments import Fragment, analyse, expected, SCHEMES, scheme_reason
+from kgen.fragments import SCHEMES, Fragment, analyse, expected, probe_or_warn, scheme_reason
 from kgen.paths import coopmat1
 from kgen.problem import ProblemClass
 from kgen.profiles import H100
@@ -154,6 +154,17 @@ def test_probed_fragments_cover_every_element_once():
         width = f.n if f.use == "acc" else f.k
         held = sorted((r, c) for lane_r, lane_c in zip(f.rows, f.cols) for r, c in zip(lane_r, lane_c))
         assert set(held) == {(r, c) for r in range(f.m) for c in range(width)}
+
+
+def test_a_failed_probe_warns_and_leaves_the_layout_unknown():
+    class Broken:
+        caps = H100
+
+        def pipeline(self, *args, **kwargs):
+            raise RuntimeError("driver said no")
+
+    with pytest.warns(RuntimeWarning, match="driver said no.*reg_softmax variants are unavailable"):
+        assert probe_or_warn(Broken()) == ()
 
 
 def _scheme_on_device() -> bool:

@@ -422,7 +422,8 @@ def device_reason(v: Variant, caps: Caps) -> str | None:
 
 def device_schemes(caps: Caps, m: int, n: int, k: int) -> list[int]:
     """The fragment schemes the device's probed layout at (m, n, k) matches."""
-    return [s for s in SCHEMES if scheme_reason(s, m, n, k, caps.coopmat1_fragments, caps.subgroup_size) is None]
+    return [s for s in SCHEMES
+            if scheme_reason(s, m, n, k, caps.coopmat1_fragments, caps.subgroup_size) is None]
 
 
 # --- tuning space ----------------------------------------------------------------------------

@@ -199,11 +199,11 @@ def probe(device: Any) -> tuple[Fragment, ...]:
     """Every subgroup-scope f16 x f16 -> f32 shape's accumulator and A fragments, as the device
     lays them out (one small dispatch per shape)."""
     from .compile import compile_source
+    from .paths.coopmat1 import _shapes  # the shapes coopmat1 multiplies f16 -> f32 with
     from .render import environment
 
     caps = device.caps
-    shapes = sorted({(s.m, s.n, s.k) for s in caps.coopmat_shapes if s.scope == "subgroup"
-                     and s.a_type == s.b_type == "f16" and s.c_type == s.result_type == "f32"})
+    shapes = _shapes(caps, 32)
     lanes = caps.subgroup_size
     out: list[Fragment] = []
     for m, n, k in shapes:

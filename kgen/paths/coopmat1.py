@@ -111,8 +111,6 @@ def check(v: Variant) -> str | None:
             return f"bc={v.bc} must be a multiple of the lanes per softmax row wg/br={tpr}"
     elif v.br % v.wg:
         return f"br={v.br} must be a multiple of wg={v.wg} when wg < br (rows per thread)"
-    if v.mask_tiles:
-        return "mask_tiles: a coopmat2 knob (leave it False)"
     if v.kv_stream:
         if v.kv_staging or v.kv_direct:
             return "kv_stream replaces kv_staging and kv_direct (leave both False)"

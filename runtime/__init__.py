@@ -18,6 +18,7 @@ from typing import Any
 _EXPORTS = {
     "Device": "context", "Buffer": "memory", "BufferPool": "memory", "Kernel": "pipeline",
     "Sequence": "launch", "InvalidArgument": "errors", "ClosedError": "errors",
+    "StatisticsUnavailable": "errors",
     "VulkanError": "vk", "live_objects": "handles",
 }
 _shared: dict[int | None, Any] = {}

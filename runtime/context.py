@@ -22,7 +22,7 @@ from . import handles, vk
 from .descriptors import DescriptorSets, Layouts, SetCache
 from .devices import query_caps
 from .errors import ClosedError, InvalidArgument
-from .features import enable_chain
+from .features import PIPELINE_STATISTICS, enable_chain
 from .launch import Launcher, Sequence, Step
 from .memory import Buffer, BufferPool, MemoryTypes, Staging, check_size
 from .pipeline import Kernel, build
@@ -50,10 +50,16 @@ def _compute_family(physical_device: Any) -> tuple[int, int]:
 class Device:
     """A Vulkan device for kgen: Device(index=None) picks kgen.select.default_index (KGEN_DEVICE).
 
+    capture_statistics=True asks the driver to keep each pipeline's statistics for
+    Kernel.statistics() (VK_KHR_pipeline_executable_properties, where the device offers it). It
+    is device-wide, so no kernel cache mixes pipelines made with and without it, and the
+    pipeline cache file is neither read nor written: the statistics come from a real compile.
+
     One thread at a time: the one-shot launch path re-records a single command buffer."""
 
-    def __init__(self, index: int | None = None):
+    def __init__(self, index: int | None = None, *, capture_statistics: bool = False):
         self.closed = False
+        self.capture_statistics = capture_statistics
         self.instance = self.physical_device = self.handle = self.queue = self.command_pool = None
         self.layouts = self.descriptor_sets = self.set_cache = self.pipeline_cache = None
         self.dummy = self.launcher = self._staging = self.memory_types = None
@@ -91,7 +97,7 @@ class Device:
         self.layouts = Layouts(self.handle)
         self.descriptor_sets = DescriptorSets(self.handle, self.layouts)
         self.set_cache = SetCache(self.descriptor_sets)
-        self.pipeline_cache = PipelineCache(self.handle, self.caps)
+        self.pipeline_cache = PipelineCache(self.handle, self.caps, persistent=not self.capture_statistics)
         self.dummy = self.buffer(DUMMY_BYTES)
         self.launcher = Launcher(self)
         self.dummy.write(bytes(DUMMY_BYTES))
@@ -100,7 +106,9 @@ class Device:
             self.caps = dataclasses.replace(self.caps, coopmat1_fragments=fragments.probe_or_warn(self))
 
     def _create_device(self) -> None:
-        chain = enable_chain(self.physical_device, api=_api(self.caps), extensions=self.caps.extensions)
+        requested = frozenset({PIPELINE_STATISTICS} if self.capture_statistics else ())
+        chain = enable_chain(self.physical_device, api=_api(self.caps), extensions=self.caps.extensions,
+                             requested=requested)
         names = [vk.ffi.new("char[]", e.encode()) for e in chain.extensions]
         name_array = vk.ffi.new("const char*[]", names) if names else vk.ffi.NULL
         priority = vk.ffi.new("float[1]", [1.0])

@@ -21,3 +21,12 @@ class ClosedError(KgenError, RuntimeError):
     def __init__(self, what: str):
         self.what = what
         super().__init__(f"{what} is closed: open a new one")
+
+
+class StatisticsUnavailable(KgenError, RuntimeError):
+    """Kernel.statistics() where the driver kept no statistics: `reason` names what is missing
+    (the device's extension or the capture_statistics option) and what to do."""
+
+    def __init__(self, kernel: str, reason: str):
+        self.kernel, self.reason = kernel, reason
+        super().__init__(f"no pipeline statistics for kernel {kernel!r}: {reason}")

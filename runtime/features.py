@@ -16,6 +16,9 @@ from . import vk
 from .devices import _FEATURES, COOPMAT, _Link, _query
 
 BFLOAT16 = "VK_KHR_shader_bfloat16"
+# The driver's statistics (registers, spills, shared memory) of each compiled pipeline.
+EXECUTABLE_PROPERTIES = "VK_KHR_pipeline_executable_properties"
+PIPELINE_STATISTICS = "pipelineExecutableInfo"  # its feature bit
 
 LINKS: dict[str, _Link] = {
     **_FEATURES,
@@ -28,6 +31,9 @@ LINKS: dict[str, _Link] = {
     "coopmat": _Link("VkPhysicalDeviceCooperativeMatrixFeaturesKHR",
                      vulkan.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_KHR,
                      extension=COOPMAT),
+    "executable_properties": _Link("VkPhysicalDevicePipelineExecutablePropertiesFeaturesKHR",
+                                   vulkan.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PIPELINE_EXECUTABLE_PROPERTIES_FEATURES_KHR,
+                                   extension=EXECUTABLE_PROPERTIES),
 }
 
 
@@ -35,12 +41,14 @@ LINKS: dict[str, _Link] = {
 class Feature:
     """One VkBool32: `name` as the spec spells it; `link` keys LINKS (None: the core
     VkPhysicalDeviceFeatures inside Features2); `index` picks an element of an array member
-    (the hand-written coopmat2 struct keeps its seven bits in `f`)."""
+    (the hand-written coopmat2 struct keeps its seven bits in `f`); `on_request`: a debugging
+    feature, enabled only when the device is opened asking for it by name."""
 
     name: str
     link: str | None
     member: str
     index: int | None = None
+    on_request: bool = False
 
 
 def _named(link: str, *names: str) -> tuple[Feature, ...]:
@@ -65,6 +73,8 @@ FEATURES: tuple[Feature, ...] = (
     *_named("coopmat", "cooperativeMatrix"),
     *(Feature(name, "coopmat2", "f", i) for i, name in enumerate(_COOPMAT2_BITS)),
     *_named("bfloat16", "shaderBFloat16Type", "shaderBFloat16DotProduct", "shaderBFloat16CooperativeMatrix"),
+    # Drivers may keep per-pipeline compiler data once this is on: the tuner's devices go without.
+    Feature(PIPELINE_STATISTICS, "executable_properties", PIPELINE_STATISTICS, on_request=True),
 )
 
 
@@ -95,13 +105,16 @@ class EnableChain:
     enabled: frozenset[str]
 
 
-def enable_chain(physical_device: Any, *, api: tuple[int, int], extensions: tuple[str, ...]) -> EnableChain:
+def enable_chain(physical_device: Any, *, api: tuple[int, int], extensions: tuple[str, ...],
+                 requested: frozenset[str] = frozenset()) -> EnableChain:
     """Query every struct this device may be asked about at `api` (the version the device is
-    created for), then build the chain that enables each supported feature of FEATURES."""
+    created for), then build the chain that enables each supported feature of FEATURES; an
+    on_request feature only when `requested` names it."""
     supported = _query(vk.lib.vkGetPhysicalDeviceFeatures2, "VkPhysicalDeviceFeatures2",
                        vulkan.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, LINKS,
                        physical_device=physical_device, api=api, extensions=extensions)
-    on = [f for f in FEATURES if (f.link is None or f.link in supported.nodes)
+    on = [f for f in FEATURES if (not f.on_request or f.name in requested)
+          and (f.link is None or f.link in supported.nodes)
           and _get(_struct(supported.head, supported.nodes, f), f)]
     used = list(dict.fromkeys(f.link for f in on if f.link is not None))
     head = vk.new_struct(vk.ffi, "VkPhysicalDeviceFeatures2", vulkan.VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2)

@@ -12,8 +12,9 @@ import vulkan
 from kgen.errors import UnsupportedVariant
 
 from . import handles
-from .errors import ClosedError, InvalidArgument
+from .errors import ClosedError, InvalidArgument, StatisticsUnavailable
 from .launch import Buffers, check_groups, check_push, resolve
+from .pipeline_stats import Statistic, capture_flags, read_statistics, statistics_problem
 from .vk import VulkanError, ffi, lib
 
 SPIRV_MAGIC = b"\x03\x02\x23\x07"  # 0x07230203, little-endian
@@ -24,7 +25,8 @@ _ENTRY = ffi.new("char[]", b"main")  # module-level: the pointer the driver sees
 
 @dataclass(frozen=True)
 class KernelKey:
-    """What makes two pipelines the same: the code and the creation options (not the name)."""
+    """What makes two pipelines the same: the code and the creation options (not the name).
+    Capturing statistics is not among them: it is fixed per Device, as is the kernel cache."""
 
     spirv_sha256: str
     required_subgroup_size: int | None
@@ -79,8 +81,8 @@ class Kernel:
                  "flags": REQUIRE_FULL_SUBGROUPS if self.key.full_subgroups else 0,
                  "stage": vulkan.VK_SHADER_STAGE_COMPUTE_BIT, "module": self.module, "pName": _ENTRY}
         info = ffi.new("VkComputePipelineCreateInfo*", {
-            "sType": vulkan.VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO, "stage": stage,
-            "layout": self.layout, "basePipelineIndex": -1})
+            "sType": vulkan.VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO, "flags": capture_flags(dev),
+            "stage": stage, "layout": self.layout, "basePipelineIndex": -1})
         self.handle = self._named(handles.create, "Pipeline", "vkCreateComputePipelines",
                                   lib.vkCreateComputePipelines, self._dev, dev.pipeline_cache.handle, 1,
                                   info, ffi.NULL)
@@ -96,13 +98,27 @@ class Kernel:
     def device(self) -> Any:
         return self._device()
 
+    def _live_device(self) -> Any:
+        dev = self._device()
+        if self.handle is None or dev is None or dev.closed:
+            raise ClosedError(f"kernel {self.name!r}")
+        return dev
+
+    def statistics(self) -> dict[str, Statistic]:
+        """The driver's statistics of this kernel, by the driver's names (NVIDIA 580: "Register
+        Count", "Binary Size", "Stack Size", "Local Memory Size", "Shared Memory Size").
+        StatisticsUnavailable says what is missing when the device was not opened with
+        capture_statistics=True or lacks the extension."""
+        dev = self._live_device()
+        if (reason := statistics_problem(dev)) is not None:
+            raise StatisticsUnavailable(self.name, reason)
+        return read_statistics(self._dev, self.handle, kernel=self.name)
+
     def __call__(self, buffers: Buffers, push: bytes, groups: tuple[int, int, int],
                  timed: bool = True) -> float | None:
         """Bind, push, dispatch and wait; GPU microseconds when timed (None when the queue has no
         timestamps). Bindings not given are bound to the device's dummy buffer."""
-        dev = self._device()
-        if self.handle is None or dev is None or dev.closed:
-            raise ClosedError(f"kernel {self.name!r}")
+        dev = self._live_device()
         where = f"kernel {self.name!r}"
         push_data = check_push(where, push)
         groups = check_groups(where, groups, dev.caps.max_workgroup_count)

@@ -49,10 +49,13 @@ def load(path: Path, caps: Caps) -> bytes:
 
 
 class PipelineCache:
-    def __init__(self, vk_device: Any, caps: Caps):
+    """persistent=False: an empty cache that is never saved."""
+
+    def __init__(self, vk_device: Any, caps: Caps, *, persistent: bool = True):
         self._dev = vk_device
         self.path = cache_path(caps)
-        self.loaded = load(self.path, caps)
+        self.persistent = persistent
+        self.loaded = load(self.path, caps) if persistent else b""
         initial = ffi.from_buffer(self.loaded) if self.loaded else ffi.NULL
         info = ffi.new("VkPipelineCacheCreateInfo*", {
             "sType": vulkan.VK_STRUCTURE_TYPE_PIPELINE_CACHE_CREATE_INFO,
@@ -74,6 +77,8 @@ class PipelineCache:
     def save(self) -> bool:
         """Write the cache when it differs from what was loaded (or the file went away); True
         when a file was written. A failed write only warns: the cache is an optimization."""
+        if not self.persistent:
+            return False
         data = self.data()
         if not data or (data == self.loaded and self.path.is_file()):
             return False

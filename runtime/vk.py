@@ -234,6 +234,15 @@ def instance_proc(instance: Any, name: str) -> Any:
     return ffi.cast(f"PFN_{name}", fn)
 
 
+def device_proc(device: Any, name: str) -> Any:
+    """The raw device-level function pointer `name`, typed as the binding's PFN_<name>. As for
+    instance_proc, the caller first checks that the device's extension was enabled."""
+    fn = lib.vkGetDeviceProcAddr(device, name.encode())
+    if fn == ffi.NULL:
+        raise VulkanError(f"vkGetDeviceProcAddr({name})", vulkan.VK_ERROR_EXTENSION_NOT_PRESENT)
+    return ffi.cast(f"PFN_{name}", fn)
+
+
 def new_struct(struct_ffi: cffi.FFI, ctype: str, stype: int) -> Any:
     """A zeroed `ctype*` with its sType set, ready to be linked into a pNext chain."""
     return struct_ffi.new(f"{ctype}*", {"sType": stype})

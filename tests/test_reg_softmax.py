@@ -13,10 +13,12 @@ import pytest
 import kgen
 from kgen.errors import InvalidVariant, KgenError
 from kgen.fragments import SCHEMES, Fragment, analyse, expected, probe_or_warn, scheme_reason
+from kgen.kvtensor import layout_of
 from kgen.paths import coopmat1
 from kgen.problem import ProblemClass
 from kgen.profiles import H100
 from kgen.space import why_invalid
+from kgen.types import KvType
 from kgen.variant import Variant
 from runtime import open_device
 
@@ -167,6 +169,32 @@ def test_a_failed_probe_warns_and_leaves_the_layout_unknown():
         assert probe_or_warn(Broken()) == ()
 
 
+REPRESENTATIVE = (
+    dict(mask=True),
+    dict(mask=True, aligned=False, split_k=True, mat_n=8, bc=32),
+    dict(mask=True, causal=True, alibi=True, softcap=True, sinks=True, aligned=False),
+    dict(causal=True, sinks=True, split_k=True, head_k=72, head_v=40, br=32, bc=16, wg=64),
+    dict(mask=True, alibi=True, head_k=320, bc=16, br=32, wg=64),
+)
+
+
+def test_representative_variants_compile(tmp_path):
+    from kgen.compile import SpirvCache, compile_many
+    variants = [Variant(**dict(BASE, **kw)) for kw in REPRESENTATIVE]
+    results = compile_many(variants, jobs=2, cache=SpirvCache(tmp_path))
+    failures = {uri: str(r) for uri, r in results.items() if isinstance(r, Exception)}
+    assert not failures, "\n\n".join(failures.values())
+
+
+def test_mask_pairs_need_an_even_kv_length():
+    v = Variant(**dict(BASE, mask=True, aligned=False))
+    layouts = {t: layout_of(None, KvType.parse("f16"), (1, 1, 301, 128)) for t in "kv"}
+    assert "Nkv=301 must be even" in coopmat1.direct_reason(v, 301, layouts)
+    layouts = {t: layout_of(None, KvType.parse("f16"), (1, 1, 300, 128)) for t in "kv"}
+    assert coopmat1.direct_reason(v, 300, layouts) is None
+    assert coopmat1.direct_reason(dataclasses.replace(v, mask=False), 301, layouts) is None
+
+
 def _scheme_on_device() -> bool:
     caps = open_device(None).caps
     return coopmat1.supports(caps) is None and why_invalid(Variant(**BASE), caps) is None
@@ -204,3 +232,26 @@ def test_regs_kernels_match_the_reference(case):
     p, out, v = run_plan(q, k, v, variant, splits, **kw)
     assert p.variant == variant and p.splits == splits
     check(out, q, k, v, mask=mask, causal=causal)
+
+
+@pytest.mark.parametrize("splits", [1, 2])
+def test_regs_score_modifiers_match_the_reference(splits):
+    """Softcap, ALiBi and sinks over a mask with -inf runs: the log2-unit scores, the folded
+    slope and the natural-log (m, l) that split-k hands the reduce."""
+    rng = np.random.default_rng(7 + splits)
+    hq, hkv, nq, nkv = 4, 2, 50, 256
+    q, k, v = make_inputs(rng, 1, hq, hkv, nq, nkv, 128, 128)
+    mask = rng.uniform(-2.0, 0.0, (nq, nkv)).astype(np.float32)
+    mask[:, 64:130] = -np.inf
+    sinks = rng.standard_normal(hq).astype(np.float32)
+    kw = dict(mask=mask, softcap=3.0, alibi_max_bias=8.0, sinks=sinks)
+    variant = Variant(**dict(BASE, bc=32, mask=True, alibi=True, softcap=True, sinks=True,
+                             split_k=splits > 1, aligned=True))
+    if not _scheme_on_device():
+        with pytest.raises(KgenError, match="coopmat1|cooperative|fragment"):
+            kgen.plan(q, k, v, variant=variant, split_k=splits, **kw)
+        return
+    with kgen.plan(q, k, v, variant=variant, split_k=splits, **kw) as p:
+        assert p.variant == variant and p.splits == splits
+        out = p(q, k, v, mask=mask, sinks=sinks)
+    check(out, q, k, v, **kw)

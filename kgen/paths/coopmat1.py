@@ -360,9 +360,17 @@ def direct_reason(v: Variant, n_kv: int, layouts) -> str | None:
         if lay.offset % DIRECT_ELEMENT or any(st % DIRECT_ELEMENT for st in lay.strides):
             return (f"{knob} reads {name} in {DIRECT_ELEMENT}-element units: its offset "
                     f"{lay.offset} and strides {lay.strides} must be multiples of {DIRECT_ELEMENT}")
+    if v.reg_softmax and v.mask and n_kv % 2 and _mask_pairs(v):
+        return (f"reg_softmax reads the mask in pairs of halves (4-byte loads): Nkv={n_kv} must be "
+                f"even")
     if v.kv_direct and not v.aligned and n_kv < v.bc:
         return f"kv_direct: Nkv={n_kv} must be at least bc={v.bc} (the last tile is read whole)"
     return None
+
+
+def _mask_pairs(v: Variant) -> bool:
+    """Whether reg_softmax's fragment scheme lets it read the mask two halves at a time."""
+    return reg_layout(v.reg_softmax, v.mat_m, v.mat_n, v.mat_k).pairs
 
 
 # --- device ----------------------------------------------------------------------------------

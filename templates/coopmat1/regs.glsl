@@ -18,6 +18,8 @@ const uint TILES_PER_PSTEP = MK / MN; // S tiles one P operand spans
 const uint S_N = BC / MN;             // S tiles (of MM x MN) per tile row
 const uint O_N = HSV_PAD / MN;        // O tiles per row tile
 const uint RT = {{ L.row_tiles }}u;   // tiles of MM rows per subgroup
+const float LOG2E = 1.4426950408889634;
+const float LN2 = 0.6931471805599453;
 
 // ---- fragment scheme {{ v.reg_softmax }}: lane l's accumulator element i is row
 // FRAG_ROW[l * SLOTS + SLOT_OF[i]] and column FRAG_COL[l * ACC_LEN + i] of its MM x MN tile ----
@@ -130,3 +132,36 @@ void store_v() {
         Vsh[e / V_VECS * VSH_ROW + e % V_VECS] = kv_staged[n];
     }
 }
+{% if v.mask %}
+
+{% set pairs = F.pairs %}
+// This lane's mask values of the tile at kv0 (rows from mask_base, one per row slot), loaded a
+// tile ahead of the softmax that reads them.
+{% if pairs %}
+// Two adjacent columns per 4-byte load: Nkv is even (coopmat1.direct_reason), so every row
+// starts on a pair.
+uint mval[RT][S_N][ACC_LEN / 2u];
+{% else %}
+float16_t mval[RT][S_N][ACC_LEN];
+{% endif %}
+
+void load_mask(uint mask_base[RT][SLOTS], uint kv0, uint kv_end) {
+    [[unroll]] for (uint t = 0u; t < RT; ++t) {
+        [[unroll]] for (uint c = 0u; c < S_N; ++c) {
+            [[unroll]] for (uint i = 0u; i < ACC_LEN; i += {{ 2 if pairs else 1 }}u) {
+                const uint j = kv0 + c * MN + FRAG_COL[lane * ACC_LEN + i];
+{% set dst = "mval[t][c][i / 2u]" if pairs else "mval[t][c][i]" %}
+{% set src = "mask_pairs[(mask_base[t][SLOT_OF[i]] + j) / 2u]" if pairs else "mask_data[mask_base[t][SLOT_OF[i]] + j]" %}
+{% if v.aligned %}
+                {{ dst }} = {{ src }};
+{% else %}
+                {{ dst }} = {{ "0u" if pairs else "float16_t(0.0)" }};
+                if (j < kv_end) {
+                    {{ dst }} = {{ src }};
+                }
+{% endif %}
+            }
+        }
+    }
+}
+{% endif %}

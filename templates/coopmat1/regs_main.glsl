@@ -17,6 +17,19 @@
     }
 {% endif %}
     const uint q_base = b * pc.q_stride_batch + h * pc.q_stride_head;
+    // Scores are kept in log2 units, so that exp2 needs no multiply per element.
+    const float scale2 = pc.scale * LOG2E;
+{% if v.mask %}
+    const float slope2 = slope * LOG2E;
+    // First mask element of each of this lane's rows. Rows past Nq read row Nq - 1 (their
+    // results are dropped), so the loads in the loop need no row bounds.
+    uint mask_base[RT][SLOTS];
+    [[unroll]] for (uint t = 0u; t < RT; ++t) {
+        [[unroll]] for (uint s = 0u; s < SLOTS; ++s) {
+            mask_base[t][s] = mask_row(b, h, min(my_row[t][s], pc.n_q - 1u));
+        }
+    }
+{% endif %}
 
     clear_kv();
 {% if L.q_regs %}
@@ -56,27 +69,15 @@
 
     if (kv_start < kv_stop) {
         load_k(k_base, kv_start, kv_end);
+{% if v.mask %}
+        load_mask(mask_base, kv_start, kv_end);
+{% endif %}
     }
     for (uint kv0 = kv_start; kv0 < kv_stop; kv0 += BC) {
         barrier();  // the last tile's S (Ksh) and P V (Vsh) are done everywhere
         store_k();
         barrier();
         load_v(v_base, kv0, kv_end);  // in flight during S and the softmax
-{% if v.mask %}
-        // This lane's mask values, loaded before S so that they arrive during the products.
-        float16_t mval[RT][S_N][ACC_LEN];
-        [[unroll]] for (uint t = 0u; t < RT; ++t) {
-            [[unroll]] for (uint c = 0u; c < S_N; ++c) {
-                [[unroll]] for (uint i = 0u; i < ACC_LEN; ++i) {
-                    const uint qi = my_row[t][SLOT_OF[i]], j = kv0 + c * MN + my_col[i];
-                    mval[t][c][i] = float16_t(0.0);
-                    if (qi < pc.n_q && j < kv_end) {
-                        mval[t][c][i] = mask_data[mask_row(b, h, qi) + j];
-                    }
-                }
-            }
-        }
-{% endif %}
 
         // ---- S = Q K^T for this subgroup's rows, all BC columns: each K operand serves RT tiles ----
         MatF32 S[RT][S_N];
@@ -112,33 +113,45 @@
                 [[unroll]] for (uint i = 0u; i < ACC_LEN; ++i) {
 {% if scored %}
                     const uint qi = my_row[t][SLOT_OF[i]], j = kv0 + c * MN + my_col[i];
-                    float s = fa_score_with(S[t][c][i], {{ "float(mval[t][c][i])" if v.mask else "0.0" }}, qi, j, slope);
+{% set mv = ("unpackHalf2x16(mval[t][c][i / 2u])[i % 2u]" if F.pairs else "float(mval[t][c][i])") if v.mask else "0.0" %}
+{% if v.softcap %}
+                    float s = fa_score_with(S[t][c][i], {{ mv }}, qi, j, slope) * LOG2E;
+{% else %}
+                    // fa_score_with in log2 units with scale and slope folded in; a -inf mask
+                    // value stays -inf, which exp2 takes to 0 like MASKED.
+                    float s = scale2 * S[t][c][i]{{ (" + slope2 * " ~ mv) if v.mask }};
+{% if v.causal %}
+                    if (!kv_visible(qi, j)) s = MASKED;
+{% endif %}
+{% endif %}
 {% if not v.aligned %}
                     s = j < kv_end ? s : MASKED;
 {% endif %}
 {% else %}
-                    const float s = pc.scale * S[t][c][i];
+                    const float s = scale2 * S[t][c][i];
 {% endif %}
                     S[t][c][i] = s;
                     mx[SLOT_OF[i]] = max(mx[SLOT_OF[i]], s);
                 }
             }
-            float alpha[SLOTS];
+            float alpha[SLOTS], m_sub[SLOTS];
             [[unroll]] for (uint s = 0u; s < SLOTS; ++s) {
                 const float m_new = max(m_slot[t][s], row_max(mx[s]));
-                alpha[s] = exp(m_slot[t][s] - m_new);
+                alpha[s] = exp2(m_slot[t][s] - m_new);
                 m_slot[t][s] = m_new;
                 l_slot[t][s] *= alpha[s];
+{% if scored %}
+                // A row that has seen nothing visible has only MASKED or -inf scores: subtracting
+                // 0 instead of its max keeps exp2 of them exactly 0, without a test per element.
+                m_sub[s] = m_new > MASKED_LIMIT ? m_new : 0.0;
+{% else %}
+                m_sub[s] = m_new;
+{% endif %}
             }
             [[unroll]] for (uint c = 0u; c < S_N; ++c) {
                 [[unroll]] for (uint i = 0u; i < ACC_LEN; ++i) {
                     const uint s = SLOT_OF[i];
-{% if scored %}
-                    // A masked score gives exactly 0, also while the row has seen nothing visible.
-                    const float16_t p = float16_t(S[t][c][i] > MASKED_LIMIT ? exp(S[t][c][i] - m_slot[t][s]) : 0.0);
-{% else %}
-                    const float16_t p = float16_t(exp(S[t][c][i] - m_slot[t][s]));
-{% endif %}
+                    const float16_t p = float16_t(exp2(S[t][c][i] - m_sub[s]));
                     S[t][c][i] = float(p);  // exact in f16: P's A operand takes it back as is
                     l_slot[t][s] += float(p);
                 }
@@ -153,6 +166,9 @@
         store_v();  // every subgroup finished the last P V before the barrier at the top
         if (kv0 + BC < kv_stop) {
             load_k(k_base, kv0 + BC, kv_end);  // in flight during P V
+{% if v.mask %}
+            load_mask(mask_base, kv0 + BC, kv_end);  // a whole tile ahead: L2 latency stays hidden
+{% endif %}
         }
         barrier();
 
@@ -180,7 +196,7 @@
     [[unroll]] for (uint t = 0u; t < RT; ++t) {
         float f[SLOTS];
         [[unroll]] for (uint s = 0u; s < SLOTS; ++s) {
-            const float m = m_slot[t][s];
+            const float m = m_slot[t][s] * LN2;  // back to natural-log units: MASKED stays below MASKED_LIMIT
             float l = row_sum(l_slot[t][s]);
 {% if v.sinks and not v.split_k %}
             // The sink joins the max and the denominator and adds no value.

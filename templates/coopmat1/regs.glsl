@@ -135,8 +135,7 @@ void store_v() {
 {% if v.mask %}
 
 {% set pairs = F.pairs %}
-// This lane's mask values of the tile at kv0 (rows from mask_base, one per row slot), loaded a
-// tile ahead of the softmax that reads them.
+// This lane's mask values of the tile at kv0 (rows from mask_base, one per row slot).
 {% if pairs %}
 // Two adjacent columns per 4-byte load: Nkv is even (coopmat1.direct_reason), so every row
 // starts on a pair.

@@ -69,15 +69,17 @@
 
     if (kv_start < kv_stop) {
         load_k(k_base, kv_start, kv_end);
-{% if v.mask %}
-        load_mask(mask_base, kv_start, kv_end);
-{% endif %}
     }
     for (uint kv0 = kv_start; kv0 < kv_stop; kv0 += BC) {
         barrier();  // the last tile's S (Ksh) and P V (Vsh) are done everywhere
         store_k();
         barrier();
         load_v(v_base, kv0, kv_end);  // in flight during S and the softmax
+{% if v.mask %}
+        // Loaded here, they arrive during S without crossing a barrier (a tile ahead, they
+        // did, and P5 ran 5-10% slower on the H100).
+        load_mask(mask_base, kv0, kv_end);
+{% endif %}
 
         // ---- S = Q K^T for this subgroup's rows, all BC columns: each K operand serves RT tiles ----
         MatF32 S[RT][S_N];
@@ -164,13 +166,12 @@
         }
 
         store_v();  // every subgroup finished the last P V before the barrier at the top
-        if (kv0 + BC < kv_stop) {
-            load_k(k_base, kv0 + BC, kv_end);  // in flight during P V
-{% if v.mask %}
-            load_mask(mask_base, kv0 + BC, kv_end);  // a whole tile ahead: L2 latency stays hidden
-{% endif %}
-        }
         barrier();
+        // Issued after the barrier, in flight during P V: the H100 waits at a barrier for the
+        // global loads issued before it (issued before it, P1 ran 8% slower).
+        if (kv0 + BC < kv_stop) {
+            load_k(k_base, kv0 + BC, kv_end);
+        }
 
         // ---- O += P V: P's A operands built from this lane's own S elements ----
         [[unroll]] for (uint d = 0u; d < PSTEPS; ++d) {

@@ -93,8 +93,6 @@ class RegLayout:
     a_from: tuple[tuple[int, int], ...]  # A element -> (S tile within the k step, S element)
     rows: tuple[tuple[int, ...], ...]  # [lane][slot]: the row of each slot (tile-relative)
     cols: tuple[tuple[int, ...], ...]  # [lane][i]: the column of accumulator element i
-    pairs: bool = False               # elements 2p, 2p+1 are columns c, c+1 (c even) of one row:
-                                      # the mask is read 4 bytes a pair
 
 
 @functools.cache
@@ -159,12 +157,20 @@ def analyse(acc: Fragment, a: Fragment) -> RegLayout:
         if len(where) != 1:
             raise ValueError(f"A element {i} comes from different S elements in different lanes")
         a_from.append(where.pop())
-    pairs = acc_len % 2 == 0 and all(
-        slot_of[i] == slot_of[i + 1] and acc.cols[lane][i] % 2 == 0
-        and acc.cols[lane][i + 1] == acc.cols[lane][i] + 1
-        for lane in range(lanes) for i in range(0, acc_len, 2))
     return RegLayout(acc_len=acc_len, a_len=a_len, slots=slots, slot_of=slot_of, row_xor=masks,
-                     a_from=tuple(a_from), rows=rows, cols=tuple(tuple(c) for c in acc.cols), pairs=pairs)
+                     a_from=tuple(a_from), rows=rows, cols=tuple(tuple(c) for c in acc.cols))
+
+
+MASK_FRAG_CHUNK = 16  # mask columns per 16-byte element of a fragment-ordered mask
+
+
+def mask_frag_tiles(number: int, m: int, n: int, k: int) -> int:
+    """S tiles whose accumulator elements fill one lane's 16 bytes (8 halves) of a
+    fragment-ordered mask (kgen.render.render_mask_frag), or 0 where the shape has no such
+    order (reg_softmax then reads the mask as scalars)."""
+    acc_len = reg_layout(number, m, n, k).acc_len
+    tiles = 8 // acc_len if acc_len in (4, 8) else 0
+    return tiles if m == 16 and tiles * n == MASK_FRAG_CHUNK else 0
 
 
 def scheme_reason(number: int, m: int, n: int, k: int, probed: tuple[Fragment, ...],

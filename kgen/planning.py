@@ -11,9 +11,9 @@ from .api import PRECISIONS, Shapes, fold_gqa
 from .compile import compile_source, compile_variant
 from .errors import UnsupportedVariant
 from .kvtensor import KVTensor, KvLayout, layout_of, views_k
-from .paths.coopmat1 import direct_reason
-from .render import (REDUCE_WG, kv_to_f16_groups, mask_tiles_groups, render_kv_to_f16, render_mask_tiles,
-                     render_split_k_reduce)
+from .paths.coopmat1 import direct_reason, layout
+from .render import (MASK_FRAG_WG, REDUCE_WG, kv_to_f16_groups, mask_frag_groups, mask_tiles_groups,
+                     render_kv_to_f16, render_mask_frag, render_mask_tiles, render_split_k_reduce)
 from .space import default_variant, why_invalid
 from .variant import PathKind, Variant
 
@@ -216,6 +216,10 @@ class Plan:
         s = self.kernel_shapes
         return tuple(t for t in "kv" if v.kv_f16 and getattr(s, f"{t}_type").quantized)
 
+    def _frag_mask(self, v: Variant) -> bool:
+        """Whether a pass rewrites the mask in reg_softmax's fragment order before the kernel."""
+        return bool(v.path == "coopmat1" and v.reg_softmax and v.mask and layout(v).mask_frag)
+
     def _kernel_layouts(self, v: Variant) -> dict[str, KvLayout]:
         """Where the attention kernel reads K and V: the caller's layouts, or for tensors that
         kv_f16 converts, the dense f16 copy."""
@@ -252,6 +256,10 @@ class Plan:
         if v.mask_tiles:
             tile_groups = mask_tiles_groups(s.mask_shape, v.br, v.bc)
             sizes["mask_tiles"] = 4 * math.prod(tile_groups)
+        frag_mask = self._frag_mask(v)
+        if frag_mask:
+            frag_groups = mask_frag_groups(s.mask_shape, v.bc, v.subgroup)
+            sizes["mask_frag"] = 16 * MASK_FRAG_WG * math.prod(frag_groups)
         self.kernel = fa
         self._buffers = {name: dev.buffer(n) for name, n in sizes.items()}
         binds = {abi.BINDING[name]: buf for name, buf in self._buffers.items() if name in abi.BINDING}
@@ -272,6 +280,13 @@ class Plan:
             classify = dev.pipeline(compile_source(render_mask_tiles(v.br, v.bc), name=name).spirv, name=name)
             steps.append((classify, {abi.BINDING["mask"]: self._buffers["mask"],
                                      abi.BINDING["mask_tiles"]: self._buffers["mask_tiles"]}, push, tile_groups))
+        if frag_mask:
+            # The mask in the order the kernel's lanes hold S (every call: the mask may change).
+            name = f"mask_frag_regs{v.reg_softmax}_m{v.mat_m}n{v.mat_n}k{v.mat_k}_bc{v.bc}"
+            reorder = dev.pipeline(compile_source(render_mask_frag(v), name=name).spirv, name=name)
+            steps.append((reorder, {abi.BINDING["mask"]: self._buffers["mask"],
+                                    abi.BINDING["out"]: self._buffers["mask_frag"]}, push, frag_groups))
+            binds[abi.BINDING["mask"]] = self._buffers["mask_frag"]
         groups = (math.ceil(s.n_q / v.br), s.heads_q, s.batch * self.splits)
         steps.append((fa, binds, push, groups))
         if self.splits > 1:

@@ -8,6 +8,7 @@ from pathlib import Path
 import jinja2
 
 from . import abi
+from .fragments import MASK_FRAG_CHUNK, mask_frag_tiles, reg_layout
 from .paths import path_spec
 from .types import KvType
 from .variant import Variant
@@ -115,6 +116,37 @@ def mask_tiles_groups(mask_shape: tuple[int, int, int, int], br: int, bc: int) -
     planes, rows, n_kv = mask_shape[0] * mask_shape[1], mask_shape[2], mask_shape[3]
     return _within_group_limit((-(-n_kv // bc), -(-rows // br), planes), "mask_tiles",
                                f"mask {mask_shape}, br={br}, bc={bc}")
+
+
+MASK_FRAG_WG = 256
+
+
+def render_mask_frag(v: Variant, wg: int = MASK_FRAG_WG) -> str:
+    """The pass that rewrites the mask in the order reg_softmax variant `v`'s lanes hold S
+    (templates/mask_frag.comp.j2); grid from `mask_frag_groups`."""
+    f = reg_layout(v.reg_softmax, v.mat_m, v.mat_n, v.mat_k)
+    tiles = mask_frag_tiles(v.reg_softmax, v.mat_m, v.mat_n, v.mat_k)
+    if not tiles:
+        raise ValueError(f"{v.uri}: no fragment-ordered mask for {v.mat_m}x{v.mat_n} tiles with "
+                         f"{f.acc_len} accumulator elements per lane")
+    lanes = len(f.rows)
+    if wg < lanes or wg % lanes:
+        raise ValueError(f"wg={wg}: must be a multiple of the subgroup size {lanes}")
+    template = environment().get_template("mask_frag.comp.j2")
+    return _tidy(template.render(scheme=v.reg_softmax, m=v.mat_m, n=v.mat_n, bc=v.bc, wg=wg, lanes=lanes,
+                                 acc_len=f.acc_len, slots=f.slots, tiles=tiles, chunk=MASK_FRAG_CHUNK,
+                                 slot_of=f.slot_of, rows=f.rows, cols=f.cols,
+                                 push_fields=abi.PUSH_FIELDS, binding=abi.BINDING))
+
+
+def mask_frag_groups(mask_shape: tuple[int, int, int, int], bc: int, lanes: int = 32,
+                     wg: int = MASK_FRAG_WG) -> tuple[int, int, int]:
+    """Grid of the mask-fragment pass: (chunk groups, row tiles of 16, planes) of a stored
+    (B, H, rows, Nkv) mask; the output holds prod(grid) * wg 16-byte elements."""
+    planes, rows, n_kv = mask_shape[0] * mask_shape[1], mask_shape[2], mask_shape[3]
+    chunks = -(-n_kv // bc) * (bc // MASK_FRAG_CHUNK)
+    return _within_group_limit((-(-chunks // (wg // lanes)), -(-rows // 16), planes), "mask_frag",
+                               f"mask {mask_shape}, bc={bc}")
 
 
 def _tidy(text: str) -> str:

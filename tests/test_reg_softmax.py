@@ -6,6 +6,7 @@ The rules and the analysis run everywhere; the kernels run where coopmat1 exists
 scheme (an H100 in the GPU verification); elsewhere forcing one fails before any submission.
 """
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -13,12 +14,10 @@ import pytest
 import kgen
 from kgen.errors import InvalidVariant, KgenError
 from kgen.fragments import SCHEMES, Fragment, analyse, expected, probe_or_warn, scheme_reason
-from kgen.kvtensor import layout_of
 from kgen.paths import coopmat1
 from kgen.problem import ProblemClass
 from kgen.profiles import H100
 from kgen.space import why_invalid
-from kgen.types import KvType
 from kgen.variant import Variant
 from runtime import open_device
 
@@ -186,13 +185,56 @@ def test_representative_variants_compile(tmp_path):
     assert not failures, "\n\n".join(failures.values())
 
 
-def test_mask_pairs_need_an_even_kv_length():
-    v = Variant(**dict(BASE, mask=True, aligned=False))
-    layouts = {t: layout_of(None, KvType.parse("f16"), (1, 1, 301, 128)) for t in "kv"}
-    assert "Nkv=301 must be even" in coopmat1.direct_reason(v, 301, layouts)
-    layouts = {t: layout_of(None, KvType.parse("f16"), (1, 1, 300, 128)) for t in "kv"}
-    assert coopmat1.direct_reason(v, 300, layouts) is None
-    assert coopmat1.direct_reason(dataclasses.replace(v, mask=False), 301, layouts) is None
+def _fragment_ordered(mask: np.ndarray, f, n: int, bc: int, tiles: int) -> np.ndarray:
+    """numpy model of templates/mask_frag.comp.j2: [plane][row tile][chunk][lane][8 halves]."""
+    b, h, rows, n_kv = mask.shape
+    planes = mask.reshape(b * h, rows, n_kv)
+    row_tiles, chunks = -(-rows // 16), -(-n_kv // bc) * (bc // 16)
+    out = np.zeros((b * h, row_tiles, chunks, len(f.rows), 8), np.float16)
+    for p, rt, ch, lane, k in np.ndindex(out.shape):
+        g, i = divmod(k, f.acc_len)
+        row = 0 if rows == 1 else rt * 16 + f.rows[lane][f.slot_of[i]]
+        col = ch * 16 + g * n + f.cols[lane][i]
+        if row < rows and col < n_kv:
+            out[p, rt, ch, lane, k] = planes[p, row, col]
+    return out
+
+
+@pytest.mark.parametrize("mat_n, bc, shape", [
+    (8, 32, (1, 1, 37, 70)),      # per-row mask, rows and columns past a tile
+    (16, 16, (2, 3, 20, 33)),     # planes by batch and head
+    (8, 64, (2, 1, 1, 50)),       # one row for every query
+])
+def test_fragment_ordered_mask_pass(mat_n, bc, shape):
+    """The pass that puts the mask in the lanes' order runs everywhere (no coopmat in it):
+    its output against the numpy model built from the scheme's tables."""
+    from kgen import abi
+    from kgen.compile import compile_source
+    from kgen.fragments import mask_frag_tiles, reg_layout
+    from kgen.render import MASK_FRAG_WG, mask_frag_groups, render_mask_frag
+    v = Variant(**dict(BASE, mat_n=mat_n, bc=bc, mask=True, aligned=False))
+    tiles = mask_frag_tiles(1, 16, mat_n, 16)
+    assert tiles * mat_n == 16 and coopmat1.layout(v).mask_frag == tiles
+    rng = np.random.default_rng(sum(shape))
+    mask = rng.uniform(-3, 0, shape).astype(np.float16)
+    mask[..., ::7] = -np.inf
+    b, h, rows, n_kv = shape
+    groups = mask_frag_groups(shape, bc)
+    dev = open_device(None)
+    src = dev.buffer(mask.nbytes)
+    src.write(mask.tobytes())
+    out = dev.buffer(16 * MASK_FRAG_WG * math.prod(groups))
+    out.write(bytes([0xFF]) * out.nbytes)  # a lane the pass leaves out shows as NaN
+    kernel = dev.pipeline(compile_source(render_mask_frag(v), name="mask_frag").spirv, name="mask_frag")
+    push = abi.pack_some(n_q=rows, n_kv=n_kv, mask_stride_row=n_kv if rows > 1 else 0,
+                         mask_stride_head=rows * n_kv if h > 1 else 0,
+                         mask_stride_batch=h * rows * n_kv if b > 1 else 0)
+    kernel({abi.BINDING["mask"]: src, abi.BINDING["out"]: out}, push, groups)
+    want = _fragment_ordered(mask, reg_layout(1, 16, mat_n, 16), mat_n, bc, tiles)
+    got = np.frombuffer(out.read(want.nbytes), np.float16).reshape(want.shape)
+    np.testing.assert_array_equal(got, want)
+    for buf in (src, out):
+        dev.forget(buf)
 
 
 def _scheme_on_device() -> bool:

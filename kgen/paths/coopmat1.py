@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 from ..caps import Caps
 from ..errors import InvalidVariant
-from ..fragments import SCHEMES, RegLayout, reg_layout, scheme_reason
+from ..fragments import SCHEMES, RegLayout, mask_frag_tiles, reg_layout, scheme_reason
 from ..problem import ProblemClass
 from ..types import KvType
 from .shared import SharedArray
@@ -215,6 +215,8 @@ class Layout:
     q_regs: bool = False  # reg_softmax: Q's operands in registers (else read from Qsh per tile)
     row_tiles: int = 1    # reg_softmax: tiles of mat_m rows each subgroup owns
     frag: RegLayout | None = None  # reg_softmax: the fragment scheme's numbers
+    mask_frag: int = 0             # reg_softmax with a mask: S tiles per 16-byte element of the
+                                   # fragment-ordered mask (kgen.render.render_mask_frag); 0: scalars
 
     @property
     def shared_bytes(self) -> int:
@@ -291,7 +293,8 @@ def _regs_layout(v: Variant, hsk_pad: int, hsv_pad: int) -> dict:
                 v_chunks=1, v_stride=v_stride, k_step=k_step, v_step=v_step,
                 staged=max(k_step, v_step), ks_steps=hsk_pad // v.mat_k, shared=shared,
                 q_regs=q_regs, row_tiles=row_tiles,
-                frag=reg_layout(v.reg_softmax, v.mat_m, v.mat_n, v.mat_k))
+                frag=reg_layout(v.reg_softmax, v.mat_m, v.mat_n, v.mat_k),
+                mask_frag=mask_frag_tiles(v.reg_softmax, v.mat_m, v.mat_n, v.mat_k) if v.mask else 0)
 
 
 def layout(v: Variant) -> Layout:
@@ -360,17 +363,9 @@ def direct_reason(v: Variant, n_kv: int, layouts) -> str | None:
         if lay.offset % DIRECT_ELEMENT or any(st % DIRECT_ELEMENT for st in lay.strides):
             return (f"{knob} reads {name} in {DIRECT_ELEMENT}-element units: its offset "
                     f"{lay.offset} and strides {lay.strides} must be multiples of {DIRECT_ELEMENT}")
-    if v.reg_softmax and v.mask and n_kv % 2 and _mask_pairs(v):
-        return (f"reg_softmax reads the mask in pairs of halves (4-byte loads): Nkv={n_kv} must be "
-                f"even")
     if v.kv_direct and not v.aligned and n_kv < v.bc:
         return f"kv_direct: Nkv={n_kv} must be at least bc={v.bc} (the last tile is read whole)"
     return None
-
-
-def _mask_pairs(v: Variant) -> bool:
-    """Whether reg_softmax's fragment scheme lets it read the mask two halves at a time."""
-    return reg_layout(v.reg_softmax, v.mat_m, v.mat_n, v.mat_k).pairs
 
 
 # --- device ----------------------------------------------------------------------------------

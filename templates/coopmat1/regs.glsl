@@ -134,33 +134,48 @@ void store_v() {
 }
 {% if v.mask %}
 
-{% set pairs = F.pairs %}
-// This lane's mask values of the tile at kv0 (rows from mask_base, one per row slot).
-{% if pairs %}
-// Two adjacent columns per 4-byte load: Nkv is even (coopmat1.direct_reason), so every row
-// starts on a pair.
-uint mval[RT][S_N][ACC_LEN / 2u];
+{% if L.mask_frag %}
+// This lane's mask values of the tile at kv0, from the fragment-ordered copy of the mask
+// (templates/mask_frag.comp.j2): 16-byte element (chunk, lane) holds S tiles chunk * MF_TILES ..
+// in accumulator order. mask_tile[t]: row tile t's first element, chunk 0.
+const uint MF_TILES = {{ L.mask_frag }}u;
+const uint MF_CHUNKS = BC / (MF_TILES * MN);  // 16-byte elements per lane per tile row
+uvec4 mval[RT][MF_CHUNKS];
+
+void load_mask(uint mask_tile[RT], uint kv0) {
+    [[unroll]] for (uint t = 0u; t < RT; ++t) {
+        [[unroll]] for (uint cc = 0u; cc < MF_CHUNKS; ++cc) {
+            mval[t][cc] = mask_frag[(mask_tile[t] + kv0 / (MF_TILES * MN) + cc) * SG + lane];
+        }
+    }
+}
+
+// Element i of S tile c of row tile t.
+float mask_value(uint t, uint c, uint i) {
+    const uint k = (c % MF_TILES) * ACC_LEN + i;
+    return unpackHalf2x16(mval[t][c / MF_TILES][k / 2u])[k % 2u];
+}
 {% else %}
+// This lane's mask values of the tile at kv0 (rows from mask_base, one per row slot), one half
+// per load: this fragment shape has no fragment-ordered mask.
 float16_t mval[RT][S_N][ACC_LEN];
-{% endif %}
 
 void load_mask(uint mask_base[RT][SLOTS], uint kv0, uint kv_end) {
     [[unroll]] for (uint t = 0u; t < RT; ++t) {
         [[unroll]] for (uint c = 0u; c < S_N; ++c) {
-            [[unroll]] for (uint i = 0u; i < ACC_LEN; i += {{ 2 if pairs else 1 }}u) {
+            [[unroll]] for (uint i = 0u; i < ACC_LEN; ++i) {
                 const uint j = kv0 + c * MN + FRAG_COL[lane * ACC_LEN + i];
-{% set dst = "mval[t][c][i / 2u]" if pairs else "mval[t][c][i]" %}
-{% set src = "mask_pairs[(mask_base[t][SLOT_OF[i]] + j) / 2u]" if pairs else "mask_data[mask_base[t][SLOT_OF[i]] + j]" %}
-{% if v.aligned %}
-                {{ dst }} = {{ src }};
-{% else %}
-                {{ dst }} = {{ "0u" if pairs else "float16_t(0.0)" }};
+                mval[t][c][i] = float16_t(0.0);
                 if (j < kv_end) {
-                    {{ dst }} = {{ src }};
+                    mval[t][c][i] = mask_data[mask_base[t][SLOT_OF[i]] + j];
                 }
-{% endif %}
             }
         }
     }
 }
+
+float mask_value(uint t, uint c, uint i) {
+    return float(mval[t][c][i]);
+}
+{% endif %}
 {% endif %}

@@ -21,6 +21,20 @@
     const float scale2 = pc.scale * LOG2E;
 {% if v.mask %}
     const float slope2 = slope * LOG2E;
+{% if L.mask_frag %}
+    // The fragment-ordered mask (kgen.render.mask_frag_groups): planes of 16-row tiles, each
+    // row of tiles padded to whole KV tiles. Row tiles past Nq read the last one (their
+    // results are dropped).
+    const uint mask_rows = pc.mask_stride_row == 0u ? 1u : pc.n_q;
+    const uint mask_plane = (b * pc.mask_stride_batch + h * pc.mask_stride_head) / (mask_rows * pc.n_kv);
+    const uint mask_row_tiles = (mask_rows + 15u) / 16u;
+    const uint mask_chunks = (pc.n_kv + BC - 1u) / BC * (BC / (MF_TILES * MN));
+    uint mask_tile[RT];
+    [[unroll]] for (uint t = 0u; t < RT; ++t) {
+        const uint row_tile = mask_rows == 1u ? 0u : min((row0 + strip + t * MM) / 16u, mask_row_tiles - 1u);
+        mask_tile[t] = (mask_plane * mask_row_tiles + row_tile) * mask_chunks;
+    }
+{% else %}
     // First mask element of each of this lane's rows. Rows past Nq read row Nq - 1 (their
     // results are dropped), so the loads in the loop need no row bounds.
     uint mask_base[RT][SLOTS];
@@ -29,6 +43,7 @@
             mask_base[t][s] = mask_row(b, h, min(my_row[t][s], pc.n_q - 1u));
         }
     }
+{% endif %}
 {% endif %}
 
     clear_kv();
@@ -67,18 +82,20 @@
         }
     }
 
+    // Two barriers per tile, and no global load is in flight across one: the H100 waits at a
+    // barrier for the loads issued before it (with the next K loaded before the P V barrier
+    // instead of after it, P1 ran 8% slower).
+    barrier();  // Ksh is free (Q's operands went through it)
     if (kv_start < kv_stop) {
         load_k(k_base, kv_start, kv_end);
+        store_k();
     }
     for (uint kv0 = kv_start; kv0 < kv_stop; kv0 += BC) {
-        barrier();  // the last tile's S (Ksh) and P V (Vsh) are done everywhere
-        store_k();
-        barrier();
+        barrier();  // Ksh holds this tile's K, and every subgroup finished the last P V (Vsh is free)
         load_v(v_base, kv0, kv_end);  // in flight during S and the softmax
 {% if v.mask %}
-        // Loaded here, they arrive during S without crossing a barrier (a tile ahead, they
-        // did, and P5 ran 5-10% slower on the H100).
-        load_mask(mask_base, kv0, kv_end);
+        // Loaded here, they arrive during S (a tile ahead, across barriers, P5 ran 5-10% slower).
+        {{ "load_mask(mask_tile, kv0);" if L.mask_frag else "load_mask(mask_base, kv0, kv_end);" }}
 {% endif %}
 
         // ---- S = Q K^T for this subgroup's rows, all BC columns: each K operand serves RT tiles ----
@@ -115,7 +132,7 @@
                 [[unroll]] for (uint i = 0u; i < ACC_LEN; ++i) {
 {% if scored %}
                     const uint qi = my_row[t][SLOT_OF[i]], j = kv0 + c * MN + my_col[i];
-{% set mv = ("unpackHalf2x16(mval[t][c][i / 2u])[i % 2u]" if F.pairs else "float(mval[t][c][i])") if v.mask else "0.0" %}
+{% set mv = "mask_value(t, c, i)" if v.mask else "0.0" %}
 {% if v.softcap %}
                     float s = fa_score_with(S[t][c][i], {{ mv }}, qi, j, slope) * LOG2E;
 {% else %}
@@ -165,12 +182,11 @@
             }
         }
 
-        store_v();  // every subgroup finished the last P V before the barrier at the top
-        barrier();
-        // Issued after the barrier, in flight during P V: the H100 waits at a barrier for the
-        // global loads issued before it (issued before it, P1 ran 8% slower).
-        if (kv0 + BC < kv_stop) {
-            load_k(k_base, kv0 + BC, kv_end);
+        store_v();
+        barrier();  // Vsh holds this tile's V, and every subgroup finished S (Ksh is free)
+        const bool more = kv0 + BC < kv_stop;
+        if (more) {
+            load_k(k_base, kv0 + BC, kv_end);  // in flight during P V
         }
 
         // ---- O += P V: P's A operands built from this lane's own S elements ----
@@ -188,6 +204,9 @@
                     O[t][j] = coopMatMulAdd(pa[t], vb, O[t][j]);
                 }
             }
+        }
+        if (more) {
+            store_k();
         }
     }
 

@@ -148,6 +148,11 @@ def _autotune(shapes: Shapes, device) -> None:
     tune(shapes, open_default(), device=device)
 
 
+def uses_frag_mask(v: Variant) -> bool:
+    """Whether a pass rewrites the mask in reg_softmax's fragment order before variant `v`."""
+    return bool(v.path is PathKind.COOPMAT1 and v.reg_softmax and v.mask and layout(v).mask_frag)
+
+
 class Plan:
     def __init__(self, shapes: Shapes, *, path: PathKind | None = None, device=None,
                  split_k: int | None = None, variant: Variant | None = None,
@@ -216,10 +221,6 @@ class Plan:
         s = self.kernel_shapes
         return tuple(t for t in "kv" if v.kv_f16 and getattr(s, f"{t}_type").quantized)
 
-    def _frag_mask(self, v: Variant) -> bool:
-        """Whether a pass rewrites the mask in reg_softmax's fragment order before the kernel."""
-        return bool(v.path == "coopmat1" and v.reg_softmax and v.mask and layout(v).mask_frag)
-
     def _kernel_layouts(self, v: Variant) -> dict[str, KvLayout]:
         """Where the attention kernel reads K and V: the caller's layouts, or for tensors that
         kv_f16 converts, the dense f16 copy."""
@@ -256,7 +257,7 @@ class Plan:
         if v.mask_tiles:
             tile_groups = mask_tiles_groups(s.mask_shape, v.br, v.bc)
             sizes["mask_tiles"] = 4 * math.prod(tile_groups)
-        frag_mask = self._frag_mask(v)
+        frag_mask = uses_frag_mask(v)
         if frag_mask:
             frag_groups = mask_frag_groups(s.mask_shape, v.bc, v.subgroup)
             sizes["mask_frag"] = 16 * MASK_FRAG_WG * math.prod(frag_groups)

@@ -212,9 +212,11 @@ def test_fragment_ordered_mask_pass(mat_n, bc, shape):
     from kgen.compile import compile_source
     from kgen.fragments import mask_frag_tiles, reg_layout
     from kgen.render import MASK_FRAG_WG, mask_frag_groups, render_mask_frag
+    from kgen.planning import uses_frag_mask
     v = Variant(**dict(BASE, mat_n=mat_n, bc=bc, mask=True, aligned=False))
     tiles = mask_frag_tiles(1, 16, mat_n, 16)
     assert tiles * mat_n == 16 and coopmat1.layout(v).mask_frag == tiles
+    assert uses_frag_mask(v) and not uses_frag_mask(dataclasses.replace(v, mask=False))
     rng = np.random.default_rng(sum(shape))
     mask = rng.uniform(-3, 0, shape).astype(np.float16)
     mask[..., ::7] = -np.inf

@@ -27,3 +27,12 @@ def no_validation_errors():
         from kgen.runtime import vk
         errors = vk.validation_errors()
         assert not errors, "Vulkan validation errors:\n" + "\n".join(errors[:5])
+
+
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory):
+    """A module's own SPIR-V and pipeline cache root (KGEN_CACHE_DIR), so cache tests start empty."""
+    root = tmp_path_factory.mktemp("kgen-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KGEN_CACHE_DIR", str(root / "spirv"))
+        yield root

@@ -38,14 +38,6 @@ FORMATS = SimpleNamespace(
 
 
 @pytest.fixture(scope="module")
-def cache_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kgen-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KGEN_CACHE_DIR", str(root / "spirv"))
-        yield root
-
-
-@pytest.fixture(scope="module")
 def spirv(cache_root) -> bytes:
     return compile_source(FILL, name="fill").spirv
 

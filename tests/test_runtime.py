@@ -50,14 +50,6 @@ def saxpy_ref(x: np.ndarray, a: float = A) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def cache_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kgen-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KGEN_CACHE_DIR", str(root / "spirv"))
-        yield root
-
-
-@pytest.fixture(scope="module")
 def spirv(cache_root) -> bytes:
     return compile_source(SAXPY, name="saxpy").spirv
 

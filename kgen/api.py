@@ -73,7 +73,8 @@ class Shapes:
         """The tuning class these shapes fall in."""
         return ProblemClass.of(head_k=self.head_k, head_v=self.head_v, k_type=self.k_type,
                                v_type=self.v_type, features=self.features, acc=PRECISIONS[self.precision],
-                               n_q=self.n_q, n_kv=self.n_kv, gqa=self.heads_q // self.heads_kv)
+                               n_q=self.n_q, n_kv=self.n_kv, gqa=self.heads_q // self.heads_kv,
+                               v_in_k=self.v_in_k)
 
     @property
     def features(self) -> tuple[str, ...]:

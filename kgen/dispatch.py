@@ -38,6 +38,8 @@ def _usable(uri: str, problem: ProblemClass, caps: Caps) -> Variant | None:
         return None
     if tuple(f for f in v.features if f != "split_k") != problem.features:
         return None
+    if v.v_in_k and not problem.v_in_k:
+        return None  # it reads V from K's tile
     return v
 
 

@@ -138,11 +138,11 @@ def collect(entries) -> list[Row]:
     rows = []
     for device, build, w in entries:
         v = _checked_variant(w)
-        if v.kv_f16 or v.mask_tiles or (v.reg_softmax and v.mask):
+        if v.kv_f16 or v.mask_tiles or (v.reg_softmax and v.mask) or v.o_split:
             raise NotImplementedError(
                 f"export of {v.uri} (class {w.problem.key}): the passes that run before the kernel "
                 "(kv_f16's K/V conversion, mask_tiles' classification, reg_softmax's fragment-ordered "
-                "mask) have no dispatch-table form yet")
+                "mask, o_split's fragment-ordered Q) have no dispatch-table form yet")
         fa = shader(("fa", v.uri), lambda: Shader(
             v.uri, compile_variant(v).spirv, v.wg, v.subgroup))
         red = None

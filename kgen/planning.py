@@ -13,7 +13,8 @@ from .errors import UnsupportedVariant
 from .kvtensor import KVTensor, KvLayout, layout_of, views_k
 from .paths.coopmat1 import direct_reason, layout
 from .render import (MASK_FRAG_WG, REDUCE_WG, kv_to_f16_groups, mask_frag_groups, mask_tiles_groups,
-                     render_kv_to_f16, render_mask_frag, render_mask_tiles, render_split_k_reduce)
+                     q_frag_groups, render_kv_to_f16, render_mask_frag, render_mask_tiles, render_q_frag,
+                     render_split_k_reduce)
 from .space import default_variant, why_invalid
 from .variant import PathKind, Variant
 
@@ -213,6 +214,9 @@ class Plan:
         if v.features != s.features + (("split_k",) if splits > 1 else ()):
             raise ValueError(f"variant {v.uri} has features {v.features}; the call needs "
                              f"{s.features + (('split_k',) if splits > 1 else ())}")
+        if v.v_in_k and not self.v_in_k:
+            raise ValueError(f"variant {v.uri} reads V from K's tile (v_in_k); this call's V is not "
+                             "a view of K's rows")
         if v.aligned and s.n_kv % v.bc:
             raise ValueError(f"variant {v.uri} is aligned (Nkv % {v.bc} == 0) but Nkv={s.n_kv}")
 
@@ -261,6 +265,9 @@ class Plan:
         if frag_mask:
             frag_groups = mask_frag_groups(s.mask_shape, v.bc, v.subgroup)
             sizes["mask_frag"] = 16 * MASK_FRAG_WG * math.prod(frag_groups)
+        if v.o_split:
+            q_groups = q_frag_groups(s.n_q, s.heads_q, s.batch)
+            sizes["q_frag"] = 16 * v.subgroup * layout(v).ks_steps * math.prod(q_groups)
         self.kernel = fa
         self._buffers = {name: dev.buffer(n) for name, n in sizes.items()}
         binds = {abi.BINDING[name]: buf for name, buf in self._buffers.items() if name in abi.BINDING}
@@ -288,6 +295,13 @@ class Plan:
             steps.append((reorder, {abi.BINDING["mask"]: self._buffers["mask"],
                                     abi.BINDING["out"]: self._buffers["mask_frag"]}, push, frag_groups))
             binds[abi.BINDING["mask"]] = self._buffers["mask_frag"]
+        if v.o_split:
+            # Q in the order the kernel's lanes hold their A operands (every call: Q changes).
+            name = f"q_frag_regs{v.reg_softmax}_k{v.head_k}"
+            reorder = dev.pipeline(compile_source(render_q_frag(v), name=name).spirv, name=name)
+            steps.append((reorder, {abi.BINDING["q"]: self._buffers["q"],
+                                    abi.BINDING["out"]: self._buffers["q_frag"]}, push, q_groups))
+            binds[abi.BINDING["q"]] = self._buffers["q_frag"]
         groups = (math.ceil(s.n_q / v.br), s.heads_q, s.batch * self.splits)
         steps.append((fa, binds, push, groups))
         if self.splits > 1:

@@ -11,6 +11,7 @@ from .variant import FEATURES, HEAD_MAX, HEAD_MIN, HEAD_STEP
 NQ_BUCKETS = (1, 8, 64, 512, None)            # 1, 2-8, 9-64, 65-512, >512
 NKV_BUCKETS = (256, 1024, 4096, 16384, None)
 GQA_BUCKETS = (1, 2, 4, 8, 16, None)
+V_IN_K = "v_in_k"  # listed after the features in a class key
 
 
 def bucket(value: int, edges: tuple) -> int:
@@ -51,6 +52,8 @@ class ProblemClass:
     nq_bucket: int = 3
     nkv_bucket: int = 3
     gqa_bucket: int = 0
+    v_in_k: bool = False             # V is the first head_v columns of K's rows (MLA): kernels may
+                                     # read it from K's tile, so it is part of the class
 
     def __post_init__(self):
         object.__setattr__(self, "k_type", KvType.parse(self.k_type))
@@ -88,7 +91,7 @@ class ProblemClass:
     def key(self) -> str:
         """Stable text form, e.g. `128/128 f16/f16 acc32 mask+causal nq3 nkv3 gqa0`: the tuning
         DB's class column and what reports print. `ProblemClass.parse(key)` round-trips."""
-        feats = "+".join(self.features) or "-"
+        feats = "+".join(self.key_features) or "-"
         return (f"{self.head_k}/{self.head_v} {self.k_type.label}/{self.v_type.label} acc{self.acc} "
                 f"{feats} nq{self.nq_bucket} nkv{self.nkv_bucket} gqa{self.gqa_bucket}")
 
@@ -106,11 +109,18 @@ class ProblemClass:
                 raise ValueError(f"problem class key {key!r}: {name}={index}, at most {len(edges) - 1}")
         features = () if g["features"] == "-" else tuple(g["features"].split("+"))
         problem = cls(head_k=int(g["hk"]), head_v=int(g["hv"]), k_type=g["kt"], v_type=g["vt"],
-                      features=features, acc=int(g["acc"]),
+                      features=tuple(f for f in features if f != V_IN_K), acc=int(g["acc"]),
+                      v_in_k=V_IN_K in features,
                       **{name: index for name, (index, _) in buckets.items()})
         if problem.key != key:
             raise ValueError(f"problem class key {key!r} is not canonical (expected {problem.key!r})")
         return problem
+
+    @property
+    def key_features(self) -> tuple[str, ...]:
+        """The features as the key and the tuning DB list them: v_in_k joins them (a class
+        with V inside K is tuned apart, and its nearest classes are too)."""
+        return self.features + ((V_IN_K,) if self.v_in_k else ())
 
     @property
     def describe(self) -> str:

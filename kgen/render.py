@@ -8,7 +8,7 @@ from pathlib import Path
 import jinja2
 
 from . import abi
-from .fragments import MASK_FRAG_CHUNK, mask_frag_tiles, reg_layout
+from .fragments import MASK_FRAG_CHUNK, SCHEMES, expected, mask_frag_tiles, reg_layout
 from .paths import path_spec
 from .types import KvType
 from .variant import Variant
@@ -147,6 +147,36 @@ def mask_frag_groups(mask_shape: tuple[int, int, int, int], bc: int, lanes: int 
     chunks = -(-n_kv // bc) * (bc // MASK_FRAG_CHUNK)
     return _within_group_limit((-(-chunks // (wg // lanes)), -(-rows // 16), planes), "mask_frag",
                                f"mask {mask_shape}, bc={bc}")
+
+
+Q_FRAG_WG = 128
+
+
+def render_q_frag(v: Variant, wg: int = Q_FRAG_WG) -> str:
+    """The pass that writes Q (f32) as f16 in the A-fragment order of o_split variant `v`
+    (templates/q_frag.comp.j2); grid from `q_frag_groups`."""
+    if not v.o_split:
+        raise ValueError(f"{v.uri}: only o_split variants read a fragment-ordered Q")
+    a = expected(SCHEMES[v.reg_softmax], v.mat_m, v.mat_n, v.mat_k)[1]
+    lanes, a_len = len(a.rows), len(a.rows[0])
+    if (v.mat_m, v.mat_k, a_len) != (16, 16, 8):
+        raise ValueError(f"{v.uri}: a fragment-ordered Q needs 16x16 A operands of 8 halves per lane")
+    if wg < 1:
+        raise ValueError(f"wg={wg}: must be >= 1")
+    template = environment().get_template("q_frag.comp.j2")
+    return _tidy(template.render(scheme=v.reg_softmax, head_k=v.head_k, ksteps=-(-v.head_k // 16),
+                                 lanes=lanes, wg=wg, a_rows=a.rows, a_cols=a.cols,
+                                 push_fields=abi.PUSH_FIELDS, binding=abi.BINDING))
+
+
+def q_frag_groups(n_q: int, heads_q: int, batch: int) -> tuple[int, int, int]:
+    """Grid of the Q-fragment pass: (row tiles of 16, heads, batch); its output holds
+    16 * 32 lanes * depth steps of 16 bytes per workgroup."""
+    for name, value in (("n_q", n_q), ("heads_q", heads_q), ("batch", batch)):
+        if value < 1:
+            raise ValueError(f"{name}={value}: must be >= 1")
+    return _within_group_limit((-(-n_q // 16), heads_q, batch), "q_frag",
+                               f"n_q={n_q}, heads_q={heads_q}, batch={batch}")
 
 
 def _tidy(text: str) -> str:

@@ -106,7 +106,7 @@ def _expected_columns() -> dict[str, tuple[str, ...]]:
 
 def _class_values(problem: ProblemClass) -> tuple:
     return (problem.head_k, problem.head_v, problem.k_type.label, problem.v_type.label,
-            "+".join(problem.features), problem.acc, problem.nq_bucket, problem.nkv_bucket,
+            "+".join(problem.key_features), problem.acc, problem.nq_bucket, problem.nkv_bucket,
             problem.gqa_bucket)
 
 
@@ -166,7 +166,8 @@ def _check_choice(where: str, problem: ProblemClass, uri: str, splits: int) -> N
     same = {"head_k": v.head_k == problem.head_k, "head_v": v.head_v == problem.head_v,
             "k_type": v.k_type == problem.k_type, "v_type": v.v_type == problem.v_type,
             "acc": v.acc == problem.acc,
-            "features": {*v.features} - {"split_k"} == {*problem.features} - {"split_k"}}
+            "features": {*v.features} - {"split_k"} == {*problem.features} - {"split_k"},
+            "v_in_k": problem.v_in_k or not v.v_in_k}
     wrong = [name for name, ok in same.items() if not ok]
     if wrong:
         _fail(where, f"{uri} does not match problem class {problem.key!r} in {', '.join(wrong)}")

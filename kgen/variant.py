@@ -65,6 +65,9 @@ class Variant:
                               # loads, the next tile in flight during this one's work
     reg_softmax: int = 0      # coopmat1, f16 K/V: each subgroup keeps S, P and O of its rows in
                               # registers; the number names the fragment scheme (kgen/fragments.py)
+    o_split: bool = False     # reg_softmax: O split by columns over the subgroups and S shared
+                              # through shared memory (head_v too wide for one subgroup's registers)
+    v_in_k: bool = False      # V is the first head_v columns of K's rows (MLA): read from K's tile
     kv_f16: bool = False      # a pass converts block-quantized K/V to dense f16 before the kernel
     mask_tiles: bool = False  # coopmat2: a pass classifies mask tiles (all -inf: skipped; all 0: no load)
     mat_m: int = 0           # coopmat1: matrix shape M x N x K
@@ -154,6 +157,9 @@ def _intrinsic_reason(v: Variant) -> str | None:
                 "types only (leave it False)")
     if v.mask_tiles and not v.mask:
         return "mask_tiles classifies the mask's tiles: it needs the mask feature"
+    if v.v_in_k and (v.head_v > v.head_k or v.k_type != v.v_type):
+        return (f"v_in_k: V ({v.head_v} {v.v_type}) is the first columns of K's rows "
+                f"({v.head_k} {v.k_type}): head_v <= head_k, one type")
     if v.alibi and not v.mask:
         return "alibi scales the mask (score + slope * mask): it needs the mask feature"
     return None
@@ -187,6 +193,8 @@ _TOKENS: list[tuple[Callable[[Variant], str], str]] = [
     _flag("kv_direct", "direct"),
     _flag("kv_stream", "stream"),
     _knob("reg_softmax", "regs"),
+    _flag("o_split", "osplit"),
+    _flag("v_in_k", "vink"),
     _flag("kv_f16", "kvf16"),
     _flag("mask_tiles", "mtiles"),
     (lambda v: f"m{v.mat_m}n{v.mat_n}k{v.mat_k}" if v.mat_m else "",

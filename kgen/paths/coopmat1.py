@@ -99,6 +99,10 @@ def check(v: Variant) -> str | None:
                 f"mat_k={v.mat_k} (P.V depth), and at most {BC_MAX}")
     if v.mask_tiles:
         return "mask_tiles: a coopmat2 knob (leave it False)"
+    if v.o_split or v.v_in_k:
+        if not v.reg_softmax:
+            return "o_split, v_in_k: reg_softmax knobs (set reg_softmax to a fragment scheme)"
+        return _osplit_reason(v)
     if v.reg_softmax:
         return _regs_reason(v)  # its softmax works on the accumulators: no lanes-per-row rule
     # Softmax: each row is owned by tpr adjacent lanes that reduce by xor shuffles.
@@ -173,6 +177,46 @@ def _regs_reason(v: Variant) -> str | None:
     return None
 
 
+OSPLIT_O_MAX = 128  # o_split: f32 O elements per lane (all of the workgroup's rows, its columns)
+
+
+def _osplit_reason(v: Variant) -> str | None:
+    """o_split: subgroup (row tile, column group) owns one mat_m x mat_k S block per KV tile;
+    O is split by columns over the subgroups; V is read from the K tile."""
+    if not (v.o_split and v.v_in_k):
+        return ("o_split and v_in_k go together: the o_split kernel reads V from K's tile in "
+                "shared memory (a separate V tile is not implemented)")
+    if v.kv_staging or v.kv_direct or v.kv_stream:
+        return "o_split stages whole K tiles itself (leave kv_staging, kv_direct, kv_stream False)"
+    if v.k_type != KvType.F16:
+        return f"o_split with {v.k_type} K: it copies f16 rows in 16-byte loads (quantized caches: use kv_f16)"
+    if v.acc != 32:
+        return f"o_split with acc={v.acc}: O is accumulated in f32 registers (acc=32)"
+    if (v.mat_m, v.mat_k) != (16, 16):
+        return (f"o_split: mat_m={v.mat_m}, mat_k={v.mat_k} must be 16 and 16 (a subgroup's S block "
+                "is one P depth step, and Q, P and the mask are 16-byte fragments)")
+    groups = (v.br // v.mat_m) * (v.bc // v.mat_k)
+    if groups != v.wg // v.subgroup:
+        return (f"o_split: br={v.br}, bc={v.bc}: subgroups must be (br / {v.mat_m}) * (bc / "
+                f"{v.mat_k}) = {groups}, one per S block; wg={v.wg} has {v.wg // v.subgroup}")
+    if v.head_v % (groups * v.mat_n):
+        return (f"o_split: head_v={v.head_v} must be a multiple of subgroups * mat_n = "
+                f"{groups * v.mat_n} (O columns are split evenly over the subgroups)")
+    per_lane = v.br * v.head_v // v.wg
+    if per_lane > OSPLIT_O_MAX:
+        return (f"o_split: br={v.br}, head_v={v.head_v}, wg={v.wg}: O is {per_lane} f32 registers "
+                f"per lane, at most {OSPLIT_O_MAX}")
+    try:
+        reg_layout(v.reg_softmax, v.mat_m, v.mat_n, v.mat_k)
+    except ValueError as e:
+        return str(e)
+    staged = layout(v).staged
+    if staged > REGS_STAGED_MAX:
+        return (f"o_split: bc={v.bc}, wg={v.wg}: a K tile is {staged} 16-byte loads per thread, "
+                f"held in registers; at most {REGS_STAGED_MAX}")
+    return None
+
+
 @dataclass(frozen=True)
 class Layout:
     """Numbers derived from a valid coopmat1 variant; the template binds them as constants.
@@ -217,6 +261,7 @@ class Layout:
     frag: RegLayout | None = None  # reg_softmax: the fragment scheme's numbers
     mask_frag: int = 0             # reg_softmax with a mask: S tiles per 16-byte element of the
                                    # fragment-ordered mask (kgen.render.render_mask_frag); 0: scalars
+    split_cols: int = 0            # o_split: O columns each subgroup owns
 
     @property
     def shared_bytes(self) -> int:
@@ -297,6 +342,26 @@ def _regs_layout(v: Variant, hsk_pad: int, hsv_pad: int) -> dict:
                 mask_frag=mask_frag_tiles(v.reg_softmax, v.mat_m, v.mat_n, v.mat_k) if v.mask else 0)
 
 
+def _osplit_layout(v: Variant, hsk_pad: int) -> dict:
+    """o_split: the K tile (which holds V too), P in A-fragment order, per-row exchange."""
+    k_stride = hsk_pad + F16_PAD
+    k_step = _per_thread(v.bc * v.head_k // 8, v.wg)
+    nsg = v.wg // v.subgroup
+    shared = (
+        SharedArray("Ksh", "uvec4", v.bc * k_stride // 8, "K tile (bc rows, 16-byte elements); V is its first head_v columns"),
+        SharedArray("Psh", "uvec4", nsg * v.subgroup,
+                    "P (f16) of every S block in A-fragment order: [row tile][column group][lane]"),
+        SharedArray("Xsh", "float", v.bc // v.mat_k * v.br,
+                    "per column group and row: the block's row max, at the end its row sum"),
+    )
+    return dict(q_stride=k_stride, k_chunk=hsk_pad, k_chunks=1, k_stride=k_stride, v_rows=v.bc,
+                v_chunks=1, v_stride=k_stride, k_step=k_step, v_step=0, staged=k_step,
+                ks_steps=hsk_pad // v.mat_k, shared=shared, row_tiles=v.br // v.mat_m,
+                frag=reg_layout(v.reg_softmax, v.mat_m, v.mat_n, v.mat_k),
+                mask_frag=mask_frag_tiles(v.reg_softmax, v.mat_m, v.mat_n, v.mat_k) if v.mask else 0,
+                split_cols=v.head_v // nsg)
+
+
 def layout(v: Variant) -> Layout:
     nsg = v.wg // v.subgroup
     hsk_pad = _round_up(v.head_k, v.mat_k)
@@ -343,7 +408,9 @@ def layout(v: Variant) -> Layout:
     )
     if v.kv_stream:
         fields.update(_stream_layout(v, nsg, hsk_pad, hsv_pad))
-    if v.reg_softmax:
+    if v.o_split:
+        fields.update(_osplit_layout(v, hsk_pad))
+    elif v.reg_softmax:
         fields.update(_regs_layout(v, hsk_pad, hsv_pad))
     return Layout(**fields)
 
@@ -365,6 +432,10 @@ def direct_reason(v: Variant, n_kv: int, layouts) -> str | None:
                     f"{lay.offset} and strides {lay.strides} must be multiples of {DIRECT_ELEMENT}")
     if v.kv_direct and not v.aligned and n_kv < v.bc:
         return f"kv_direct: Nkv={n_kv} must be at least bc={v.bc} (the last tile is read whole)"
+    k, vv = layouts["k"], layouts["v"]
+    if v.v_in_k and (vv.offset, vv.strides) != (k.offset, k.strides):
+        return (f"v_in_k reads V as the first head_v columns of K's rows: V's offset {vv.offset} and "
+                f"strides {vv.strides} must be K's ({k.offset}, {k.strides})")
     return None
 
 
@@ -478,6 +549,15 @@ def candidates(problem: ProblemClass, caps: Caps) -> Iterator[dict]:
                 if nsg * m <= max(m, _round_up(problem.n_q, m)):
                     yield dict(common, br=nsg * m, bc=bc, wg=nsg * caps.subgroup_size,
                                mat_m=m, mat_n=n, mat_k=k, reg_softmax=scheme)
+        for scheme in (device_schemes(caps, m, n, k) if direct and problem.acc == 32
+                       and problem.v_in_k else ()):
+            # V inside K (MLA): O split by columns over one subgroup per S block of mat_m rows x
+            # mat_k columns, V read from the K tile (the rules keep what fits: 576/512 -> br 64, bc 32).
+            for br, bc in itertools.product((32, 64), (16, 32, 64)):
+                nsg = br // m * (bc // k)
+                if 2 <= nsg <= 16 and br <= max(m, _round_up(problem.n_q, m)):
+                    yield dict(common, br=br, bc=bc, wg=nsg * caps.subgroup_size, mat_m=m, mat_n=n,
+                               mat_k=k, reg_softmax=scheme, o_split=True, v_in_k=True)
         if direct:
             # Without staging buffers a wider KV tile fits: fewer softmax steps per key.
             for br, nsg in itertools.product(_tile_rows(problem, m), (2, 4, 8)):

@@ -63,6 +63,8 @@ def check(v: Variant) -> str | None:
         return "kv_stream: a coopmat1 kernel (leave it False)"
     if v.reg_softmax:
         return "reg_softmax: a coopmat1 kernel (leave it 0)"
+    if v.o_split or v.v_in_k:
+        return "o_split, v_in_k: coopmat1 reg_softmax knobs (leave them False)"
     if v.kv_staging or v.kv_direct:
         return ("kv_staging/kv_direct: coopmat2 loads K/V through tensor layouts and the driver "
                 "stages them; leave both False")

@@ -43,6 +43,8 @@ def check(v: Variant) -> str | None:
         return "kv_stream: a coopmat1 kernel (leave it False)"
     if v.reg_softmax:
         return "reg_softmax: a coopmat1 kernel (leave it 0)"
+    if v.o_split or v.v_in_k:
+        return "o_split, v_in_k: coopmat1 reg_softmax knobs (leave them False)"
     if v.kv_direct:
         return "kv_direct loads matrix operands: a coopmat1 knob (leave it False)"
     if v.mask_tiles:

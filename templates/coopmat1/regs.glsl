@@ -4,13 +4,10 @@
     through shared memory as 16-byte elements, each thread holding its share of the next one in
     registers while the current products run. -#}
 {% set F = L.frag %}
-{% set ragged_k = L.k_step * v.wg != v.bc * v.head_k // 8 %}
 {% set ragged_v = L.v_step * v.wg != v.bc * v.head_v // 8 %}
 {% set scored = v.mask or v.causal or v.softcap or v.alibi or not v.aligned %}
-const uint K_VECS = HSK / 8u;         // 16-byte elements per K row (head sizes are multiples of 8)
 const uint V_VECS = HSV / 8u;
 const uint Q_VECS = HSK_PAD / 8u;     // Q rows are staged with their zero padding
-const uint KSH_ROW = K_STRIDE / 8u;   // 16-byte elements between rows of Ksh / Vsh / Qsh
 const uint VSH_ROW = V_STRIDE / 8u;
 const uint KSTEPS = HSK_PAD / MK;     // q.k depth steps
 const uint PSTEPS = BC / MK;          // P.V depth steps per tile
@@ -18,37 +15,8 @@ const uint TILES_PER_PSTEP = MK / MN; // S tiles one P operand spans
 const uint S_N = BC / MN;             // S tiles (of MM x MN) per tile row
 const uint O_N = HSV_PAD / MN;        // O tiles per row tile
 const uint RT = {{ L.row_tiles }}u;   // tiles of MM rows per subgroup
-const float LOG2E = 1.4426950408889634;
-const float LN2 = 0.6931471805599453;
-
-// ---- fragment scheme {{ v.reg_softmax }}: lane l's accumulator element i is row
-// FRAG_ROW[l * SLOTS + SLOT_OF[i]] and column FRAG_COL[l * ACC_LEN + i] of its MM x MN tile ----
-const uint ACC_LEN = {{ F.acc_len }}u;  // accumulator elements per lane
-const uint A_LEN = {{ F.a_len }}u;      // A-operand elements per lane
-const uint SLOTS = {{ F.slots }}u;      // rows a lane holds per tile
-const uint SLOT_OF[ACC_LEN] = uint[]({{ F.slot_of | join("u, ") }}u);
-const uint FRAG_ROW[SG * SLOTS] = uint[]({% for r in F.rows %}{{ r | join("u, ") }}u{{ ", " if not loop.last }}{% endfor %});
-const uint FRAG_COL[SG * ACC_LEN] = uint[]({% for c in F.cols %}{{ c | join("u, ") }}u{{ ", " if not loop.last }}{% endfor %});
-// P's A element e is element A_ELEM[e] of S tile A_TILE[e] (within the step): same lane.
-const uint A_TILE[A_LEN] = uint[]({% for t, i in F.a_from %}{{ t }}u{{ ", " if not loop.last }}{% endfor %});
-const uint A_ELEM[A_LEN] = uint[]({% for t, i in F.a_from %}{{ i }}u{{ ", " if not loop.last }}{% endfor %});
-
-// Max and sum over the lanes that hold the same row (xor masks {{ F.row_xor | join(", ") }}).
-float row_max(float x) {
-{% for o in F.row_xor %}
-    x = max(x, subgroupShuffleXor(x, {{ o }}u));
-{% endfor %}
-    return x;
-}
-
-float row_sum(float x) {
-{% for o in F.row_xor %}
-    x += subgroupShuffleXor(x, {{ o }}u);
-{% endfor %}
-    return x;
-}
-
-uvec4 kv_staged[STAGED];
+{% include "coopmat1/frag.glsl" %}
+{% include "coopmat1/k_tile.glsl" %}
 
 // Zeros everywhere in Ksh and Vsh: head columns past HSK / HSV (up to the matrix padding) are
 // never written by a tile, and the products read them.
@@ -75,34 +43,6 @@ void stage_q_rows(uint q_base, uint row0, uint q0, uint rows) {
             }
         }
         {{ q_dst }}[r * KSH_ROW + c] = x;
-    }
-}
-
-// K rows kv0..kv0+BC-1 -> registers (rows past kv_end as zeros); store_k puts them in Ksh.
-void load_k(uint k_base, uint kv0, uint kv_end) {
-    [[unroll]] for (uint n = 0u; n < K_STEP; ++n) {
-        const uint e = tid + n * WG, j = e / K_VECS;
-        bool in_tile = true;
-{% if ragged_k %}
-        in_tile = e < BC * K_VECS;
-{% endif %}
-{% if not v.aligned %}
-        in_tile = in_tile && kv0 + j < kv_end;
-{% endif %}
-        kv_staged[n] = uvec4(0u);
-        if (in_tile) {
-            kv_staged[n] = k_direct[(k_base + (kv0 + j) * pc.k_stride_row) / 8u + e % K_VECS];
-        }
-    }
-}
-
-void store_k() {
-    [[unroll]] for (uint n = 0u; n < K_STEP; ++n) {
-        const uint e = tid + n * WG;
-{% if ragged_k %}
-        if (e < BC * K_VECS)
-{% endif %}
-        Ksh[e / K_VECS * KSH_ROW + e % K_VECS] = kv_staged[n];
     }
 }
 

@@ -266,8 +266,8 @@ class Plan:
             frag_groups = mask_frag_groups(s.mask_shape, v.bc, v.subgroup)
             sizes["mask_frag"] = 16 * MASK_FRAG_WG * math.prod(frag_groups)
         if v.o_split:
-            q_groups = q_frag_groups(s.n_q, s.heads_q, s.batch)
-            sizes["q_frag"] = 16 * v.subgroup * layout(v).ks_steps * math.prod(q_groups)
+            q_groups = q_frag_groups(s.n_q, s.heads_q, s.batch, s.head_k)
+            sizes["q_frag"] = 16 * v.subgroup * layout(v).ks_steps * q_groups[1] * q_groups[2]
         self.kernel = fa
         self._buffers = {name: dev.buffer(n) for name, n in sizes.items()}
         binds = {abi.BINDING[name]: buf for name, buf in self._buffers.items() if name in abi.BINDING}

@@ -169,14 +169,14 @@ def render_q_frag(v: Variant, wg: int = Q_FRAG_WG) -> str:
                                  push_fields=abi.PUSH_FIELDS, binding=abi.BINDING))
 
 
-def q_frag_groups(n_q: int, heads_q: int, batch: int) -> tuple[int, int, int]:
-    """Grid of the Q-fragment pass: (row tiles of 16, heads, batch); its output holds
-    16 * 32 lanes * depth steps of 16 bytes per workgroup."""
-    for name, value in (("n_q", n_q), ("heads_q", heads_q), ("batch", batch)):
+def q_frag_groups(n_q: int, heads_q: int, batch: int, head_k: int) -> tuple[int, int, int]:
+    """Grid of the Q-fragment pass: (chunks of 64 head columns, row tiles of 16, batch x heads);
+    its output holds 32 lanes x ceil(head_k / 16) depth steps of 16 bytes per row tile and head."""
+    for name, value in (("n_q", n_q), ("heads_q", heads_q), ("batch", batch), ("head_k", head_k)):
         if value < 1:
             raise ValueError(f"{name}={value}: must be >= 1")
-    return _within_group_limit((-(-n_q // 16), heads_q, batch), "q_frag",
-                               f"n_q={n_q}, heads_q={heads_q}, batch={batch}")
+    return _within_group_limit((-(-head_k // 64), -(-n_q // 16), batch * heads_q), "q_frag",
+                               f"n_q={n_q}, heads_q={heads_q}, batch={batch}, head_k={head_k}")
 
 
 def _tidy(text: str) -> str:

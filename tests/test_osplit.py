@@ -150,12 +150,12 @@ def test_fragment_ordered_q_pass(shape, mat_n):
                        **({} if d == 576 else dict(br=32, bc=32, wg=128))))
     rng = np.random.default_rng(n_q)
     q = rng.standard_normal(shape).astype(np.float32)
-    groups = q_frag_groups(n_q, h, b)
+    groups = q_frag_groups(n_q, h, b, d)
     steps = -(-d // 16)
     dev = open_device(None)
     src = dev.buffer(q.nbytes)
     src.write(q.tobytes())
-    out = dev.buffer(16 * 32 * steps * math.prod(groups))
+    out = dev.buffer(16 * 32 * steps * groups[1] * groups[2])
     out.write(bytes([0xFF]) * out.nbytes)  # an element the pass leaves out shows as NaN
     kernel = dev.pipeline(compile_source(render_q_frag(v), name="q_frag").spirv, name="q_frag")
     push = abi.pack_some(n_q=n_q, n_head_q=h, q_stride_row=d, q_stride_head=n_q * d,

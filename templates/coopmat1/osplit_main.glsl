@@ -3,21 +3,22 @@
 {% set F = L.frag %}
 {% set scored = v.mask or v.causal or v.softcap or v.alibi or not v.aligned %}
     // This subgroup's S block, and the rows this lane's accumulator elements hold in every row
-    // tile (O covers all of them).
+    // tile (O covers all of them), relative to row0. The fragment tables are read here only:
+    // indexed by lane they are divergent constant loads, which the loop cannot afford.
     const uint rt_s = sg / CG, cg = sg % CG;
     const uint o_col0 = sg * O_SG;
-    uint my_row[RT][SLOTS];
-    [[unroll]] for (uint t = 0u; t < RT; ++t) {
-        [[unroll]] for (uint s = 0u; s < SLOTS; ++s) {
-            my_row[t][s] = row0 + t * MM + FRAG_ROW[lane * SLOTS + s];
+    uint my_row[RT][SLOTS], s_row[SLOTS];
+    [[unroll]] for (uint s = 0u; s < SLOTS; ++s) {
+        const uint r = FRAG_ROW[lane * SLOTS + s];
+        s_row[s] = rt_s * MM + r;
+        [[unroll]] for (uint t = 0u; t < RT; ++t) {
+            my_row[t][s] = t * MM + r;
         }
     }
-{% if scored %}
     uint my_col[ACC_LEN];
     [[unroll]] for (uint i = 0u; i < ACC_LEN; ++i) {
         my_col[i] = FRAG_COL[lane * ACC_LEN + i];
     }
-{% endif %}
     // Q's operands of row tile rt_s (tiles past Nq read the last one: their rows are dropped).
     const uint q_tiles = (pc.n_q + 15u) / 16u;
     const uint q_at = ((b * pc.n_head_q + h) * q_tiles + min((row0 + rt_s * MM) / 16u, q_tiles - 1u))
@@ -91,7 +92,7 @@
 {% if v.softcap or v.causal %}
                 uint qi = 0u;
                 [[unroll]] for (uint t = 0u; t < RT; ++t) {
-                    qi = t == rt_s ? my_row[t][SLOT_OF[i]] : qi;
+                    qi = t == rt_s ? row0 + my_row[t][SLOT_OF[i]] : qi;
                 }
 {% endif %}
 {% set mv = "mask_value(c, i)" if v.mask else "0.0" %}
@@ -116,7 +117,7 @@
         [[unroll]] for (uint s = 0u; s < SLOTS; ++s) {
             const float r = row_max(mx[s]);
             if ((lane & ROW_LANES) == 0u) {
-                Xsh[cg * BR + rt_s * MM + FRAG_ROW[lane * SLOTS + s]] = r;
+                Xsh[cg * BR + s_row[s]] = r;
             }
         }
         barrier();  // every block's row maxima are in Xsh
@@ -130,7 +131,7 @@
         [[unroll]] for (uint t = 0u; t < RT; ++t) {
             float alpha[SLOTS];
             [[unroll]] for (uint s = 0u; s < SLOTS; ++s) {
-                const uint r = t * MM + FRAG_ROW[lane * SLOTS + s];
+                const uint r = my_row[t][s];
                 float m_new = m_o[t][s];
                 [[unroll]] for (uint g = 0u; g < CG; ++g) {
                     m_new = max(m_new, Xsh[g * BR + r]);
@@ -199,7 +200,7 @@
     [[unroll]] for (uint s = 0u; s < SLOTS; ++s) {
         const float l = row_sum(l_s[s]);
         if ((lane & ROW_LANES) == 0u) {
-            Xsh[cg * BR + rt_s * MM + FRAG_ROW[lane * SLOTS + s]] = l;
+            Xsh[cg * BR + s_row[s]] = l;
         }
     }
     barrier();
@@ -207,7 +208,7 @@
     [[unroll]] for (uint t = 0u; t < RT; ++t) {
         float f[SLOTS];
         [[unroll]] for (uint s = 0u; s < SLOTS; ++s) {
-            const uint r = t * MM + FRAG_ROW[lane * SLOTS + s];
+            const uint r = my_row[t][s];
             float l = 0.0;
             [[unroll]] for (uint g = 0u; g < CG; ++g) {
                 l += Xsh[g * BR + r];
@@ -224,14 +225,14 @@
             f[s] = m > MASKED_LIMIT && l > 0.0 ? 1.0 / l : 0.0;  // a row that saw nothing: zeros
 {% endif %}
 {% if v.split_k %}
-            if (sg == 0u && (lane & ROW_LANES) == 0u && my_row[t][s] < pc.n_q) {
-                stats_data[(out_split * pc.n_head_q + h) * pc.n_q + my_row[t][s]] = vec2(m, l);
+            if (sg == 0u && (lane & ROW_LANES) == 0u && row0 + r < pc.n_q) {
+                stats_data[(out_split * pc.n_head_q + h) * pc.n_q + row0 + r] = vec2(m, l);
             }
 {% endif %}
         }
         [[unroll]] for (uint j = 0u; j < O_N; ++j) {
             [[unroll]] for (uint i = 0u; i < ACC_LEN; ++i) {
-                const uint qi = my_row[t][SLOT_OF[i]], d = o_col0 + j * MN + FRAG_COL[lane * ACC_LEN + i];
+                const uint qi = row0 + my_row[t][SLOT_OF[i]], d = o_col0 + j * MN + my_col[i];
                 if (qi < pc.n_q && d < HSV) {
                     out_data[((out_split * pc.n_head_q + h) * pc.n_q + qi) * HSV + d] = O[t][j][i] * f[SLOT_OF[i]];
                 }

@@ -7,7 +7,6 @@ The rules, the class plumbing and the Q pass run everywhere; the kernels run whe
 exists with a probed scheme (the H100); elsewhere forcing one fails before any submission.
 """
 import dataclasses
-import math
 
 import numpy as np
 import pytest

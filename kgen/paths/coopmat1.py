@@ -38,6 +38,14 @@ is a few xor shuffles and P becomes the A operand of P V in place. Only the K an
 through shared memory (whole tiles as 16-byte elements; the next K tile is loaded during P V,
 the V tile during S and the softmax), so a tile costs three barriers and no S/P round trip.
 Q's operands stay in registers up to REGS_Q_STEPS of them, else in shared memory.
+
+`o_split` (with `v_in_k`: MLA prefill, 576/512) is reg_softmax for V heads too wide for one
+subgroup's O registers. Subgroup (row tile, column group) computes one mat_m x mat_k S block per
+KV tile; the blocks' row maxima meet in shared memory; P goes there in A-fragment order; each
+subgroup then multiplies all br rows of P by its head_v / subgroups columns of V, read from the
+K tile already in shared memory (V is K's first head_v columns). Q is read from the cache in
+A-fragment order (a pass before the kernel writes it), since 64 rows of 576 halves would not
+fit in shared memory beside the K tile.
 """
 from __future__ import annotations
 

@@ -159,9 +159,10 @@ def _checked_variant(w: Winner) -> Variant:
     v, p = Variant.parse(w.variant), w.problem
     want = (p.head_k, p.head_v, p.k_type, p.v_type, p.acc, p.features + (("split_k",) if w.splits > 1 else ()))
     have = (v.head_k, v.head_v, v.k_type, v.v_type, v.acc, v.features)
-    if want != have or w.splits < 1:
+    if want != have or w.splits < 1 or (v.v_in_k and not p.v_in_k):
         raise ExportError(f"winner {w.variant} (splits {w.splits}) does not compute class {p.key}: "
-                          f"(head_k, head_v, k_type, v_type, acc, features) {have}, the class needs {want}")
+                          f"(head_k, head_v, k_type, v_type, acc, features) {have}, the class needs {want}"
+                          + ("; it reads V from K's tile (v_in_k), the class's V is its own" if v.v_in_k and not p.v_in_k else ""))
     return v
 
 

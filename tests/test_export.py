@@ -220,3 +220,20 @@ def test_cli_exports_the_current_builds_winners(entries, tmp_path, monkeypatch, 
     assert "run `kgen tune` first" in capsys.readouterr().err
     assert main(["export", "--format", "json", "-o", str(tmp_path / "x"), "--db", str(tmp_path / "none")]) == 2
     assert "no tuning DB" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("uri", [
+    "fa_cm1_k576_v512_f16f16_acc32_br64_bc32_wg256_sg32_regs1_osplit_vink_m16n8k16",
+    "fa_cm1_k128_v128_f16f16_acc32_br64_bc64_wg128_sg32_regs1_m16n16k16_mask",
+    "fa_cm2_k128_v128_q8_0q8_0_acc32_br64_bc32_wg128_sg32_kvf16",
+])
+def test_variants_with_passes_before_the_kernel_are_not_exported_yet(uri):
+    """Their passes (Q or mask in fragment order, K/V to f16) have no dispatch-table form: the
+    export says so by name instead of writing a table that would run the kernel alone."""
+    from kgen.variant import Variant
+    v = Variant.parse(uri)
+    problem = ProblemClass(head_k=v.head_k, head_v=v.head_v, k_type=v.k_type, v_type=v.v_type,
+                           features=v.features, v_in_k=v.v_in_k)
+    winner = Winner(problem, uri, 1, median_us=10.0, spread_us=1.0)
+    with pytest.raises(NotImplementedError, match="passes that run before the kernel"):
+        ex.collect([(DEVICE, BuildIdentity.current(), winner)])

@@ -164,7 +164,8 @@ def render_q_frag(v: Variant, wg: int = Q_FRAG_WG) -> str:
     if wg < 1:
         raise ValueError(f"wg={wg}: must be >= 1")
     template = environment().get_template("q_frag.comp.j2")
-    return _tidy(template.render(scheme=v.reg_softmax, head_k=v.head_k, ksteps=-(-v.head_k // 16),
+    return _tidy(template.render(scheme=v.reg_softmax, head_k=v.head_k,
+                                 ksteps=path_spec(v.path).layout(v).ks_steps,
                                  lanes=lanes, wg=wg, a_rows=a.rows, a_cols=a.cols,
                                  push_fields=abi.PUSH_FIELDS, binding=abi.BINDING))
 

@@ -200,6 +200,28 @@ def _fragment_ordered(mask: np.ndarray, f, n: int, bc: int, tiles: int) -> np.nd
     return out
 
 
+def run_pass(source: str, name: str, inputs: dict, out_bytes: int, push: bytes, groups, read: int) -> bytes:
+    """Compile and run one pass before a kernel on the default device: `inputs` maps binding
+    names to arrays, the `out` buffer of `out_bytes` starts as 0xFF bytes (whatever the pass
+    leaves out reads as NaN); returns its first `read` bytes."""
+    from kgen import abi
+    from kgen.compile import compile_source
+    dev = open_device(None)
+    bufs = {}
+    try:
+        for binding, array in inputs.items():
+            bufs[binding] = dev.buffer(array.nbytes)
+            bufs[binding].write(array.tobytes())
+        bufs["out"] = out = dev.buffer(out_bytes)
+        out.write(bytes([0xFF]) * out_bytes)
+        kernel = dev.pipeline(compile_source(source, name=name).spirv, name=name)
+        kernel({abi.BINDING[b]: buf for b, buf in bufs.items()}, push, groups)
+        return out.read(read)
+    finally:
+        for buf in bufs.values():
+            dev.forget(buf)
+
+
 @pytest.mark.parametrize("mat_n, bc, shape", [
     (8, 32, (1, 1, 37, 70)),      # per-row mask, rows and columns past a tile
     (16, 16, (2, 3, 20, 33)),     # planes by batch and head
@@ -209,7 +231,6 @@ def test_fragment_ordered_mask_pass(mat_n, bc, shape):
     """The pass that puts the mask in the lanes' order runs everywhere (no coopmat in it):
     its output against the numpy model built from the scheme's tables."""
     from kgen import abi
-    from kgen.compile import compile_source
     from kgen.fragments import mask_frag_tiles, reg_layout
     from kgen.render import MASK_FRAG_WG, mask_frag_groups, render_mask_frag
     from kgen.planning import uses_frag_mask
@@ -222,21 +243,13 @@ def test_fragment_ordered_mask_pass(mat_n, bc, shape):
     mask[..., ::7] = -np.inf
     b, h, rows, n_kv = shape
     groups = mask_frag_groups(shape, bc)
-    dev = open_device(None)
-    src = dev.buffer(mask.nbytes)
-    src.write(mask.tobytes())
-    out = dev.buffer(16 * MASK_FRAG_WG * math.prod(groups))
-    out.write(bytes([0xFF]) * out.nbytes)  # a lane the pass leaves out shows as NaN
-    kernel = dev.pipeline(compile_source(render_mask_frag(v), name="mask_frag").spirv, name="mask_frag")
     push = abi.pack_some(n_q=rows, n_kv=n_kv, mask_stride_row=n_kv if rows > 1 else 0,
                          mask_stride_head=rows * n_kv if h > 1 else 0,
                          mask_stride_batch=h * rows * n_kv if b > 1 else 0)
-    kernel({abi.BINDING["mask"]: src, abi.BINDING["out"]: out}, push, groups)
     want = _fragment_ordered(mask, reg_layout(1, 16, mat_n, 16), mat_n, bc, tiles)
-    got = np.frombuffer(out.read(want.nbytes), np.float16).reshape(want.shape)
-    np.testing.assert_array_equal(got, want)
-    for buf in (src, out):
-        dev.forget(buf)
+    got = run_pass(render_mask_frag(v), "mask_frag", {"mask": mask}, 16 * MASK_FRAG_WG * math.prod(groups),
+                   push, groups, want.nbytes)
+    np.testing.assert_array_equal(np.frombuffer(got, np.float16).reshape(want.shape), want)
 
 
 def _scheme_on_device() -> bool:

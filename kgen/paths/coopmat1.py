@@ -174,13 +174,19 @@ def _regs_reason(v: Variant) -> str | None:
     if row_tiles * v.head_v > REGS_HSV_MAX:
         return (f"reg_softmax: head_v={v.head_v} with {row_tiles} row tile(s) per subgroup: O "
                 f"stays in registers, row tiles * head_v at most {REGS_HSV_MAX}")
+    return _scheme_and_staging_reason(v, "reg_softmax", "K or V tile")
+
+
+def _scheme_and_staging_reason(v: Variant, knob: str, tile: str) -> str | None:
+    """The last rules of both register kernels: a fragment scheme defined for the matrix shape,
+    and the next `tile` held in registers within REGS_STAGED_MAX 16-byte loads per thread."""
     try:
         reg_layout(v.reg_softmax, v.mat_m, v.mat_n, v.mat_k)
     except ValueError as e:
         return str(e)
     staged = layout(v).staged
     if staged > REGS_STAGED_MAX:
-        return (f"reg_softmax: bc={v.bc}, wg={v.wg}: a K or V tile is {staged} 16-byte loads per "
+        return (f"{knob}: bc={v.bc}, wg={v.wg}: a {tile} is {staged} 16-byte loads per "
                 f"thread, held in registers; at most {REGS_STAGED_MAX}")
     return None
 
@@ -214,15 +220,7 @@ def _osplit_reason(v: Variant) -> str | None:
     if per_lane > OSPLIT_O_MAX:
         return (f"o_split: br={v.br}, head_v={v.head_v}, wg={v.wg}: O is {per_lane} f32 registers "
                 f"per lane, at most {OSPLIT_O_MAX}")
-    try:
-        reg_layout(v.reg_softmax, v.mat_m, v.mat_n, v.mat_k)
-    except ValueError as e:
-        return str(e)
-    staged = layout(v).staged
-    if staged > REGS_STAGED_MAX:
-        return (f"o_split: bc={v.bc}, wg={v.wg}: a K tile is {staged} 16-byte loads per thread, "
-                f"held in registers; at most {REGS_STAGED_MAX}")
-    return None
+    return _scheme_and_staging_reason(v, "o_split", "K tile")
 
 
 @dataclass(frozen=True)
@@ -350,11 +348,10 @@ def _regs_layout(v: Variant, hsk_pad: int, hsv_pad: int) -> dict:
                 mask_frag=mask_frag_tiles(v.reg_softmax, v.mat_m, v.mat_n, v.mat_k) if v.mask else 0)
 
 
-def _osplit_layout(v: Variant, hsk_pad: int) -> dict:
+def _osplit_layout(v: Variant, nsg: int, hsk_pad: int) -> dict:
     """o_split: the K tile (which holds V too), P in A-fragment order, per-row exchange."""
     k_stride = hsk_pad + F16_PAD
     k_step = _per_thread(v.bc * v.head_k // 8, v.wg)
-    nsg = v.wg // v.subgroup
     shared = (
         SharedArray("Ksh", "uvec4", v.bc * k_stride // 8, "K tile (bc rows, 16-byte elements); V is its first head_v columns"),
         SharedArray("Psh", "uvec4", nsg * v.subgroup,
@@ -417,7 +414,7 @@ def layout(v: Variant) -> Layout:
     if v.kv_stream:
         fields.update(_stream_layout(v, nsg, hsk_pad, hsv_pad))
     if v.o_split:
-        fields.update(_osplit_layout(v, hsk_pad))
+        fields.update(_osplit_layout(v, nsg, hsk_pad))
     elif v.reg_softmax:
         fields.update(_regs_layout(v, hsk_pad, hsv_pad))
     return Layout(**fields)

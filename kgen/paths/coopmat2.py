@@ -33,6 +33,7 @@ from ..caps import Caps, CoopMat2Features
 from ..problem import ProblemClass
 from ..types import KvType
 from ..variant import PathKind, Variant
+from .shared import coopmat1_knob_reason
 
 KIND = PathKind.COOPMAT2
 TEMPLATE = "fa_coopmat2.comp.j2"
@@ -59,12 +60,8 @@ def check(v: Variant) -> str | None:
         if getattr(v, name):
             return (f"{name}={getattr(v, name)}: coopmat2 multiplies br x bc workgroup-scope "
                     "matrices directly and has no such knob (leave it 0)")
-    if v.kv_stream:
-        return "kv_stream: a coopmat1 kernel (leave it False)"
-    if v.reg_softmax:
-        return "reg_softmax: a coopmat1 kernel (leave it 0)"
-    if v.o_split or v.v_in_k:
-        return "o_split, v_in_k: coopmat1 reg_softmax knobs (leave them False)"
+    if (reason := coopmat1_knob_reason(v)) is not None:
+        return reason
     if v.kv_staging or v.kv_direct:
         return ("kv_staging/kv_direct: coopmat2 loads K/V through tensor layouts and the driver "
                 "stages them; leave both False")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ..caps import Caps
 from ..problem import ProblemClass
-from .shared import SharedArray
+from .shared import SharedArray, coopmat1_knob_reason
 from ..variant import PathKind, Variant
 
 KIND = PathKind.SCALAR
@@ -39,12 +39,8 @@ def check(v: Variant) -> str | None:
     """Device-independent rules of the scalar template; the reason names the field and limit."""
     if v.mat_m or v.mat_n or v.mat_k:
         return f"mat_m/n/k={v.mat_m}/{v.mat_n}/{v.mat_k}: the scalar path uses no matrices (all 0)"
-    if v.kv_stream:
-        return "kv_stream: a coopmat1 kernel (leave it False)"
-    if v.reg_softmax:
-        return "reg_softmax: a coopmat1 kernel (leave it 0)"
-    if v.o_split or v.v_in_k:
-        return "o_split, v_in_k: coopmat1 reg_softmax knobs (leave them False)"
+    if (reason := coopmat1_knob_reason(v)) is not None:
+        return reason
     if v.kv_direct:
         return "kv_direct loads matrix operands: a coopmat1 knob (leave it False)"
     if v.mask_tiles:

@@ -1,4 +1,5 @@
-"""What the path modules share: the description of a template's `shared` arrays."""
+"""What the path modules share: the description of a template's `shared` arrays, and the rule
+that keeps coopmat1's kernel knobs out of the other paths."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,3 +21,14 @@ class SharedArray:
     @property
     def bytes(self) -> int:
         return GLSL_TYPE_BYTES[self.type] * self.length
+
+
+def coopmat1_knob_reason(v) -> str | None:
+    """Why variant `v` of another path sets a knob only coopmat1 kernels have, or None."""
+    if v.kv_stream:
+        return "kv_stream: a coopmat1 kernel (leave it False)"
+    if v.reg_softmax:
+        return "reg_softmax: a coopmat1 kernel (leave it 0)"
+    if v.o_split or v.v_in_k:
+        return "o_split, v_in_k: coopmat1 reg_softmax knobs (leave them False)"
+    return None

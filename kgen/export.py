@@ -25,13 +25,13 @@ from .compile import compile_source, compile_variant
 from .errors import KgenError
 from .identity import BuildIdentity, DeviceIdentity
 from .problem import GQA_BUCKETS, NKV_BUCKETS, NQ_BUCKETS, bucket_range
-from .render import REDUCE_WG, render_split_k_reduce
+from .render import REDUCE_WG, reduce_chunks, render_split_k_reduce
 from .tunedb import Winner
 from .types import KV_TYPES
 from .variant import FEATURES, Variant
 
 FORMAT_NAME = "kgen-fa-dispatch"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a grid axis has a scale (the reduce pass's column chunks)
 FORMATS = ("json", "c-header")
 JSON_FILE, HEADER_FILE, SPIRV_DIR = "kgen_dispatch.json", "kgen_fa.h", "spirv"
 SPIRV_MAGIC = 0x07230203
@@ -47,12 +47,13 @@ assert set(BINDING_ELEMENTS) == set(abi.BINDING), "a new abi binding needs its e
 # Bucketed problem dimensions: (name in the class key and entries, edges, ProblemClass field).
 BUCKETS = (("n_q", NQ_BUCKETS, "nq_bucket"), ("n_kv", NKV_BUCKETS, "nkv_bucket"),
            ("gqa", GQA_BUCKETS, "gqa_bucket"))
-# Workgroup grid per axis: ceil(push[field] / divide_by) * push[times]; "br" means the entry's br.
-# The FA pass (templates/README.md, "Grid") and the split-k reduce pass (kgen/planning.py).
-FA_GRID = (("n_q", "br", None), ("n_head_q", 1, None), ("n_batch", 1, "split_count"))
-REDUCE_GRID = (("n_q", 1, None), ("n_head_q", 1, None), ("n_batch", 1, None))
+# Workgroup grid per axis: ceil(push[field] / divide_by) * push[times] * scale; "br" means the
+# entry's br, "chunks" its reduce shader's column chunks (kgen.render.reduce_chunks).
+# The FA pass (templates/README.md, "Grid") and the split-k reduce pass (kgen.render.reduce_groups).
+FA_GRID = (("n_q", "br", None, 1), ("n_head_q", 1, None, 1), ("n_batch", 1, "split_count", 1))
+REDUCE_GRID = (("n_q", 1, None, 1), ("n_head_q", 1, None, "chunks"), ("n_batch", 1, None, 1))
 _PUSH_NAMES = {f.name for f in abi.PUSH_FIELDS}
-assert all(f in _PUSH_NAMES and t in _PUSH_NAMES | {None} for f, _, t in FA_GRID + REDUCE_GRID)
+assert all(f in _PUSH_NAMES and t in _PUSH_NAMES | {None} for f, _, t, _ in FA_GRID + REDUCE_GRID)
 
 NOTES = (
     "Pick an entry: same device identity (vendorID, deviceID, driverID, driverVersion, "
@@ -117,7 +118,7 @@ class Row:
 def eval_grid(grid: dict, push: dict) -> tuple[int, int, int]:
     """Workgroup counts from a grid as written to the JSON and push-constant values by name."""
     return tuple(math.ceil(push[a["field"]] / a["divide_by"]) * (push[a["times"]] if a["times"] else 1)
-                 for a in (grid["x"], grid["y"], grid["z"]))
+                 * a["scale"] for a in (grid["x"], grid["y"], grid["z"]))
 
 
 # --- rows: winners -> compiled, deduplicated shaders ------------------------------------------------
@@ -183,16 +184,18 @@ def bindings() -> list[dict]:
             for b in abi.BINDINGS]
 
 
-def grid(axes: tuple, br: int) -> dict:
+def grid(axes: tuple, br: "int | str", chunks: "int | str" = 1) -> dict:
     names = ("x", "y", "z")
-    out = {n: {"field": f, "divide_by": br if d == "br" else d, "times": t} for n, (f, d, t) in zip(names, axes)}
+    out = {n: {"field": f, "divide_by": br if d == "br" else d, "times": t,
+               "scale": chunks if s == "chunks" else s} for n, (f, d, t, s) in zip(names, axes)}
     out["text"] = ", ".join(f"{n} = {_grid_text(out[n])}" for n in names)
     return out
 
 
 def _grid_text(a: dict) -> str:
     text = a["field"] if a["divide_by"] == 1 else f"ceil({a['field']} / {a['divide_by']})"
-    return f"{text} * {a['times']}" if a["times"] else text
+    text = f"{text} * {a['times']}" if a["times"] else text
+    return text if a["scale"] == 1 else f"{text} * {a['scale']}"
 
 
 def _buckets(problem) -> dict:
@@ -210,10 +213,10 @@ def _identity(ident) -> dict:
 
 # --- json ----------------------------------------------------------------------------------------
 def dispatch_table(rows: list[Row]) -> dict:
-    def shader(s: Shader | None, axes: tuple, br: int) -> dict | None:
+    def shader(s: Shader | None, axes: tuple, br: int, chunks: int = 1) -> dict | None:
         return s and {"shader": s.name, "spv": s.file, "sha256": s.sha256, "bytes": len(s.spirv),
                       "local_size_x": s.local_size_x, "required_subgroup_size": s.required_subgroup_size,
-                      "grid": grid(axes, br)}
+                      "grid": grid(axes, br, chunks)}
 
     def entry(r: Row) -> dict:
         p, v, w = r.winner.problem, r.variant, r.winner
@@ -222,7 +225,7 @@ def dispatch_table(rows: list[Row]) -> dict:
                 "features": list(p.features), "acc": p.acc, **_buckets(p),
                 "variant": v.uri, **shader(r.shader, FA_GRID, v.br), "br": v.br, "bc": v.bc,
                 "splits": w.splits, "aligned": v.aligned, "median_us": w.median_us,
-                "reduce": shader(r.reduce, REDUCE_GRID, 1)}
+                "reduce": shader(r.reduce, REDUCE_GRID, 1, reduce_chunks(v.head_v))}
 
     return {
         "format": FORMAT_NAME, "version": FORMAT_VERSION,
@@ -235,7 +238,7 @@ def dispatch_table(rows: list[Row]) -> dict:
         "features": list(FEATURES),
         "buckets": {name: list(edges) for name, edges, _ in BUCKETS},
         "split_values": "split_kv = ceil(ceil(n_kv / splits) / bc) * bc; split_count = ceil(n_kv / split_kv)",
-        "grid_schema": "per axis: ceil(push[field] / divide_by) * (push[times] if times else 1)",
+        "grid_schema": "per axis: ceil(push[field] / divide_by) * (push[times] if times else 1) * scale",
         "notes": list(NOTES),
         "entries": [entry(r) for r in rows],
     }
@@ -278,10 +281,11 @@ def _c_range(r: dict) -> str:
     return f"{{ {r['bucket']}u, {r['min']}u, {'UINT32_MAX' if r['max'] is None else str(r['max']) + 'u'} }}"
 
 
-def _c_axis(axis: tuple, br: str) -> str:
-    field, divide, times = axis
+def _c_axis(axis: tuple, br: str, chunks: str = "1u") -> str:
+    field, divide, times, scale = axis
     text = f"pc->{field}" if divide == 1 else f"(pc->{field} + {br} - 1u) / {br}"
-    return f"{text} * pc->{times}" if times else text
+    text = f"{text} * pc->{times}" if times else text
+    return text if scale == 1 else f"{text} * {chunks if scale == 'chunks' else f'{scale}u'}"
 
 
 def render_header(rows: list[Row]) -> str:
@@ -295,8 +299,8 @@ def render_header(rows: list[Row]) -> str:
         uuid={r.device.key: ", ".join(f"0x{b:02x}" for b in _uuid_bytes(r.device)) for r in rows},
         c_features=lambda names: " | ".join([f"KGEN_FA_FEATURE_{f.upper()}" for f in names] + ["0u"]),
         c_ranges=lambda e: ", ".join(_c_range(e[name]) for name, _, _ in BUCKETS),
-        fa_grid=[_c_axis(a, "e->br") for a in FA_GRID], reduce_grid=[_c_axis(a, "1u") for a in REDUCE_GRID],
-        fa_grid_text=grid(FA_GRID, "br")["text"], reduce_grid_text=grid(REDUCE_GRID, 1)["text"],
+        fa_grid=[_c_axis(a, "e->br") for a in FA_GRID], reduce_grid=[_c_axis(a, "1u", "e->reduce_chunks") for a in REDUCE_GRID],
+        fa_grid_text=grid(FA_GRID, "br")["text"], reduce_grid_text=grid(REDUCE_GRID, 1, "chunks")["text"],
         buckets=[(name, [e for e in edges if e is not None]) for name, edges, _ in BUCKETS],
         kv_types=KV_TYPES, features=FEATURES, push_fields=push_layout())
 

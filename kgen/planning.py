@@ -13,6 +13,7 @@ from .errors import UnsupportedVariant
 from .kvtensor import KVTensor, KvLayout, layout_of, views_k
 from .paths.coopmat1 import direct_reason, layout
 from .render import (MASK_FRAG_WG, REDUCE_WG, kv_to_f16_groups, mask_frag_groups, mask_tiles_groups,
+                     reduce_groups,
                      q_frag_groups, render_kv_to_f16, render_mask_frag, render_mask_tiles, render_q_frag,
                      render_split_k_reduce)
 from .space import default_variant, why_invalid
@@ -309,7 +310,7 @@ class Plan:
             reduce = dev.pipeline(compile_source(render_split_k_reduce(s.head_v, s.sinks, wg),
                                                  name=f"fa_reduce_v{s.head_v}{'_sinks' if s.sinks else ''}_wg{wg}").spirv,
                                   name="split_k_reduce")
-            steps.append((reduce, binds, push, (s.n_q, s.heads_q, s.batch)))
+            steps.append((reduce, binds, push, reduce_groups(s.n_q, s.heads_q, s.batch, s.head_v)))
         self._steps = steps
         self._sequence = dev.sequence(steps)
 

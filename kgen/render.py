@@ -45,18 +45,31 @@ def render(v: Variant) -> str:
     return _tidy(text)
 
 
-REDUCE_WG = 512
+REDUCE_WG = 128
+REDUCE_LANES = 16  # vec4 columns per reduce workgroup: a decode's few rows still fill the GPU
+
+
+def reduce_lanes(head_v: int) -> int:
+    """vec4 columns per reduce workgroup: head_v / 4 rounded up to a power of two, at most
+    REDUCE_LANES."""
+    return min(REDUCE_LANES, 1 << (head_v // 4 - 1).bit_length())
+
+
+def reduce_chunks(head_v: int) -> int:
+    """Reduce workgroups per output row (the grid's y is heads_q times this)."""
+    return -(-(head_v // 4) // reduce_lanes(head_v))
 
 
 def render_split_k_reduce(head_v: int, sinks: bool, wg: int = REDUCE_WG) -> str:
     """The pass that combines split-k partial outputs (see templates/README.md, split_k); `wg`
-    threads (a power of two: fewer where the device allows fewer per workgroup)."""
+    threads (a power of two, at least reduce_lanes(head_v)); grid from `reduce_groups`."""
     template = environment().get_template("fa_split_k_reduce.comp.j2")
-    lanes = 1 << (head_v // 4 - 1).bit_length()  # vec4 columns, rounded up to a power of two
+    lanes = reduce_lanes(head_v)
     if wg & (wg - 1) or lanes > wg:
         raise ValueError(f"head_v={head_v}, wg={wg}: the reduce pass needs a power-of-two "
-                         f"workgroup of at least {lanes} threads (one per 4 columns)")
+                         f"workgroup of at least {lanes} threads (one per 4 columns of its chunk)")
     return _tidy(template.render(head_v=head_v, sinks=sinks, wg=wg, lanes=lanes,
+                                 chunks=reduce_chunks(head_v),
                                  push_fields=abi.PUSH_FIELDS, binding=abi.BINDING))
 
 
@@ -95,6 +108,12 @@ def _within_group_limit(groups: tuple[int, int, int], what: str, inputs: str) ->
         if count > MAX_GROUPS:
             raise ValueError(f"{what} grid {axis}={count} ({inputs}): exceeds maxComputeWorkGroupCount {MAX_GROUPS}")
     return groups
+
+
+def reduce_groups(n_q: int, heads_q: int, batch: int, head_v: int) -> tuple[int, int, int]:
+    """Grid of the split-k reduce pass: (n_q, heads_q * reduce_chunks(head_v), batch)."""
+    return _within_group_limit((n_q, heads_q * reduce_chunks(head_v), batch), "split-k reduce",
+                               f"n_q={n_q}, heads_q={heads_q}, batch={batch}, head_v={head_v}")
 
 
 MASK_TILES_WG = 256

@@ -137,6 +137,18 @@ def test_split_k_matches(splits):
     check(out, q, k, v, sinks=sinks)
 
 
+def test_split_k_reduce_with_many_splits_and_a_ragged_column_chunk():
+    # head_v 72: 18 vec4 columns, so the reduce pass's second 16-column chunk has 2; 167 splits
+    # take each reduce thread past its first round of partial rows.
+    rng = np.random.default_rng(11)
+    q, k, v = make_inputs(rng, 1, 3, 1, 2, 8000, 72, 72)
+    sinks = rng.standard_normal(3).astype(np.float32)
+    with kgen.plan(q, k, v, sinks=sinks, split_k=180) as p:
+        assert p.splits > 128
+        out = p(q, k, v, sinks=sinks)
+    check(out, q, k, v, sinks=sinks)
+
+
 def test_plan_reuse_and_device_time():
     rng = np.random.default_rng(3)
     q, k, v = make_inputs(rng, 1, 2, 1, 8, 64, 64, 64)

@@ -14,6 +14,7 @@ from kgen.errors import CompileError
 from kgen.identity import BuildIdentity, DeviceIdentity
 from kgen.planning import split_values
 from kgen.problem import ProblemClass
+from kgen.render import reduce_groups
 from kgen.space import default_variant
 from kgen.tunedb import Winner
 
@@ -73,10 +74,11 @@ def test_json_layout_and_grid_follow_abi_and_the_kernel_contract(entries, tmp_pa
     assert {b["name"]: b["binding"] for b in table["bindings"]} == abi.BINDING
     values = {"n_q": 77, "n_head_q": 8, "n_batch": 3, "split_count": 4}
     for e in table["entries"]:
-        # templates/README.md: x = ceil(Nq / br), y = Hq, z = B * split_count; reduce: (Nq, Hq, B).
+        # templates/README.md: x = ceil(Nq / br), y = Hq, z = B * split_count; reduce: (Nq, Hq *
+        # column chunks, B), as kgen's plans dispatch it.
         assert ex.eval_grid(e["grid"], values) == (-(-77 // e["br"]), 8, 12)
         if e["reduce"]:
-            assert ex.eval_grid(e["reduce"]["grid"], values) == (77, 8, 3)
+            assert ex.eval_grid(e["reduce"]["grid"], values) == reduce_groups(77, 8, 3, e["head_v"])
 
 
 C_PROGRAM = r"""
@@ -109,6 +111,8 @@ int main(void) {
     kgen_fa_groups(e, &pc, groups);
     printf("splits %u %u groups %u %u %u\n", (unsigned)split_kv, (unsigned)split_count,
            (unsigned)groups[0], (unsigned)groups[1], (unsigned)groups[2]);
+    kgen_fa_reduce_groups(e, &pc, groups);
+    printf("reduce_groups %u %u %u\n", (unsigned)groups[0], (unsigned)groups[1], (unsigned)groups[2]);
     return 0;
 }
 """
@@ -146,6 +150,7 @@ def test_c_header_compiles_and_looks_up(entries, header, tmp_path, compiler, fla
     bc = int(decode.variant.split("_bc")[1].split("_")[0])
     split_kv, split_count = split_values(1000, 4, bc)   # what kgen's plans push
     assert lines["splits"] == f"{split_kv} {split_count} groups 1 8 {2 * split_count}"
+    assert lines["reduce_groups"] == " ".join(map(str, reduce_groups(1, 8, 2, decode.problem.head_v)))
 
 
 def test_a_failed_export_leaves_nothing(entries, tmp_path, monkeypatch):

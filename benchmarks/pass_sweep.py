@@ -1,6 +1,6 @@
 """Time candidates of one suite case pass by pass (attention kernel, split-k reduce), checked first.
 
-    python benchmarks/pass_sweep.py "P4" [--splits 32,64,128] [--match REGEX] [--limit 40]
+    python benchmarks/pass_sweep.py "P4" [--splits 32,64,128] [--match REGEX] [--path scalar] [--limit 40]
 
 Every candidate of the case's class whose name matches each --match regex (all split
 counts the tuner would try, or only --splits) is checked against the float64 reference on the
@@ -19,6 +19,7 @@ from kgen.planning import Plan, step_times, time_back_to_back, warm_up
 from kgen.suites import suite
 from kgen.tune import Candidate, candidates
 from kgen.tune.measure import WARMUP_GPU_US, GpuEvaluator
+from kgen.variant import PathKind
 
 
 def time_passes(ev: GpuEvaluator, c: Candidate, runs: int) -> list[list[float]]:
@@ -55,6 +56,9 @@ def main() -> None:
     ap.add_argument("--no-check", action="store_true",
                     help="time without the reference check (an experiment kernel that leaves out "
                          "part of the work on purpose, to measure what that part costs)")
+    ap.add_argument("--path", action="append", default=[],
+                    help="search only these paths (scalar, coopmat1, coopmat2), the scalar space too: "
+                         "the tuner offers only the scalar default on matrix hardware")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="change a field of the case, e.g. precision=f16 or mask=false")
     args = ap.parse_args()
@@ -67,7 +71,8 @@ def main() -> None:
     shapes = fold_gqa(case.shapes())
     ev = GpuEvaluator(shapes)
     from kgen.runtime import open_device
-    cands, default = candidates(shapes, open_device().caps)
+    paths = tuple(PathKind.parse(p) for p in args.path) or None
+    cands, default = candidates(shapes, open_device().caps, paths)
     want = {int(s) for s in args.splits.split(",") if s}
     chosen = [c for c in cands if all(re.search(m, c.name) for m in args.match)
               and (not want or c.splits in want)][:args.limit]

@@ -79,6 +79,27 @@ def test_h100_candidates_offer_stream_for_one_row_tile_only():
     assert not any(k.get("kv_stream") for k in coopmat1.candidates(prefill, H100))
 
 
+def test_v_in_k_reads_v_from_the_k_tile():
+    mla = Variant(**dict(BASE, head_k=576, head_v=512, bc=16, wg=256, v_in_k=True))
+    assert "_stream_vink_" in mla.uri and Variant.parse(mla.uri) == mla
+    lay, own_v = coopmat1.layout(mla), coopmat1.layout(mla.replace(v_in_k=False))
+    assert {a.name for a in lay.shared} == {"Ksh", "Ssh", "Psh", "Rsh"}
+    assert (lay.v_step, lay.staged) == (0, lay.k_step) and own_v.v_step == 4  # 16 x 64 over 256
+    assert lay.shared_bytes == own_v.shared_bytes - 16 * 520 * 2
+    assert why_invalid(mla, H100) is None
+    # Without a kernel that reads V from K the knob has no meaning.
+    with pytest.raises(InvalidVariant, match="o_split, v_in_k"):
+        Variant(**dict(BASE, kv_stream=False, v_in_k=True))
+
+
+def test_space_offers_v_in_k_streams_only_to_v_in_k_classes():
+    own_v = ProblemClass.parse("576/512 f16/f16 acc32 - nq2 nkv3 gqa0")
+    in_k = ProblemClass.parse("576/512 f16/f16 acc32 v_in_k nq2 nkv3 gqa0")
+    def streams(problem):
+        return {k["v_in_k"] for k in coopmat1.candidates(problem, H100) if k.get("kv_stream")}
+    assert streams(own_v) == {False} and streams(in_k) == {False, True}
+
+
 def test_layout_reason_names_the_knob():
     v = Variant(**BASE)
     dense = KvLayout((128, 128 * 100, 128 * 100), 0, 0)
@@ -110,6 +131,8 @@ CASES = [
     ("rows-11-mask-causal", 2, 1, 11, 200, 64, 64, True, True, "f32", 1, 16, 64),
     ("acc16-odd-heads", 4, 2, 1, 150, 72, 40, True, False, "f16", 2, 32, 256),
     ("mla-decode-tail", 16, 1, 1, 333, 576, 512, False, False, "f32", 3, 16, 256),
+    ("mla-v-in-k-mask", 16, 1, 1, 300, 576, 512, True, False, "f32", 4, 16, 256),
+    ("v-in-k-128-tail", 4, 1, 1, 201, 128, 96, False, False, "f32", 1, 32, 128),
 ]
 
 
@@ -123,16 +146,18 @@ def test_stream_kernels_match_the_reference(case):
         mask = rng.standard_normal((nq, nkv)).astype(np.float32)
         mask[:, 5:40] = -np.inf
     rows = nq * (hq // hkv) if not causal else nq   # GQA folds query heads into rows
+    v_in_k = "v-in-k" in name   # V read from the K tile; the plan gets V as a view of K
     variant = Variant(**dict(BASE, head_k=dk, head_v=dv, bc=bc, wg=wg, acc=16 if precision == "f16" else 32,
                              mat_n=8 if dk == 72 else 16, mask=use_mask, causal=causal,
-                             split_k=splits > 1, aligned=nkv % bc == 0))
+                             split_k=splits > 1, aligned=nkv % bc == 0, v_in_k=v_in_k))
     assert rows <= variant.br
     kw = dict(mask=mask, causal=causal, precision=precision)
+    mla_type = "f16" if dk == 576 or v_in_k else None
     if not _has_coopmat1():
         with pytest.raises(KgenError, match="coopmat1|cooperative"):
-            kgen.plan(q, k, v, variant=variant, split_k=splits, **kw)
+            run_plan(q, k, v, variant, splits, mla_type=mla_type, **kw)
         return
-    p, out, v = run_plan(q, k, v, variant, splits, mla_type="f16" if dk == 576 else None, **kw)
+    p, out, v = run_plan(q, k, v, variant, splits, mla_type=mla_type, **kw)
     assert p.variant == variant and p.splits == splits
     check(out, q, k, v, mask=mask, causal=causal)
 

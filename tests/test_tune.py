@@ -334,3 +334,17 @@ def test_budget_cuts_sample_every_path_and_conversion():
     assert len(strata) >= 5 and first == strata  # one of each before any second
     assert ("coopmat1", True, False, True) in strata  # register softmax behind the f16 conversion
     assert order == order_for("halving", cands, default, seed="P5")
+
+
+def test_matrix_hardware_searches_scalar_tiles_for_few_row_decodes_only():
+    from kgen.profiles import H100
+    from kgen.suites import P1, P3
+    from kgen.tune.candidates import SCALAR_DECODE_ROWS
+    decode = fold_gqa(P3.shapes())                  # 8 KV heads x 4 folded rows
+    assert decode.n_q <= SCALAR_DECODE_ROWS
+    scalar = [c.variant for c in candidates(decode, H100)[0] if c.variant.path.value == "scalar"]
+    direct = [v for v in scalar if not v.kv_staging]
+    assert len(direct) >= 8 and len(scalar) == len(direct) + 1   # + the scalar default (staged)
+    assert {(v.br, v.row_split) for v in direct} == {(4, 1)} and any(v.split_k for v in direct)
+    prefill = fold_gqa(P1.shapes())
+    assert sum(c.variant.path.value == "scalar" for c in candidates(prefill, H100)[0]) == 1

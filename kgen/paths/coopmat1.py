@@ -107,9 +107,10 @@ def check(v: Variant) -> str | None:
                 f"mat_k={v.mat_k} (P.V depth), and at most {BC_MAX}")
     if v.mask_tiles:
         return "mask_tiles: a coopmat2 knob (leave it False)"
-    if v.o_split or v.v_in_k:
+    if v.o_split or (v.v_in_k and not v.kv_stream):
         if not v.reg_softmax:
-            return "o_split, v_in_k: reg_softmax knobs (set reg_softmax to a fragment scheme)"
+            return ("o_split, v_in_k: reg_softmax knobs (set reg_softmax to a fragment scheme; "
+                    "v_in_k also goes with kv_stream)")
         return _osplit_reason(v)
     if v.reg_softmax:
         return _regs_reason(v)  # its softmax works on the accumulators: no lanes-per-row rule
@@ -308,10 +309,12 @@ def _stream_layout(v: Variant, nsg: int, hsk_pad: int, hsv_pad: int) -> dict:
     k_stride, v_stride, s_stride = hsk_pad + F16_PAD, hsv_pad + F16_PAD, v.bc + F32_PAD
     ks_steps = hsk_pad // v.mat_k
     k_step = _per_thread(v.bc * v.head_k // 8, v.wg)
-    v_step = _per_thread(v.bc * v.head_v // 8, v.wg)
+    # v_in_k: P V reads V's columns from the K tile (MLA), so V is neither loaded nor staged.
+    v_step = 0 if v.v_in_k else _per_thread(v.bc * v.head_v // 8, v.wg)
     shared = (
         SharedArray("Ksh", "uvec4", v.bc * k_stride // 8, "K tile (bc rows, 16-byte elements); Q before the loop"),
-        SharedArray("Vsh", "uvec4", v.bc * v_stride // 8, "V tile (bc rows, 16-byte elements)"),
+        *(() if v.v_in_k else (SharedArray("Vsh", "uvec4", v.bc * v_stride // 8,
+                                           "V tile (bc rows, 16-byte elements)"),)),
         SharedArray("Ssh", "float", max(min(nsg, ks_steps) * v.br * s_stride, nsg * v.mat_m * v.mat_n),
                     "one partial S = Q K^T per subgroup (f32); per-subgroup output staging at the end"),
         SharedArray("Psh", "float16_t", v.br * (v.bc + F16_PAD), "P = exp(S - m), the A operand of P V"),
@@ -543,9 +546,10 @@ def candidates(problem: ProblemClass, caps: Caps) -> Iterator[dict]:
                 yield dict(knobs, kv_direct=True)
         if direct and problem.n_q <= STREAM_MAX_ROWS:
             # Decode (GQA-folded rows): the stream kernel, tiles of 16 to 64 keys.
-            for bc, nsg in itertools.product((16, 32, 64), (2, 4, 8)):
+            for bc, nsg, v_in_k in itertools.product((16, 32, 64), (2, 4, 8),
+                                                     (False, True) if problem.v_in_k else (False,)):
                 yield dict(common, br=m, bc=bc, wg=nsg * caps.subgroup_size, mat_m=m, mat_n=n,
-                           mat_k=k, kv_stream=True)
+                           mat_k=k, kv_stream=True, v_in_k=v_in_k)
         for scheme in (device_schemes(caps, m, n, k) if direct and problem.acc == 32 else ()):
             # FlashAttention-2 in registers: br = subgroups * m, one KV tile in shared memory.
             # One row tile per subgroup: two (REGS_ROW_TILES) ran 1.9x slower on the H100 (P1

@@ -41,20 +41,37 @@ def split_options(v: Variant, shapes: Shapes, caps: Caps) -> list[int]:
     return sorted({1} | {s for s in (guess // 4, guess // 2, guess, 2 * guess, 4 * guess) if 2 <= s <= most})
 
 
+# A decode of at most this many (GQA-folded) query rows also searches the scalar path on matrix
+# hardware: it streams K and V at the memory's pace (H100, 128/128 GQA 4 decode: scalar br4
+# 34.5 us against coopmat2's 33.4 for the attention pass).
+SCALAR_DECODE_ROWS = 8
+
+
+def _scalar_decode(v: Variant, n_q: int) -> bool:
+    """The scalar variants worth timing for a decode on matrix hardware: K/V straight from memory,
+    one row group holding every row (row groups of one row ran 1.2-4x slower on the H100)."""
+    return not v.kv_staging and v.row_split == 1 and v.br == min(SCALAR_DECODE_ROWS, 1 << (n_q - 1).bit_length())
+
+
 def candidates(shapes: Shapes, caps: Caps, paths: tuple[PathKind, ...] | None = None) -> tuple[list[Candidate], Candidate]:
     """The restricted space for the class of `shapes`, timed on `shapes`, and the heuristic
     default (also first in the list). Restricted: on a device with cooperative matrices the
     scalar path offers only its default (its tiles run several times slower on matrix hardware;
-    force `paths` to search it). The order is deterministic: it breaks remaining ties."""
+    force `paths` to search it), and for a decode of few rows its direct, one-row-group tiles.
+    The order is deterministic: it breaks remaining ties."""
     forced = paths[0] if paths and len(paths) == 1 else None
     default_v, default_splits, _ = choose_variant(shapes, caps, forced, None, tuned=False)
     default = Candidate(default_v, default_splits)
     found = {default.name: default}
+    extra: list[Variant] = []
     if paths is None and (caps.has_coopmat1 or caps.has_coopmat2):
         paths = (PathKind.COOPMAT2, PathKind.COOPMAT1)
         scalar_default = default_variant(shapes.problem(), caps, PathKind.SCALAR)
         found.setdefault(scalar_default.uri, Candidate(for_shape(scalar_default, shapes)))
-    for v in enumerate_space(shapes.problem(), caps, paths).valid:
+        if shapes.n_q <= SCALAR_DECODE_ROWS:
+            extra = [v for v in enumerate_space(shapes.problem(), caps, (PathKind.SCALAR,)).valid
+                     if _scalar_decode(v, shapes.n_q)]
+    for v in [*enumerate_space(shapes.problem(), caps, paths).valid, *extra]:
         v = for_shape(v, shapes)
         for splits in split_options(v, shapes, caps):
             sv = v.replace(split_k=splits > 1)

@@ -1,16 +1,24 @@
 {#- kv_stream (kgen/paths/coopmat1.py): one row tile streams whole K/V tiles. Every thread holds
     its share of the next tile (K and V rows as 16-byte elements, and the tile's mask values) in
     registers: load_tile issues the loads before the current tile's products, store_tile puts
-    them in shared memory once that tile is done. -#}
+    them in shared memory once that tile is done. With v_in_k (MLA) V is the first HSV columns
+    of the K tile: nothing of V is loaded or staged. -#}
 {% set ragged_k = L.k_step * v.wg != v.bc * v.head_k // 8 %}
 {% set ragged_v = L.v_step * v.wg != v.bc * v.head_v // 8 %}
 const uint K_VECS = HSK / 8u;      // 16-byte elements per K row (head sizes are multiples of 8)
-const uint V_VECS = HSV / 8u;
 const uint KSH_ROW = K_STRIDE / 8u;  // 16-byte elements between rows of Ksh / Vsh
+{% if v.v_in_k %}
+const uint VSH_ROW = KSH_ROW;
+#define Vsh Ksh
+
+uvec4 k_staged[K_STEP];
+{% else %}
+const uint V_VECS = HSV / 8u;
 const uint VSH_ROW = V_STRIDE / 8u;
 
 uvec4 k_staged[K_STEP];
 uvec4 v_staged[V_STEP];
+{% endif %}
 {% if v.mask %}
 float16_t m_staged[M_STEP];
 {% endif %}
@@ -21,9 +29,11 @@ void clear_kv() {
     for (uint e = tid; e < BC * KSH_ROW; e += WG) {
         Ksh[e] = uvec4(0u);
     }
+{% if not v.v_in_k %}
     for (uint e = tid; e < BC * VSH_ROW; e += WG) {
         Vsh[e] = uvec4(0u);
     }
+{% endif %}
 }
 
 // Q rows row0.. of this head (f32 in memory) as f16 into the first BR rows of Ksh; rows past Nq
@@ -58,6 +68,7 @@ void load_tile(uint k_base, uint v_base, uint kv0, uint kv_end, uint b, uint h, 
             k_staged[n] = k_direct[(k_base + (kv0 + j) * pc.k_stride_row) / 8u + e % K_VECS];
         }
     }
+{% if not v.v_in_k %}
     [[unroll]] for (uint n = 0u; n < V_STEP; ++n) {
         const uint e = tid + n * WG, j = e / V_VECS;
         bool in_tile = true;
@@ -72,6 +83,7 @@ void load_tile(uint k_base, uint v_base, uint kv0, uint kv_end, uint b, uint h, 
             v_staged[n] = v_direct[(v_base + (kv0 + j) * pc.v_stride_row) / 8u + e % V_VECS];
         }
     }
+{% endif %}
 {% if v.mask %}
     [[unroll]] for (uint n = 0u; n < M_STEP; ++n) {
         const uint e = tid + n * WG, r = e / BC, j = e % BC;
@@ -91,6 +103,7 @@ void store_tile() {
 {% endif %}
         Ksh[e / K_VECS * KSH_ROW + e % K_VECS] = k_staged[n];
     }
+{% if not v.v_in_k %}
     [[unroll]] for (uint n = 0u; n < V_STEP; ++n) {
         const uint e = tid + n * WG;
 {% if ragged_v %}
@@ -98,6 +111,7 @@ void store_tile() {
 {% endif %}
         Vsh[e / V_VECS * VSH_ROW + e % V_VECS] = v_staged[n];
     }
+{% endif %}
 {% if v.mask %}
     [[unroll]] for (uint n = 0u; n < M_STEP; ++n) {
         const uint e = tid + n * WG;

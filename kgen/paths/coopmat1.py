@@ -27,7 +27,8 @@ share of the whole next K and V tile (and mask) in 16-byte loads, issued before 
 tile's products, so a tile's bytes are in flight while the last one is worked on. S is split
 over head depth (each subgroup keeps its Q operands in registers and multiplies its depth steps
 for all columns; the softmax adds the partial sums), so no subgroup waits on Q in shared
-memory and 576-wide heads (MLA) need no Q tile.
+memory and 576-wide heads (MLA) need no Q tile. With `v_in_k` (MLA) P V reads V's columns from
+the K tile: nothing of V is loaded or staged.
 
 `reg_softmax` (f16 K/V, f32 O: prefill) is FlashAttention-2 on coopmat1: each subgroup owns
 one or two tiles of mat_m query rows (br = subgroups * mat_m * row tiles) and keeps their S, P

@@ -22,6 +22,18 @@ def make_inputs(rng, b, hq, hkv, nq, nkv, dk, dv):
     return q, k, v
 
 
+def case_inputs(name, b, hq, hkv, nq, nkv, dk, dv, use_mask):
+    """(q, k, v, mask) of a named kernel case, seeded by its name; with `use_mask` a random
+    (nq, nkv) mask that also hides keys 5-39 of every row, else None."""
+    rng = np.random.default_rng(len(name))
+    q, k, v = make_inputs(rng, b, hq, hkv, nq, nkv, dk, dv)
+    mask = None
+    if use_mask:
+        mask = rng.standard_normal((nq, nkv)).astype(np.float32)
+        mask[:, 5:40] = -np.inf
+    return q, k, v, mask
+
+
 def run_plan(q, k, v, variant, splits, *, mla_type=None, **kw):
     """Plan `variant` with `splits`, run it once and return (plan, output, V's values). With
     `mla_type`, K goes in as a KVTensor of that type and V as the view of its first head_v

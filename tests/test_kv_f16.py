@@ -3,7 +3,6 @@
 The rules run everywhere; the scalar kernels run on every device, the coopmat ones where the
 path exists (an H100 in the GPU verification), elsewhere forcing one must fail naming the path.
 """
-import numpy as np
 import pytest
 
 import kgen
@@ -16,7 +15,7 @@ from kgen.runtime import open_device
 from kgen.space import enumerate_space
 from kgen.variant import PathKind, Variant
 
-from test_attention import check, make_inputs, run_plan
+from test_attention import case_inputs, check, run_plan
 
 CM2 = dict(path="coopmat2", head_k=128, head_v=128, k_type="q8_0", v_type="q8_0", br=64, bc=32,
            wg=128, kv_f16=True)
@@ -73,12 +72,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_converted_kernels_match_the_reference(case):
     name, path, b, hq, hkv, nq, nkv, dk, dv, kt, vt, use_mask, splits = case
-    rng = np.random.default_rng(len(name))
-    q, k, v = make_inputs(rng, b, hq, hkv, nq, nkv, dk, dv)
-    mask = None
-    if use_mask:
-        mask = rng.standard_normal((nq, nkv)).astype(np.float32)
-        mask[:, 5:40] = -np.inf
+    q, k, v, mask = case_inputs(name, b, hq, hkv, nq, nkv, dk, dv, use_mask)
     caps = open_device(None).caps
     kw = dict(mask=mask, k_type=kt, v_type=vt)
     if path_spec(PathKind.parse(path)).supports(caps) is not None:

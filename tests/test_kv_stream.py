@@ -17,7 +17,7 @@ from kgen.profiles import H100
 from kgen.space import why_invalid
 from kgen.variant import Variant
 
-from test_attention import check, make_inputs, run_plan
+from test_attention import case_inputs, check, make_inputs, run_plan
 from test_kv_direct import _has_coopmat1
 
 BASE = dict(path="coopmat1", head_k=128, head_v=128, k_type="f16", v_type="f16", br=16, bc=32,
@@ -139,12 +139,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_stream_kernels_match_the_reference(case):
     name, hq, hkv, nq, nkv, dk, dv, use_mask, causal, precision, splits, bc, wg = case
-    rng = np.random.default_rng(len(name))
-    q, k, v = make_inputs(rng, 1, hq, hkv, nq, nkv, dk, dv)
-    mask = None
-    if use_mask:
-        mask = rng.standard_normal((nq, nkv)).astype(np.float32)
-        mask[:, 5:40] = -np.inf
+    q, k, v, mask = case_inputs(name, 1, hq, hkv, nq, nkv, dk, dv, use_mask)
     rows = nq * (hq // hkv) if not causal else nq   # GQA folds query heads into rows
     v_in_k = "v-in-k" in name   # V read from the K tile; the plan gets V as a view of K
     variant = Variant(**dict(BASE, head_k=dk, head_v=dv, bc=bc, wg=wg, acc=16 if precision == "f16" else 32,

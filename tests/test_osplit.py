@@ -24,7 +24,7 @@ from kgen.tunedb import TuningDBError, _check_choice
 from kgen.variant import Variant
 from runtime import open_device
 
-from test_attention import check, make_inputs, run_plan
+from test_attention import case_inputs, check, make_inputs, run_plan
 from test_reg_softmax import run_pass
 
 MLA = dict(path="coopmat1", head_k=576, head_v=512, k_type="f16", v_type="f16", br=64, bc=32,
@@ -175,12 +175,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_o_split_kernels_match_the_reference(case):
     name, hq, hkv, nq, nkv, dk, dv, use_mask, causal, splits, knobs = case
-    rng = np.random.default_rng(len(name))
-    q, k, v = make_inputs(rng, 1, hq, hkv, nq, nkv, dk, dv)
-    mask = None
-    if use_mask:
-        mask = rng.standard_normal((nq, nkv)).astype(np.float32)
-        mask[:, 5:40] = -np.inf
+    q, k, v, mask = case_inputs(name, 1, hq, hkv, nq, nkv, dk, dv, use_mask)
     variant = Variant(**dict(MLA, head_k=dk, head_v=dv, mask=use_mask, causal=causal,
                              split_k=splits > 1, **knobs))
     variant = variant.replace(aligned=nkv % variant.bc == 0)

@@ -21,7 +21,7 @@ from kgen.space import why_invalid
 from kgen.variant import Variant
 from runtime import open_device
 
-from test_attention import check, make_inputs, run_plan
+from test_attention import case_inputs, check, make_inputs, run_plan
 
 BASE = dict(path="coopmat1", head_k=128, head_v=128, k_type="f16", v_type="f16", br=64, bc=64,
             wg=128, mat_m=16, mat_n=16, mat_k=16, reg_softmax=1)
@@ -272,12 +272,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_regs_kernels_match_the_reference(case):
     name, hq, hkv, nq, nkv, dk, dv, use_mask, causal, splits, br, bc, mat_n, row_tiles = case
-    rng = np.random.default_rng(len(name))
-    q, k, v = make_inputs(rng, 1, hq, hkv, nq, nkv, dk, dv)
-    mask = None
-    if use_mask:
-        mask = rng.standard_normal((nq, nkv)).astype(np.float32)
-        mask[:, 5:40] = -np.inf
+    q, k, v, mask = case_inputs(name, 1, hq, hkv, nq, nkv, dk, dv, use_mask)
     wg = br // (16 * row_tiles) * 32
     variant = Variant(**dict(BASE, head_k=dk, head_v=dv, br=br, bc=bc, wg=wg, mat_n=mat_n,
                              mask=use_mask, causal=causal, split_k=splits > 1, aligned=nkv % bc == 0))

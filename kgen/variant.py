@@ -61,8 +61,9 @@ class Variant:
     row_split: int = 0       # scalar: row groups per workgroup
     kv_staging: bool = False  # scalar/coopmat1: stage K/V tiles through shared memory
     kv_direct: bool = False   # coopmat1: load f16 K/V straight from memory into matrix operands
-    kv_stream: bool = False   # coopmat1, f16 K/V, one row tile (decode): whole K/V tiles in 16-byte
-                              # loads, the next tile in flight during this one's work
+    kv_stream: bool = False   # the next K/V tile's loads in flight during this one's work. coopmat1
+                              # (f16 K/V, one row tile: decode): whole tiles in 16-byte loads;
+                              # scalar: each thread's columns in registers, no staging
     reg_softmax: int = 0      # coopmat1, f16 K/V: each subgroup keeps S, P and O of its rows in
                               # registers; the number names the fragment scheme (kgen/fragments.py)
     o_split: bool = False     # reg_softmax: O split by columns over the subgroups and S shared

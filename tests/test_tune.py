@@ -346,5 +346,6 @@ def test_matrix_hardware_searches_scalar_tiles_for_few_row_decodes_only():
     direct = [v for v in scalar if not v.kv_staging]
     assert len(direct) >= 8 and len(scalar) == len(direct) + 1   # + the scalar default (staged)
     assert {(v.br, v.row_split) for v in direct} == {(4, 1)} and any(v.split_k for v in direct)
+    assert any(v.kv_stream for v in direct) and any(v.wg == 8 * v.subgroup for v in direct)
     prefill = fold_gqa(P1.shapes())
     assert sum(c.variant.path.value == "scalar" for c in candidates(prefill, H100)[0]) == 1

@@ -70,6 +70,7 @@ vec4 k_load4(uint e) {
     return k_half(blk, 0u) * (vec4(q) - 8.0);
 }
 float k_load1(uint e) { return k_load4(e & ~3u)[e & 3u]; }
+vec4 k_raw4(uint e) { return k_load4(e); }
 
 // ---- V: q4_0 (32 elements in 18 bytes) ----
 // Blocks are read as 16-bit words: every ggml block size is even but not a multiple of 4.
@@ -87,6 +88,7 @@ vec4 v_load4(uint e) {
     return v_half(blk, 0u) * (vec4(q) - 8.0);
 }
 float v_load1(uint e) { return v_load4(e & ~3u)[e & 3u]; }
+vec4 v_raw4(uint e) { return v_load4(e); }
 
 // A masked score is this finite value, not -inf, so that max() and exp() never meet inf - inf;
 // a row whose running max is still below MASKED_LIMIT has seen nothing visible and yields 0.

@@ -55,12 +55,14 @@ layout(std430, binding = 1) readonly buffer KF16x4 { f16vec4 k_f16x4[]; };
 layout(std430, binding = 1) readonly buffer KF16 { float16_t k_f16[]; };
 vec4 k_load4(uint e) { return vec4(k_f16x4[e >> 2]); }
 float k_load1(uint e) { return float(k_f16[e]); }
+f16vec4 k_raw4(uint e) { return k_f16x4[e >> 2]; }
 
 // ---- V: f16 ----
 layout(std430, binding = 2) readonly buffer VF16x4 { f16vec4 v_f16x4[]; };
 layout(std430, binding = 2) readonly buffer VF16 { float16_t v_f16[]; };
 vec4 v_load4(uint e) { return vec4(v_f16x4[e >> 2]); }
 float v_load1(uint e) { return float(v_f16[e]); }
+f16vec4 v_raw4(uint e) { return v_f16x4[e >> 2]; }
 
 // A masked score is this finite value, not -inf, so that max() and exp() never meet inf - inf;
 // a row whose running max is still below MASKED_LIMIT has seen nothing visible and yields 0.

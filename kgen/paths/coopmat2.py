@@ -62,6 +62,8 @@ def check(v: Variant) -> str | None:
                     "matrices directly and has no such knob (leave it 0)")
     if (reason := coopmat1_knob_reason(v)) is not None:
         return reason
+    if v.kv_stream:
+        return "kv_stream: a coopmat1 and scalar knob (leave it False)"
     if v.kv_staging or v.kv_direct:
         return ("kv_staging/kv_direct: coopmat2 loads K/V through tensor layouts and the driver "
                 "stages them; leave both False")

@@ -7,6 +7,13 @@ product (each takes every d_split-th vec4 of the head) and the resulting column 
 the KV columns of a `bc` tile round-robin. Every thread keeps its own online-softmax state
 (m, l, O slice) over its columns; after the KV loop the column groups merge, first by subgroup
 shuffles, then through shared memory when a row group spans several subgroups.
+
+K and V come straight from memory, or staged through shared memory (`kv_staging`: a tile
+decoded once for all row groups), or streamed (`kv_stream`): each thread holds its columns of
+the current tile in registers while its loads of the next tile are in flight. A decode's
+workgroups have little else to hide memory latency behind; without the stream each tile waits
+for its loads (H100, 128/128 GQA 4 decode: the direct loads kept 1.95 TB/s of the 2.6 that a
+load-only kernel of the same grid reaches).
 """
 from __future__ import annotations
 
@@ -43,6 +50,8 @@ def check(v: Variant) -> str | None:
         return reason
     if v.kv_direct:
         return "kv_direct loads matrix operands: a coopmat1 knob (leave it False)"
+    if v.kv_stream and v.kv_staging:
+        return "kv_stream keeps K/V tiles in registers: it replaces kv_staging (leave one False)"
     if v.mask_tiles:
         return "mask_tiles: a coopmat2 knob (leave it False)"
     if not _pow2(v.d_split) or v.subgroup % v.d_split:
@@ -108,6 +117,8 @@ class Layout:
     tile_type: str             # shared Q/K/V element: vec4 (acc 32) or f16vec4 (acc 16)
     acc_type: str              # O accumulator and P: vec4/float or f16vec4/float16_t
     acc_scalar: str
+    k_reg_type: str            # kv_stream: a K vec4 in registers (common/decode.glsl NAME_raw4)
+    v_reg_type: str
     shared: tuple[SharedArray, ...]
 
     @property
@@ -153,8 +164,15 @@ def layout(v: Variant) -> Layout:
         tile_type=tile_type,
         acc_type="f16vec4" if v.acc == 16 else "vec4",
         acc_scalar="float16_t" if v.acc == 16 else "float",
+        k_reg_type=_reg_type(v.k_type),
+        v_reg_type=_reg_type(v.v_type),
         shared=tuple(shared),
     )
+
+
+def _reg_type(t) -> str:
+    """What NAME_raw4 returns for KV type t (common/decode.glsl): f16 stays f16, exactly."""
+    return "f16vec4" if t.label == "f16" else "vec4"
 
 
 def supports(caps: Caps) -> str | None:
@@ -205,14 +223,19 @@ def candidates(problem: ProblemClass, caps: Caps) -> Iterator[dict]:
     big_head = max(problem.head_k, problem.head_v) >= 256
     for sg in _subgroups(caps):
         nat = _natural_d_split(problem.head_k, problem.head_v, sg)
-        # Half the natural split (more columns in flight); twice it for big heads (fewer
-        # registers per lane). check() drops the ones that do not divide the heads.
-        d_splits = {max(1, nat // 2), nat} | ({2 * nat} if big_head and 2 * nat <= sg else set())
+        # Half the natural split (more columns in flight); twice it for big heads and decodes
+        # (fewer registers per lane). check() drops the ones that do not divide the heads.
+        decode = problem.nq_bucket <= 1
+        wide = big_head or decode
+        d_splits = {max(1, nat // 2), nat} | ({2 * nat} if wide and 2 * nat <= sg else set())
         # Small subgroups give few column groups per row group: offer narrower tiles and 128
-        # threads so that the unrolled tile stays under MAX_TILE_WORK.
+        # threads so that the unrolled tile stays under MAX_TILE_WORK. A decode also gets 8
+        # subgroups and kv_stream: more loads in flight per workgroup when few workgroups share
+        # the GPU.
         small_sg = sg < 32
         bcs = (16,) * small_sg + (32, 64) + (128,) * (problem.nq_bucket == 0)
         wgs = {4 * sg, 128} if small_sg else {2 * sg, 4 * sg} | ({sg} if sg >= 64 else set())
+        wgs |= {8 * sg} if decode and not small_sg else set()
         for wg in sorted(wgs):
             if wg > caps.max_workgroup_invocations:
                 continue
@@ -221,9 +244,9 @@ def candidates(problem: ProblemClass, caps: Caps) -> Iterator[dict]:
                 if row_split > br:
                     continue
                 for bc in bcs:
-                    for staging in (False, True):
+                    for staging, stream in ((False, False), (True, False), (False, True))[:2 + decode]:
                         yield dict(common, br=br, bc=bc, wg=wg, subgroup=sg, d_split=d_split,
-                                   row_split=row_split, kv_staging=staging)
+                                   row_split=row_split, kv_staging=staging, kv_stream=stream)
 
 
 def default(problem: ProblemClass, caps: Caps) -> Variant:

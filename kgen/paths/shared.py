@@ -24,9 +24,8 @@ class SharedArray:
 
 
 def coopmat1_knob_reason(v) -> str | None:
-    """Why variant `v` of another path sets a knob only coopmat1 kernels have, or None."""
-    if v.kv_stream:
-        return "kv_stream: a coopmat1 kernel (leave it False)"
+    """Why variant `v` of another path sets a knob only coopmat1 kernels have, or None
+    (kv_stream, which the scalar path has too, is each path's own rule)."""
     if v.reg_softmax:
         return "reg_softmax: a coopmat1 kernel (leave it 0)"
     if v.o_split or v.v_in_k:

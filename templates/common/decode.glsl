@@ -2,6 +2,8 @@
     for KvType `t` and two functions returning f32 values:
       vec4  NAME_load4(uint e)  elements e..e+3 (e % 4 == 0: never crosses a block)
       float NAME_load1(uint e)  element e
+      NAME_raw4(uint e)         elements e..e+3 in the narrowest exact register type: f16vec4
+                                for f16 (f16 values, no conversion), vec4 for the rest (as load4)
     `e` is an element index into the buffer (offset + row * stride + column), the same unit as
     the strides in the push constants. Block layouts are ggml's (kgen/types.py). -#}
 {% macro declare(name, binding, t) -%}
@@ -32,5 +34,10 @@ float {{ name }}_half(uint blk, uint w) { return unpackHalf2x16({{ name }}_word(
 uint {{ name }}_bytes4(uint blk, uint w) { return {{ name }}_word(blk, w) | ({{ name }}_word(blk, w + 1u) << 16); }
 {% include "decode/" ~ t.label ~ ".glsl" %}
 float {{ name }}_load1(uint e) { return {{ name }}_load4(e & ~3u)[e & 3u]; }
+{% endif %}
+{% if t.label == "f16" %}
+f16vec4 {{ name }}_raw4(uint e) { return {{ name }}_f16x4[e >> 2]; }
+{% else %}
+vec4 {{ name }}_raw4(uint e) { return {{ name }}_load4(e); }
 {% endif %}
 {%- endmacro %}

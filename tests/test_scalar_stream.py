@@ -44,8 +44,8 @@ def test_decode_space_offers_stream_wide_workgroups_and_wide_dot_splits():
     assert any(v.kv_stream for v in valid)
     assert not any(v.kv_stream and v.kv_staging for v in valid)
     assert {256, 128} <= {v.wg for v in valid} and 16 in {v.d_split for v in valid}
-    wide = {k["wg"] for k in scalar.candidates(prefill, H100)}
-    assert 256 not in wide   # 8 subgroups only for decodes
+    prefill_wgs = {k["wg"] for k in scalar.candidates(prefill, H100)}
+    assert 256 not in prefill_wgs   # 8 subgroups only for decodes
 
 
 def _valid(knobs: dict) -> bool:

@@ -236,6 +236,8 @@ def candidates(problem: ProblemClass, caps: Caps) -> Iterator[dict]:
         bcs = (16,) * small_sg + (32, 64) + (128,) * (problem.nq_bucket == 0)
         wgs = {4 * sg, 128} if small_sg else {2 * sg, 4 * sg} | ({sg} if sg >= 64 else set())
         wgs |= {8 * sg} if decode and not small_sg else set()
+        # (kv_staging, kv_stream): direct, staged, and for a decode streamed.
+        loads = [(False, False), (True, False)] + [(False, True)] * decode
         for wg in sorted(wgs):
             if wg > caps.max_workgroup_invocations:
                 continue
@@ -244,7 +246,7 @@ def candidates(problem: ProblemClass, caps: Caps) -> Iterator[dict]:
                 if row_split > br:
                     continue
                 for bc in bcs:
-                    for staging, stream in ((False, False), (True, False), (False, True))[:2 + decode]:
+                    for staging, stream in loads:
                         yield dict(common, br=br, bc=bc, wg=wg, subgroup=sg, d_split=d_split,
                                    row_split=row_split, kv_staging=staging, kv_stream=stream)
 

@@ -85,7 +85,9 @@ BINDINGS: tuple[Binding, ...] = (
     Binding(4, "sinks", "one f32 logit per query head"),
     Binding(5, "out", "O, f32, (B, Hq, Nq, Dv) contiguous; with split_k: (splits, B, Hq, Nq, Dv)"),
     Binding(6, "stats", "split_k only: f32 (max, sum) per (split, b, h, row)"),
-    Binding(7, "reduced", "split_k reduce pass only: the final O, f32, (B, Hq, Nq, Dv)"),
+    Binding(7, "reduced", "split_k reduce pass (or fused_reduce kernel) only: the final O, f32, (B, Hq, Nq, Dv)"),
     Binding(8, "mask_tiles", "mask_tiles only: u32 class per (mask plane, br row tile, bc KV tile)"),
+    Binding(9, "split_arrivals", "fused_reduce only: u32 per (b, h, row): splits of the row tile "
+            "starting there that have finished; zero before a call, and the kernel leaves it zero"),
 )
 BINDING = {b.name: b.index for b in BINDINGS}

@@ -42,7 +42,7 @@ PUSH_TYPES = {"uint": ("uint32_t", 4), "float": ("float", 4)}
 # Element type of each abi binding ("k_type"/"v_type": the entry's KV types).
 BINDING_ELEMENTS = {"q": "f32", "k": "k_type", "v": "v_type", "mask": "f16", "sinks": "f32",
                     "out": "f32", "stats": "vec2<f32> (max, sum)", "reduced": "f32",
-                    "mask_tiles": "u32"}
+                    "mask_tiles": "u32", "split_arrivals": "u32"}
 assert set(BINDING_ELEMENTS) == set(abi.BINDING), "a new abi binding needs its element type here"
 # Bucketed problem dimensions: (name in the class key and entries, edges, ProblemClass field).
 BUCKETS = (("n_q", NQ_BUCKETS, "nq_bucket"), ("n_kv", NKV_BUCKETS, "nkv_bucket"),
@@ -139,6 +139,10 @@ def collect(entries) -> list[Row]:
     rows = []
     for device, build, w in entries:
         v = _checked_variant(w)
+        if v.fused_reduce:
+            raise NotImplementedError(
+                f"export of {v.uri} (class {w.problem.key}): fused_reduce's arrival counts "
+                "(binding split_arrivals, zeroed once) have no dispatch-table form yet")
         if v.kv_f16 or v.mask_tiles or (v.reg_softmax and v.mask) or v.o_split:
             raise NotImplementedError(
                 f"export of {v.uri} (class {w.problem.key}): the passes that run before the kernel "

@@ -16,6 +16,7 @@ from .render import (MASK_FRAG_WG, REDUCE_WG, kv_to_f16_groups, mask_frag_groups
                      reduce_groups,
                      q_frag_groups, render_kv_to_f16, render_mask_frag, render_mask_tiles, render_q_frag,
                      render_split_k_reduce)
+from .paths.shared import FUSED_STATS_SLOTS
 from .space import default_variant, why_invalid
 from .variant import PathKind, Variant
 
@@ -47,7 +48,7 @@ def choose_variant(shapes: Shapes, caps, path: PathKind | None, splits: int | No
         splits = guess or split_count(shapes, caps, v.br, v.bc)
         splits = max(1, min(splits, shapes.n_kv // v.bc))
     if (splits > 1) != v.split_k:
-        v = v.replace(split_k=splits > 1)
+        v = v.replace(split_k=splits > 1, fused_reduce=v.fused_reduce and splits > 1)
     return v.replace(aligned=shapes.n_kv % v.bc == 0), splits, how
 
 
@@ -195,6 +196,10 @@ class Plan:
         # Splits are whole KV tiles: the count may round down so none is empty.
         self.variant, self.how = variant, how   # how: tuned exact / nearest class, heuristic, given
         self.split_kv, self.splits = split_values(s.n_kv, splits, variant.bc)
+        if variant.fused_reduce and self.splits * min(variant.br, s.n_q) > FUSED_STATS_SLOTS:
+            raise ValueError(f"split_k={splits}: {variant.uri} combines at most {FUSED_STATS_SLOTS} "
+                             f"(row, split) pairs per row tile, here {min(variant.br, s.n_q)} rows x "
+                             f"{self.splits} splits; use fewer splits or a variant without fused_reduce")
         if knobs.get("KGEN_DEBUG") >= 1:
             print(f"kgen: plan {s} -> {variant.uri} (splits {self.splits}; {how})")
         self._buffers = {}
@@ -253,9 +258,11 @@ class Plan:
             sizes["mask"] = max(4, 2 * math.prod(s.mask_shape))
         if s.sinks:
             sizes["sinks"] = s.heads_q * 4
-        if self.splits > 1:
+        if self.splits > 1 or v.fused_reduce:  # fused: the kernel writes `reduced` even for one split
             sizes["stats"] = self.splits * rows * 8
             sizes["reduced"] = rows * s.head_v * 4
+        if v.fused_reduce:
+            sizes["split_arrivals"] = rows * 4
         converted = self._converted(v)
         for t in converted:
             sizes[f"{t}_f16"] = kernel_layouts[t].nbytes
@@ -271,6 +278,8 @@ class Plan:
             sizes["q_frag"] = 16 * v.subgroup * layout(v).ks_steps * q_groups[1] * q_groups[2]
         self.kernel = fa
         self._buffers = {name: dev.buffer(n) for name, n in sizes.items()}
+        if v.fused_reduce:
+            self._buffers["split_arrivals"].write(np.zeros(rows, dtype=np.uint32))  # the kernel keeps it zero
         binds = {abi.BINDING[name]: buf for name, buf in self._buffers.items() if name in abi.BINDING}
         if self.v_in_k:
             binds[abi.BINDING["v"]] = self._buffers["k"]
@@ -305,7 +314,7 @@ class Plan:
             binds[abi.BINDING["q"]] = self._buffers["q_frag"]
         groups = (math.ceil(s.n_q / v.br), s.heads_q, s.batch * self.splits)
         steps.append((fa, binds, push, groups))
-        if self.splits > 1:
+        if self.splits > 1 and not v.fused_reduce:
             wg = min(REDUCE_WG, 1 << (caps.max_workgroup_invocations.bit_length() - 1))
             reduce = dev.pipeline(compile_source(render_split_k_reduce(s.head_v, s.sinks, wg),
                                                  name=f"fa_reduce_v{s.head_v}{'_sinks' if s.sinks else ''}_wg{wg}").spirv,
@@ -381,7 +390,7 @@ class Plan:
 
     def result(self) -> np.ndarray:
         s = self.shapes
-        name = "reduced" if self.splits > 1 else "out"
+        name = "reduced" if self.splits > 1 or self.variant.fused_reduce else "out"
         n = s.batch * s.heads_q * s.n_q * s.head_v
         out = np.frombuffer(self._buffers[name].read(n * 4), dtype=F32).copy()
         return out.reshape(s.batch, s.heads_q, s.n_q, s.head_v)

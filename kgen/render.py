@@ -10,6 +10,7 @@ import jinja2
 from . import abi
 from .fragments import MASK_FRAG_CHUNK, SCHEMES, expected, mask_frag_tiles, reg_layout
 from .paths import path_spec
+from .paths.shared import fused_reduce_shared
 from .types import KvType
 from .variant import Variant
 
@@ -41,8 +42,22 @@ def render(v: Variant) -> str:
         L=spec.layout(v),
         push_fields=abi.PUSH_FIELDS,
         binding=abi.BINDING,
+        fused_lanes=fused_reduce_lanes(v),
+        fused_shared=fused_reduce_shared(v),
     )
     return _tidy(text)
+
+
+FUSED_MAX_LANES = 16
+
+
+def fused_reduce_lanes(v: Variant) -> int:
+    """fused_reduce: lanes that share one output vec4 (each takes every n-th split), so that the
+    last workgroup's threads all have loads in flight when its tile has few outputs: a power of
+    two, at most a subgroup and FUSED_MAX_LANES."""
+    outputs = v.br * (v.head_v // 4)
+    lanes = 1 << max(0, (v.wg // outputs).bit_length() - 1) if v.wg >= outputs else 1
+    return min(lanes, v.subgroup, FUSED_MAX_LANES)
 
 
 REDUCE_WG = 128

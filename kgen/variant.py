@@ -71,6 +71,8 @@ class Variant:
     v_in_k: bool = False      # V is the first head_v columns of K's rows (MLA): read from K's tile
     kv_f16: bool = False      # a pass converts block-quantized K/V to dense f16 before the kernel
     mask_tiles: bool = False  # coopmat2: a pass classifies mask tiles (all -inf: skipped; all 0: no load)
+    fused_reduce: bool = False  # split_k: the last workgroup of a row tile to finish combines the
+                                # splits' partial rows itself, so no reduce pass runs
     mat_m: int = 0           # coopmat1: matrix shape M x N x K
     mat_n: int = 0
     mat_k: int = 0
@@ -161,6 +163,8 @@ def _intrinsic_reason(v: Variant) -> str | None:
     if v.v_in_k and (v.head_v > v.head_k or v.k_type != v.v_type):
         return (f"v_in_k: V ({v.head_v} {v.v_type}) is the first columns of K's rows "
                 f"({v.head_k} {v.k_type}): head_v <= head_k, one type")
+    if v.fused_reduce and not v.split_k:
+        return "fused_reduce combines split-k partial rows: it needs the split_k feature"
     if v.alibi and not v.mask:
         return "alibi scales the mask (score + slope * mask): it needs the mask feature"
     return None
@@ -198,6 +202,7 @@ _TOKENS: list[tuple[Callable[[Variant], str], str]] = [
     _flag("v_in_k", "vink"),
     _flag("kv_f16", "kvf16"),
     _flag("mask_tiles", "mtiles"),
+    _flag("fused_reduce", "fusedred"),
     (lambda v: f"m{v.mat_m}n{v.mat_n}k{v.mat_k}" if v.mat_m else "",
      r"(?:_m(?P<mat_m>\d+)n(?P<mat_n>\d+)k(?P<mat_k>\d+))?"),
     *(_flag(f, f.replace("_", "")) for f in FEATURES),

@@ -349,3 +349,29 @@ def test_matrix_hardware_searches_scalar_tiles_for_few_row_decodes_only():
     assert any(v.kv_stream for v in direct) and any(v.wg == 8 * v.subgroup for v in direct)
     prefill = fold_gqa(P1.shapes())
     assert sum(c.variant.path.value == "scalar" for c in candidates(prefill, H100)[0]) == 1
+
+
+def test_a_budgeted_sample_polishes_the_neighbours_of_its_best():
+    """The sample stops at 80% of the budget and times the split counts and fused_reduce of its
+    best kernels: here the best plan is only reachable that way."""
+    from kgen.tune import Candidate
+    from kgen.tune.search import neighbours
+    from kgen.variant import Variant
+    base = dict(path="scalar", head_k=64, head_v=64, k_type="f16", v_type="f16", wg=32, subgroup=8, row_split=1)
+    family_v = Variant(**base, br=4, bc=16, d_split=8, split_k=True)
+    family = [Candidate(family_v, 2), Candidate(family_v, 4), Candidate(family_v, 8),
+              Candidate(family_v.replace(fused_reduce=True), 8)]
+    others = [Candidate(Variant(**base, br=br, bc=bc, d_split=ds))
+              for br in (1, 2, 4, 8) for bc in (16, 32, 64) for ds in (4, 8) if (br, bc, ds) != (4, 16, 8)]
+    assert set(c.name for c in neighbours(family[0], family + others)) == {c.name for c in family[1:]}
+    cands, default = [family[0], *others, *family[1:]], family[0]
+    costs = {c.name: 200.0 + i for i, c in enumerate(others)} | dict(zip((c.name for c in family), (150.0, 140.0, 120.0, 100.0)))
+    ev = FakeEvaluator(costs)
+    winner, _, outcomes = run_search("random", cands, default, ev, Limits(budget_s=12, runs=3), seed="k",
+                                     clock=lambda: len(ev.checked))
+    assert winner.candidate == family[3]
+    assert len(outcomes) < len(cands)            # a sample, not everything
+    # Without a budget (max_evals) there is no polish: the sample's best wins.
+    ev = FakeEvaluator(costs)
+    winner, _, _ = run_search("random", cands, default, ev, Limits(max_evals=3, runs=3), seed="k")
+    assert winner.candidate != family[3]

@@ -33,7 +33,7 @@ from ..caps import Caps, CoopMat2Features
 from ..problem import ProblemClass
 from ..types import KvType
 from ..variant import PathKind, Variant
-from .shared import coopmat1_knob_reason
+from .shared import coopmat1_knob_reason, fused_reduce_shared
 
 KIND = PathKind.COOPMAT2
 TEMPLATE = "fa_coopmat2.comp.j2"
@@ -91,7 +91,7 @@ class Layout:
     score_op: bool        # a per-element score operation runs (softcap, mask, causal, bounds)
     mask_skip: bool       # skip KV tiles whose mask is all -inf (see _mask_skip)
     live_words: int       # estimate: 32-bit registers per invocation held by O, Q, K^T and V
-    # Explicit `shared` arrays: none. What the driver stages for workgroup-scope matrices comes
+    # Explicit `shared` arrays: fused_reduce's only. What the driver stages for workgroup-scope matrices comes
     # out of cooperativeMatrixWorkgroupScopeReservedSharedMemory (checked in device_reason); it
     # does not stage whole operand tiles there: llama.cpp's 32x32 tile for 576/512 would need
     # 2 * (576 + 512) * 32 = 69,632 bytes and runs within NVIDIA's 48 KiB.
@@ -149,6 +149,7 @@ def layout(v: Variant) -> Layout:
         score_op=v.softcap or v.mask or v.causal or not v.aligned,
         mask_skip=_mask_skip(v),
         live_words=_live_words(v.head_k, v.head_v, v.acc, v.br, v.bc, v.wg),
+        shared_bytes=sum(a.bytes for a in fused_reduce_shared(v)),
     )
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from ..caps import Caps
 from ..problem import ProblemClass
-from .shared import SharedArray, coopmat1_knob_reason
+from .shared import SharedArray, coopmat1_knob_reason, fused_reduce_shared
 from ..variant import PathKind, Variant
 
 KIND = PathKind.SCALAR
@@ -121,11 +121,13 @@ class Layout:
     v_reg_type: str
     shared: tuple[SharedArray, ...]
 
+    fused: tuple[SharedArray, ...] = ()  # fused_reduce's arrays (split_reduce.glsl declares them)
+
     @property
     def shared_bytes(self) -> int:
         """Bytes of every `shared` array the rendered template declares (exact: it declares
-        exactly `shared`)."""
-        return sum(a.bytes for a in self.shared)
+        exactly `shared` and `fused`)."""
+        return sum(a.bytes for a in self.shared + self.fused)
 
 
 def layout(v: Variant) -> Layout:
@@ -167,6 +169,7 @@ def layout(v: Variant) -> Layout:
         k_reg_type=_reg_type(v.k_type),
         v_reg_type=_reg_type(v.v_type),
         shared=tuple(shared),
+        fused=fused_reduce_shared(v),
     )
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 # Bytes per element of the GLSL types templates put in shared memory (std430-free: shared
 # arrays of these types are tightly packed).
-GLSL_TYPE_BYTES = {"float16_t": 2, "float": 4, "vec2": 8, "f16vec4": 8, "vec4": 16, "uvec4": 16}
+GLSL_TYPE_BYTES = {"float16_t": 2, "float": 4, "uint": 4, "vec2": 8, "f16vec4": 8, "vec4": 16, "uvec4": 16}
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,19 @@ class SharedArray:
     @property
     def bytes(self) -> int:
         return GLSL_TYPE_BYTES[self.type] * self.length
+
+
+# fused_reduce (templates/common/split_reduce.glsl): the (max, sum) of every (row, split) of the
+# tile, read once by the last workgroup. A tile's rows x splits must fit (checked by the plan).
+FUSED_STATS_SLOTS = 256
+
+
+def fused_reduce_shared(v) -> tuple[SharedArray, ...]:
+    """The shared arrays split_reduce.glsl declares for a fused_reduce variant (else none)."""
+    if not v.fused_reduce:
+        return ()
+    return (SharedArray("fused_ml", "vec2", FUSED_STATS_SLOTS, "(max, sum) per (tile row, split)"),
+            SharedArray("fused_is_last", "uint", 1, "1 in the workgroup that arrived last"))
 
 
 def coopmat1_knob_reason(v) -> str | None:

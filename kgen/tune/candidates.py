@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..api import Shapes
+from ..api import Shapes, fold_gqa
 from ..caps import Caps
+from ..errors import InvalidVariant
+from ..paths.shared import FUSED_STATS_SLOTS
 from ..planning import choose_variant, split_count
 from ..space import default_variant, enumerate_space, why_invalid
 from ..variant import PathKind, Variant
@@ -53,6 +55,20 @@ def _scalar_decode(v: Variant, n_q: int) -> bool:
     return not v.kv_staging and v.row_split == 1 and v.br == min(SCALAR_DECODE_ROWS, 1 << (n_q - 1).bit_length())
 
 
+# fused_reduce is timed where the last workgroup of a row tile reads at most this many partial
+# vec4s per thread (about two rounds of loads in flight): past that, one workgroup reading every
+# split's rows takes longer than the reduce pass, whose grid spreads them over the GPU.
+FUSED_MAX_LOADS = 32
+
+
+def fused_reduce_fits(v: Variant, splits: int, n_q: int) -> bool:
+    """Whether a fused reduce of `splits` partial rows is worth timing for a kernel of `n_q`
+    (GQA-folded) query rows."""
+    rows = min(v.br, n_q)
+    return (1 < splits and splits * rows <= FUSED_STATS_SLOTS
+            and splits * rows * (v.head_v // 4) <= FUSED_MAX_LOADS * v.wg)
+
+
 def candidates(shapes: Shapes, caps: Caps, paths: tuple[PathKind, ...] | None = None) -> tuple[list[Candidate], Candidate]:
     """The restricted space for the class of `shapes`, timed on `shapes`, and the heuristic
     default (also first in the list). Restricted: on a device with cooperative matrices the
@@ -71,10 +87,24 @@ def candidates(shapes: Shapes, caps: Caps, paths: tuple[PathKind, ...] | None = 
         if shapes.n_q <= SCALAR_DECODE_ROWS:
             extra = [v for v in enumerate_space(shapes.problem(), caps, (PathKind.SCALAR,)).valid
                      if _scalar_decode(v, shapes.n_q)]
+    folded_rows = fold_gqa(shapes).n_q
     for v in [*enumerate_space(shapes.problem(), caps, paths).valid, *extra]:
         v = for_shape(v, shapes)
         for splits in split_options(v, shapes, caps):
             sv = v.replace(split_k=splits > 1)
-            if why_invalid(sv, caps) is None:
-                found.setdefault(Candidate(sv, splits).name, Candidate(sv, splits))
+            options = [sv]
+            if fused_reduce_fits(sv, splits, folded_rows):
+                options.append(_fused(sv))
+            for c in options:
+                if c is not None and why_invalid(c, caps) is None:
+                    found.setdefault(Candidate(c, splits).name, Candidate(c, splits))
     return list(found.values()), default
+
+
+
+def _fused(v: Variant) -> Variant | None:
+    """`v` with fused_reduce, or None where its path's rules refuse the knob (reg_softmax)."""
+    try:
+        return v.replace(fused_reduce=True)
+    except InvalidVariant:
+        return None

@@ -21,8 +21,9 @@ const uint MASK_MIXED = 0u, MASK_HIDDEN = 1u, MASK_ZERO = 2u;
 {% if v.sinks %}
 layout(std430, binding = {{ binding.sinks }}) readonly buffer SinkBuf { float sink_data[]; };
 {% endif %}
-layout(std430, binding = {{ binding.out }}) writeonly buffer OutBuf { vec4 out_data4[]; };
-layout(std430, binding = {{ binding.out }}) writeonly buffer OutBuf1 { float out_data[]; };
+{% set shared_out = "coherent " if v.fused_reduce else "" %}{# read back by the last split (split_reduce.glsl) #}
+layout(std430, binding = {{ binding.out }}) {{ shared_out }}writeonly buffer OutBuf { vec4 out_data4[]; };
+layout(std430, binding = {{ binding.out }}) {{ shared_out }}writeonly buffer OutBuf1 { float out_data[]; };
 {% if v.split_k %}
-layout(std430, binding = {{ binding.stats }}) writeonly buffer StatsBuf { vec2 stats_data[]; };
+layout(std430, binding = {{ binding.stats }}) {{ shared_out }}writeonly buffer StatsBuf { vec2 stats_data[]; };
 {% endif %}

@@ -56,7 +56,7 @@ def fused_reduce_lanes(v: Variant) -> int:
     last workgroup's threads all have loads in flight when its tile has few outputs: a power of
     two, at most a subgroup and FUSED_MAX_LANES."""
     outputs = v.br * (v.head_v // 4)
-    lanes = 1 << max(0, (v.wg // outputs).bit_length() - 1) if v.wg >= outputs else 1
+    lanes = 1 << ((v.wg // outputs).bit_length() - 1) if v.wg >= outputs else 1
     return min(lanes, v.subgroup, FUSED_MAX_LANES)
 
 

@@ -91,10 +91,10 @@ class Layout:
     score_op: bool        # a per-element score operation runs (softcap, mask, causal, bounds)
     mask_skip: bool       # skip KV tiles whose mask is all -inf (see _mask_skip)
     live_words: int       # estimate: 32-bit registers per invocation held by O, Q, K^T and V
-    # Explicit `shared` arrays: fused_reduce's only. What the driver stages for workgroup-scope matrices comes
-    # out of cooperativeMatrixWorkgroupScopeReservedSharedMemory (checked in device_reason); it
-    # does not stage whole operand tiles there: llama.cpp's 32x32 tile for 576/512 would need
-    # 2 * (576 + 512) * 32 = 69,632 bytes and runs within NVIDIA's 48 KiB.
+    # Explicit `shared` arrays: fused_reduce's only. What the driver stages for workgroup-scope
+    # matrices comes out of cooperativeMatrixWorkgroupScopeReservedSharedMemory (checked in
+    # device_reason); it does not stage whole operand tiles there: llama.cpp's 32x32 tile for
+    # 576/512 would need 2 * (576 + 512) * 32 = 69,632 bytes and runs within NVIDIA's 48 KiB.
     shared_bytes: int = 0
 
     @property

@@ -101,9 +101,8 @@ def candidates(shapes: Shapes, caps: Caps, paths: tuple[PathKind, ...] | None = 
     return list(found.values()), default
 
 
-
 def _fused(v: Variant) -> Variant | None:
-    """`v` with fused_reduce, or None where its path's rules refuse the knob (reg_softmax)."""
+    """`v` with fused_reduce, or None where its path's rules refuse the knob (coopmat1)."""
     try:
         return v.replace(fused_reduce=True)
     except InvalidVariant:

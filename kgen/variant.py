@@ -42,6 +42,8 @@ class PathKind(enum.Enum):
 
 # Compiled-in features, in uri order. `causal` also covers the sliding window (its width is a
 # run-time value); `split_k` makes the kernel write partial outputs for a reduce pass.
+SPLIT_SYNC_SCHEMES = (0, 1, 2)  # Variant.split_sync
+
 FEATURES = ("mask", "causal", "alibi", "softcap", "sinks", "split_k")
 
 
@@ -66,6 +68,10 @@ class Variant:
                               # scalar: each thread's columns in registers, no staging
     reg_softmax: int = 0      # coopmat1, f16 K/V: each subgroup keeps S, P and O of its rows in
                               # registers; the number names the fragment scheme (kgen/fragments.py)
+    split_sync: int = 0       # reg_softmax: 0 = two workgroup barriers per tile; 1, 2 = subgroups
+                              # count their arrivals in shared memory and wait only for what they
+                              # read next (1: V stored right after S, the next K loaded during the
+                              # softmax; 2: loads and stores where the barriers have them)
     o_split: bool = False     # reg_softmax: O split by columns over the subgroups and S shared
                               # through shared memory (head_v too wide for one subgroup's registers)
     v_in_k: bool = False      # V is the first head_v columns of K's rows (MLA): read from K's tile
@@ -165,6 +171,11 @@ def _intrinsic_reason(v: Variant) -> str | None:
                 f"({v.head_k} {v.k_type}): head_v <= head_k, one type")
     if v.fused_reduce and not v.split_k:
         return "fused_reduce combines split-k partial rows: it needs the split_k feature"
+    if v.split_sync not in SPLIT_SYNC_SCHEMES:
+        return f"split_sync={v.split_sync}: one of {SPLIT_SYNC_SCHEMES} (0: workgroup barriers)"
+    if v.split_sync and (not v.reg_softmax or v.o_split):
+        return ("split_sync replaces the barriers of the reg_softmax kernel (coopmat1, without "
+                "o_split): leave it 0")
     if v.alibi and not v.mask:
         return "alibi scales the mask (score + slope * mask): it needs the mask feature"
     return None
@@ -198,6 +209,7 @@ _TOKENS: list[tuple[Callable[[Variant], str], str]] = [
     _flag("kv_direct", "direct"),
     _flag("kv_stream", "stream"),
     _knob("reg_softmax", "regs"),
+    _knob("split_sync", "sync"),
     _flag("o_split", "osplit"),
     _flag("v_in_k", "vink"),
     _flag("kv_f16", "kvf16"),

@@ -18,6 +18,28 @@ const uint RT = {{ L.row_tiles }}u;   // tiles of MM rows per subgroup
 {% include "coopmat1/frag.glsl" %}
 {% include "coopmat1/k_tile.glsl" %}
 
+{% if v.split_sync %}
+// split_sync: counts of subgroup arrivals per event, never reset within a call; tile t's event
+// is complete when its count reaches (t + 1) * NSG.
+const uint K_READY = 0u;  // stored its share of a K tile
+const uint K_FREE = 1u;   // read a K tile for the last time
+const uint V_READY = 2u;  // stored its share of a V tile
+const uint V_FREE = 3u;   // read a V tile for the last time
+
+void arrive(uint event) {
+    subgroupBarrier();  // every lane's shared reads and stores come before the count
+    if (subgroupElect()) {
+        atomicAdd(sync_count[event], 1u, gl_ScopeWorkgroup, gl_StorageSemanticsShared, gl_SemanticsRelease);
+    }
+}
+
+void wait_for(uint event, uint count) {
+    while (atomicLoad(sync_count[event], gl_ScopeWorkgroup, gl_StorageSemanticsShared,
+                      gl_SemanticsAcquire) < count) {
+    }
+}
+
+{% endif %}
 // Zeros everywhere in Ksh and Vsh: head columns past HSK / HSV (up to the matrix padding) are
 // never written by a tile, and the products read them.
 void clear_kv() {

@@ -82,16 +82,34 @@
         }
     }
 
+{% set sync = v.split_sync %}
+{% if sync %}
+    // split_sync: the barriers' two events per tile become four counts (regs.glsl), and each
+    // subgroup waits only for the event its next read needs. No global load is in flight across
+    // a wait either.
+    if (tid < 4u) {
+        sync_count[tid] = 0u;
+    }
+{% else %}
     // Two barriers per tile, and no global load is in flight across one: the H100 waits at a
     // barrier for the loads issued before it (with the next K loaded before the P V barrier
     // instead of after it, P1 ran 8% slower).
+{% endif %}
     barrier();  // Ksh is free (Q's operands went through it)
     if (kv_start < kv_stop) {
         load_k(k_base, kv_start, kv_end);
         store_k();
     }
-    for (uint kv0 = kv_start; kv0 < kv_stop; kv0 += BC) {
+{% if sync %}
+    arrive(K_READY);
+    uint tile = 0u;
+{% endif %}
+    for (uint kv0 = kv_start; kv0 < kv_stop; kv0 += BC{{ ", ++tile" if sync }}) {
+{% if sync %}
+        wait_for(K_READY, (tile + 1u) * NSG);  // this tile's K is in Ksh
+{% else %}
         barrier();  // Ksh holds this tile's K, and every subgroup finished the last P V (Vsh is free)
+{% endif %}
         load_v(v_base, kv0, kv_end);  // in flight during S and the softmax
 {% if v.mask %}
         // Loaded here, they arrive during S (a tile ahead, across barriers, P5 ran 5-10% slower).
@@ -122,6 +140,20 @@
             }
         }
 
+{% if sync %}
+        arrive(K_FREE);
+        const bool more = kv0 + BC < kv_stop;
+{% endif %}
+{% if sync == 1 %}
+        // V goes to Vsh now, so no subgroup's P V waits for another's softmax; the next K is in
+        // flight during the softmax instead of during P V.
+        wait_for(V_FREE, tile * NSG);  // every subgroup finished the last P V
+        store_v();
+        arrive(V_READY);
+        if (more) {
+            load_k(k_base, kv0 + BC, kv_end);
+        }
+{% endif %}
         // ---- online softmax on the accumulator elements ----
         [[unroll]] for (uint t = 0u; t < RT; ++t) {
             float mx[SLOTS];
@@ -182,12 +214,29 @@
             }
         }
 
+{% if sync == 1 %}
+        if (more) {
+            wait_for(K_FREE, (tile + 1u) * NSG);  // every subgroup finished this tile's S
+            store_k();
+            arrive(K_READY);
+        }
+        wait_for(V_READY, (tile + 1u) * NSG);
+{% elif sync == 2 %}
+        wait_for(V_FREE, tile * NSG);
+        store_v();
+        arrive(V_READY);
+        if (more) {
+            load_k(k_base, kv0 + BC, kv_end);  // in flight during P V
+        }
+        wait_for(V_READY, (tile + 1u) * NSG);
+{% else %}
         store_v();
         barrier();  // Vsh holds this tile's V, and every subgroup finished S (Ksh is free)
         const bool more = kv0 + BC < kv_stop;
         if (more) {
             load_k(k_base, kv0 + BC, kv_end);  // in flight during P V
         }
+{% endif %}
 
         // ---- O += P V: P's A operands built from this lane's own S elements ----
         [[unroll]] for (uint d = 0u; d < PSTEPS; ++d) {
@@ -205,9 +254,20 @@
                 }
             }
         }
+{% if sync == 1 %}
+        arrive(V_FREE);
+{% elif sync == 2 %}
+        arrive(V_FREE);
+        if (more) {
+            wait_for(K_FREE, (tile + 1u) * NSG);
+            store_k();
+            arrive(K_READY);
+        }
+{% else %}
         if (more) {
             store_k();
         }
+{% endif %}
     }
 
     // ---- epilogue: rows normalised by l (summed over the lanes of the row), written from

@@ -42,9 +42,8 @@ class PathKind(enum.Enum):
 
 # Compiled-in features, in uri order. `causal` also covers the sliding window (its width is a
 # run-time value); `split_k` makes the kernel write partial outputs for a reduce pass.
-SPLIT_SYNC_SCHEMES = (0, 1, 2)  # Variant.split_sync
-
 FEATURES = ("mask", "causal", "alibi", "softcap", "sinks", "split_k")
+SPLIT_SYNC_SCHEMES = (0, 1, 2)  # Variant.split_sync: 0 = workgroup barriers
 
 
 @dataclass(frozen=True)

@@ -81,9 +81,9 @@ REGS_STAGED_MAX = 16     # reg_softmax: 16-byte K (or V) elements per thread of 
 REGS_HSV_MAX = 256       # reg_softmax: O of mat_m rows x head_v stays in registers (128 per lane)
 REGS_Q_STEPS = 16        # reg_softmax: Q operands kept in registers up to this many (row tiles x
                          # depth steps: 64 registers per lane), else read from Qsh every tile
-NVIDIA = 0x10DE           # split_sync: the vendor whose subgroups progress independently
 REGS_ROW_TILES = (1, 2)  # reg_softmax: tiles of mat_m rows per subgroup; two reuse every K and V
                          # operand read from shared memory twice
+NVIDIA = 0x10DE          # split_sync: the vendor whose subgroups kgen lets spin on each other
 STREAM_MAX_ROWS = 64     # kv_stream is offered up to this many (GQA-folded) query rows: every
                          # row tile streams all of K and V, the ones after the first from L2
 F16_PAD, F32_PAD = 8, 4  # row padding in elements (16 bytes): rows stay 16-byte aligned, as

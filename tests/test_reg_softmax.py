@@ -269,21 +269,29 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_regs_kernels_match_the_reference(case):
+def case_variant(case, **knobs):
+    """A CASES row (also tests/test_split_sync.py's) as (variant, splits, q, k, v, mask): BASE
+    with the row's heads, tiles and features, plus `knobs`."""
     name, hq, hkv, nq, nkv, dk, dv, use_mask, causal, splits, br, bc, mat_n, row_tiles = case
     q, k, v, mask = case_inputs(name, 1, hq, hkv, nq, nkv, dk, dv, use_mask)
     wg = br // (16 * row_tiles) * 32
     variant = Variant(**dict(BASE, head_k=dk, head_v=dv, br=br, bc=bc, wg=wg, mat_n=mat_n,
-                             mask=use_mask, causal=causal, split_k=splits > 1, aligned=nkv % bc == 0))
-    kw = dict(mask=mask, causal=causal)
+                             mask=use_mask, causal=causal, split_k=splits > 1,
+                             aligned=nkv % bc == 0, **knobs))
+    return variant, splits, q, k, v, mask
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_regs_kernels_match_the_reference(case):
+    variant, splits, q, k, v, mask = case_variant(case)
+    kw = dict(mask=mask, causal=variant.causal)
     if not _scheme_on_device():
         with pytest.raises(KgenError, match="coopmat1|cooperative|fragment"):
             kgen.plan(q, k, v, variant=variant, split_k=splits, **kw)
         return
     p, out, v = run_plan(q, k, v, variant, splits, **kw)
     assert p.variant == variant and p.splits == splits
-    check(out, q, k, v, mask=mask, causal=causal)
+    check(out, q, k, v, **kw)
 
 
 @pytest.mark.parametrize("splits", [1, 2])

@@ -20,10 +20,8 @@ from kgen.space import why_invalid
 from kgen.variant import Variant
 from runtime import open_device
 
-from test_attention import case_inputs, check, run_plan
-
-BASE = dict(path="coopmat1", head_k=128, head_v=128, k_type="f16", v_type="f16", br=64, bc=64,
-            wg=128, mat_m=16, mat_n=16, mat_k=16, reg_softmax=1)
+from test_attention import check, run_plan
+from test_reg_softmax import BASE, case_variant
 SCHEMES = (1, 2)
 
 
@@ -130,20 +128,15 @@ CASES = [
 @pytest.mark.parametrize("sync", SCHEMES)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_kernels_match_the_reference(case, sync):
-    name, hq, hkv, nq, nkv, dk, dv, use_mask, causal, splits, br, bc, mat_n, row_tiles = case
-    q, k, v, mask = case_inputs(name, 1, hq, hkv, nq, nkv, dk, dv, use_mask)
-    wg = br // (16 * row_tiles) * 32
-    variant = Variant(**dict(BASE, head_k=dk, head_v=dv, br=br, bc=bc, wg=wg, mat_n=mat_n,
-                             split_sync=sync, mask=use_mask, causal=causal, split_k=splits > 1,
-                             aligned=nkv % bc == 0))
-    kw = dict(mask=mask, causal=causal)
+    variant, splits, q, k, v, mask = case_variant(case, split_sync=sync)
+    kw = dict(mask=mask, causal=variant.causal)
     if not _runs_here():
         with pytest.raises(KgenError, match="coopmat1|cooperative|fragment|forward progress"):
             kgen.plan(q, k, v, variant=variant, split_k=splits, **kw)
         return
     p, out, v = run_plan(q, k, v, variant, splits, **kw)
     assert p.variant == variant and p.splits == splits
-    check(out, q, k, v, mask=mask, causal=causal)
+    check(out, q, k, v, **kw)
     # The counts start from zero in every call: a second call gives the same output.
     with kgen.plan(q, k, v, variant=variant, split_k=splits, **kw) as again:
         assert (again(q, k, v, mask=mask) == out).all()

@@ -38,7 +38,12 @@ def test_uri_round_trip_and_layout():
     # 32 keys x 72 16-byte elements over 256 threads; 512 O columns over 8 subgroups.
     assert (lay.staged, lay.split_cols, lay.row_tiles, lay.mask_frag) == (9, 64, 4, 2)
     assert {a.name for a in lay.shared} == {"Ksh", "Psh", "Xsh"}
-    assert lay.shared_bytes == 32 * 584 * 2 + 8 * 32 * 16 + 2 * 64 * 4
+    # Psh holds P, and before it the depth split's partial S blocks: 2 x 16 bytes per lane.
+    assert lay.depth_parts == 2
+    assert lay.shared_bytes == 32 * 584 * 2 + 8 * 32 * 16 * 2 + 2 * 64 * 4
+    # One column group: no depth split, Psh holds P only.
+    one = coopmat1.layout(Variant(**dict(MLA, head_k=128, head_v=64, br=32, bc=16, wg=64)))
+    assert one.depth_parts == 1 and one.shared_bytes == 16 * 136 * 2 + 2 * 32 * 16 + 1 * 32 * 4
     assert why_invalid(v, H100) is None
     # 64 keys of 576 halves are 74 KB: over the H100's 48 KiB for a workgroup.
     assert "shared memory" in why_invalid(Variant(**dict(MLA, bc=64, wg=512)), H100)
@@ -169,6 +174,10 @@ CASES = [
     ("mla-n16-causal-split", 4, 1, 70, 260, 576, 512, False, True, 2, dict(mat_n=16)),
     ("mla-aligned-gqa", 8, 2, 64, 256, 576, 512, False, False, 1, {}),
     ("small-heads-mask", 4, 2, 50, 200, 128, 64, True, False, 1, dict(br=32, bc=32, wg=128)),
+    # 5 depth steps over 2 subgroups: the second part is one step short.
+    ("odd-depth-split", 4, 2, 40, 128, 80, 64, True, False, 2, dict(br=32, bc=32, wg=128)),
+    # One column group per row tile: no depth split, no partial sums through Psh.
+    ("one-column-group", 4, 1, 40, 96, 128, 64, True, False, 1, dict(br=32, bc=16, wg=64)),
 ]
 
 

@@ -46,8 +46,11 @@ subgroup can run a phase ahead of the slowest one (the H100 ran P1 with no barri
 them to make progress independently, which kgen relies on only on NVIDIA.
 
 `o_split` (with `v_in_k`: MLA prefill, 576/512) is reg_softmax for V heads too wide for one
-subgroup's O registers. Subgroup (row tile, column group) computes one mat_m x mat_k S block per
-KV tile; the blocks' row maxima meet in shared memory; P goes there in A-fragment order; each
+subgroup's O registers. Subgroup (row tile, column group) owns one mat_m x mat_k S block per
+KV tile. The row tile's subgroups split the q.k depth instead of the columns while they compute
+S (each sums its depth part of every block of the row tile, and the partial blocks go to their
+owners through shared memory), so each Q operand is read once per row tile; the blocks' row
+maxima meet in shared memory; P goes there in A-fragment order; each
 subgroup then multiplies all br rows of P by its head_v / subgroups columns of V, read from the
 K tile already in shared memory (V is K's first head_v columns). Q is read from the cache in
 A-fragment order (a pass before the kernel writes it), since 64 rows of 576 halves would not
@@ -288,6 +291,7 @@ class Layout:
     mask_frag: int = 0             # reg_softmax with a mask: S tiles per 16-byte element of the
                                    # fragment-ordered mask (kgen.render.render_mask_frag); 0: scalars
     split_cols: int = 0            # o_split: O columns each subgroup owns
+    depth_parts: int = 1           # o_split: subgroups of a row tile summing one S block's q.k depth
 
     @property
     def shared_bytes(self) -> int:
@@ -376,10 +380,13 @@ def _osplit_layout(v: Variant, nsg: int, hsk_pad: int) -> dict:
     """o_split: the K tile (which holds V too), P in A-fragment order, per-row exchange."""
     k_stride = hsk_pad + F16_PAD
     k_step = _per_thread(v.bc * v.head_k // 8, v.wg)
+    depth_parts = v.bc // v.mat_k  # a row tile's subgroups split its q.k depth this many ways
+    part_vecs = v.mat_m * v.mat_k // v.subgroup // 4  # 16-byte elements per lane of one S block
     shared = (
         SharedArray("Ksh", "uvec4", v.bc * k_stride // 8, "K tile (bc rows, 16-byte elements); V is its first head_v columns"),
-        SharedArray("Psh", "uvec4", nsg * v.subgroup,
-                    "P (f16) of every S block in A-fragment order: [row tile][column group][lane]"),
+        SharedArray("Psh", "uvec4", nsg * v.subgroup * max(1, (depth_parts - 1) * part_vecs),
+                    "P (f16) of every S block in A-fragment order: [row tile][column group][lane]; "
+                    "before that, the partial S sums of the depth split"),
         SharedArray("Xsh", "float", v.bc // v.mat_k * v.br,
                     "per column group and row: the block's row max, at the end its row sum"),
     )
@@ -388,7 +395,7 @@ def _osplit_layout(v: Variant, nsg: int, hsk_pad: int) -> dict:
                 ks_steps=hsk_pad // v.mat_k, shared=shared, row_tiles=v.br // v.mat_m,
                 frag=reg_layout(v.reg_softmax, v.mat_m, v.mat_n, v.mat_k),
                 mask_frag=mask_frag_tiles(v.reg_softmax, v.mat_m, v.mat_n, v.mat_k) if v.mask else 0,
-                split_cols=v.head_v // nsg)
+                split_cols=v.head_v // nsg, depth_parts=depth_parts)
 
 
 def layout(v: Variant) -> Layout:

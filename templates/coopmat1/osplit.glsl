@@ -1,6 +1,7 @@
 {#- reg_softmax with o_split (kgen/paths/coopmat1.py), for V heads too wide for one subgroup's
     registers (MLA: 576/512). Subgroup sg computes the S block of row tile sg / CG and the MK
-    columns (sg % CG) * MK.. of each KV tile, its softmax and P; P goes to shared memory in
+    columns (sg % CG) * MK.. of each KV tile (summing depth part sg % CG of its row tile's S,
+    the other parts arriving through Psh), its softmax and P; P goes to shared memory in
     A-fragment order, and every subgroup multiplies all BR rows of P by its own O_SG columns of
     V. V is the first HSV columns of K's rows (v_in_k): it is read from the K tile in Ksh.
     Q comes in A-fragment order from a pass before the kernel (templates/q_frag.comp.j2). -#}
@@ -13,6 +14,8 @@ const uint O_SG = {{ L.split_cols }}u;  // O columns per subgroup
 const uint O_N = O_SG / MN;           // O tiles per row tile
 {% include "coopmat1/frag.glsl" %}
 {% include "coopmat1/k_tile.glsl" %}
+const uint KPART = (KSTEPS + CG - 1u) / CG;  // q.k depth steps per subgroup of a row tile
+const uint PART_VECS = S_N * ACC_LEN / 4u;    // 16-byte elements per lane of one partial S block
 const uint ROW_LANES = {{ F.row_xor | sum }}u;  // lane & ROW_LANES == 0: the first lane of a row
 
 // Q (f16) in A-fragment order: uvec4 [b * Hq + h][row tile of 16][depth step][lane].

@@ -1,0 +1,382 @@
+"""The ceiling of a prefill FA kernel's inner loop on KHR cooperative matrices, measured: what
+the loop reaches with its data already in shared memory, and what each piece of a real kernel
+costs when added back one at a time.
+
+    python benchmarks/fa_ceiling.py [--case "P1 "] [--mat 16x8x16,16x16x16] [--rt 1,2] [--bc 32,64]
+        [--nsg 8] [--sync 0,2] [--stage 0,1] [--softmax 0,1,2,3,4,5] [--mask 0,1]
+        [--pingpong 0,1] [--overlap 0,1] [--q-shared 0,1] [--splits 1,2,4]
+
+Each subgroup owns RT row tiles of MM query rows and keeps their Q operands in registers, as
+kgen's reg_softmax kernels do. Per KV tile of BC keys it computes S = Q K^T with each K^T
+operand loaded from shared memory once and used by its RT row tiles, then O += P V with each V
+operand loaded from shared memory once; P is a constant built from one S element. The K and V
+tiles are put in shared memory once, before the loop: no global memory traffic in the loop.
+Every option is a comma-separated list; the script times every combination. What they add:
+- sync 2: two workgroup barriers per tile (after S and after P V), the classic FA2 lockstep
+  (1: the second one only);
+- stage 1: every thread stores its share of a K and a V tile into shared memory per tile
+  (from registers: still no global loads);
+- softmax: 1 a row max, exp2 of every S element and a row sum; 2 a row max and O scaled by
+  one factor; 3 both; 4 both with exp2 on f16 pairs; 5 both with the max and the sum as
+  pairwise trees. Per lane, no shuffles;
+- mask 1 (with a softmax): every lane loads its mask values of the tile as 16-byte elements
+  (one f16 plane of Nq x Nkv, as kgen's fragment-ordered mask) and adds them to the scores;
+- pingpong 1 (with sync 2): the second half of the subgroups runs a phase later: while one
+  half computes S, the other does its softmax and P V;
+- overlap 1: the next tile's S is computed beside this tile's softmax and P V (independent
+  work the compiler may interleave);
+- q-shared 1: Q's operands are read from shared memory at every use instead of registers;
+- splits N: N workgroups per row block, each walking Nkv / N keys (more workgroups; the
+  partial results' reduce is not included).
+
+The grid is the case's: its query rows (batch x heads x Nq) over BR = NSG x RT x MM rows per
+workgroup. FLOPs = 2 x rows x Nkv x (Dk + Dv), as the bench counts them; "case us" is the case's
+FLOPs at the measured rate: the time a kernel with exactly this inner loop and nothing else
+would take. Registers (and spilled bytes) come from the driver
+(VK_KHR_pipeline_executable_properties). Kernels over the shared-memory limit are skipped.
+"""
+import argparse
+import itertools
+import math
+import statistics
+import sys
+
+import numpy as np
+
+from kgen import abi
+from kgen.compile import compile_source
+from kgen.errors import CompileError
+from kgen.roofline import unavailable
+from kgen.runtime.context import Device
+from kgen.runtime.pipeline_stats import statistics_problem
+from kgen.runtime.vk import VulkanError
+from kgen.suites import suite
+
+WARM_SECONDS = 0.3
+SUBGROUP = 32  # NVIDIA's; the kernels require full subgroups of this size
+
+
+def push_block() -> str:
+    fields = "".join(f"    {f.glsl} {f.name};\n" for f in abi.PUSH_FIELDS)
+    return f"layout(push_constant) uniform Push {{\n{fields}}} pc;\n"
+
+
+def source(*, head_k: int, head_v: int, rt: int, bc: int, mat: tuple[int, int, int], nsg: int,
+           sync: int, stage: bool, softmax: int, pingpong: bool = False, overlap: bool = False,
+           q_shared: bool = False, mask: bool = False, mask_blocks: int = 1) -> str:
+    """The inner-loop kernel; pc.n_kv keys per workgroup, pc.n_q == 0 (its output store never
+    runs); mask_blocks: row blocks of the mask plane the grid's workgroups take turns on."""
+    mm, mn, mk = mat
+    ksteps, s_n, o_n, psteps = head_k // mk, bc // mn, head_v // mn, bc // mk
+    ksh_row, vsh_row = row_vecs(head_k), row_vecs(head_v)
+    k_step = -(-bc * ksh_row // (nsg * SUBGROUP))
+    v_step = -(-bc * vsh_row // (nsg * SUBGROUP))
+    barrier_after_s = "barrier();" if sync >= 2 else ""
+    barrier_after_pv = "barrier();" if sync >= 1 else ""
+    store_k = f"""[[unroll]] for (uint n = 0u; n < {k_step}u; ++n) {{
+            const uint e = tid + n * WG;
+            if (e < {bc * ksh_row}u) Ksh[e] = k_reg[n] ^ uvec4(kv0);
+        }}""" if stage else ""
+    store_v = f"""[[unroll]] for (uint n = 0u; n < {v_step}u; ++n) {{
+            const uint e = tid + n * WG;
+            if (e < {bc * vsh_row}u) Vsh[e] = v_reg[n] ^ uvec4(kv0);
+        }}""" if stage else ""
+    max_sum = """float mx = m_run;
+            [[unroll]] for (uint c = 0u; c < S_N; ++c)
+                [[unroll]] for (uint i = 0u; i < S[t][c].length(); ++i) mx = max(mx, S[t][c][i]);
+            const float alpha = exp2(m_run - mx);
+            m_run = mx;"""
+    if softmax == 5:
+        # Pairwise trees instead of one chain per lane for the max and the sum: fewer steps
+        # each waiting on the last.
+        max_sum = """float v[S_N * LEN];
+            [[unroll]] for (uint c = 0u; c < S_N; ++c)
+                [[unroll]] for (uint i = 0u; i < LEN; ++i) v[c * LEN + i] = S[t][c][i];
+            [[unroll]] for (uint w = S_N * LEN / 2u; w > 0u; w /= 2u)
+                [[unroll]] for (uint i = 0u; i < w; ++i) v[i] = max(v[i], v[i + w]);
+            const float mx = max(m_run, v[0]);
+            const float alpha = exp2(m_run - mx);
+            m_run = mx;"""
+        elementwise = """[[unroll]] for (uint c = 0u; c < S_N; ++c)
+                [[unroll]] for (uint i = 0u; i < LEN; ++i) {
+                    S[t][c][i] = exp2(S[t][c][i] - mx);
+                    v[c * LEN + i] = S[t][c][i];
+                }
+            [[unroll]] for (uint w = S_N * LEN / 2u; w > 0u; w /= 2u)
+                [[unroll]] for (uint i = 0u; i < w; ++i) v[i] += v[i + w];
+            l_run += v[0];"""
+    elif softmax == 4:
+        # exp2 on f16 pairs (P is f16 anyway); the row sum in f32.
+        elementwise = """[[unroll]] for (uint c = 0u; c < S_N; ++c)
+                [[unroll]] for (uint i = 0u; i < S[t][c].length(); i += 2u) {
+                    const f16vec2 p = exp2(f16vec2(S[t][c][i] - mx, S[t][c][i + 1u] - mx));
+                    S[t][c][i] = float(p.x);
+                    S[t][c][i + 1u] = float(p.y);
+                    l_run += float(p.x) + float(p.y);
+                }"""
+    else:
+        elementwise = """[[unroll]] for (uint c = 0u; c < S_N; ++c)
+                [[unroll]] for (uint i = 0u; i < S[t][c].length(); ++i) {
+                    S[t][c][i] = exp2(S[t][c][i] - mx);
+                    l_run += S[t][c][i];
+                }"""
+    rescale = "[[unroll]] for (uint j = 0u; j < O_N; ++j) O[t][j] = O[t][j] * alpha;"
+    if mask:
+        # Each lane's mask values of the tile as whole 16-byte loads (kgen's fragment-ordered
+        # mask), added with the score scale: one plane of Nq x Nkv f16 serves every head, as in
+        # the P cases, so the loads hit L2.
+        max_sum = """uvec4 mv[S_N * LEN / 8u];
+            [[unroll]] for (uint n = 0u; n < S_N * LEN / 8u; ++n)
+                mv[n] = mask4[((((gl_WorkGroupID.x % MASK_BLOCKS) * (pc.n_kv / BC) + kv0 / BC) * RT + t) * WG + tid) * (S_N * LEN / 8u) + n];
+            [[unroll]] for (uint c = 0u; c < S_N; ++c)
+                [[unroll]] for (uint i = 0u; i < LEN; ++i) {
+                    const uint e = c * LEN + i;
+                    const vec2 h = unpackHalf2x16(mv[e / 8u][(e % 8u) / 2u]);
+                    S[t][c][i] = S[t][c][i] * 0.125 + ((e % 2u) == 0u ? h.x : h.y);
+                }
+            """ + max_sum
+    parts = {0: (), 1: (max_sum, elementwise), 2: (max_sum, rescale), 3: (max_sum, elementwise, rescale),
+             4: (max_sum, elementwise, rescale), 5: (max_sum, elementwise, rescale)}[softmax]
+    soft = ("[[unroll]] for (uint t = 0u; t < RT; ++t) {\n            " + "\n            ".join(parts) + "\n        }") if parts else ""
+    if q_shared:
+        # Q's operands read from shared memory at every use (fewer registers, more reads).
+        q_decl = f"shared uvec4 Qsh[{nsg * rt * mm * ksh_row}];"
+        q_setup = f"""for (uint e = tid; e < {nsg * rt * mm * ksh_row}u; e += WG) Qsh[e] = src4[e + 11u];
+    barrier();"""
+        q_op = "qs[t]"
+        q_load = """MatA qs[RT];
+            [[unroll]] for (uint t = 0u; t < RT; ++t)
+                coopMatLoad(qs[t], Qsh, (sg * RT + t) * MM * KSH_ROW + ks * MK / 8u, KSH_ROW, ROW_MAJOR);"""
+    else:
+        q_decl = ""
+        q_setup = f"""MatA qm[RT][KSTEPS];
+    [[unroll]] for (uint t = 0u; t < RT; ++t)
+        [[unroll]] for (uint ks = 0u; ks < KSTEPS; ++ks)
+            coopMatLoad(qm[t][ks], src, ((sg * RT + t) * MM) * {head_k}u + ks * MK + gl_WorkGroupID.x * 64u, {head_k}u, ROW_MAJOR);"""
+        q_op = "qm[t][ks]"
+        q_load = ""
+    qk = f"""[[unroll]] for (uint t = 0u; t < RT; ++t)
+            [[unroll]] for (uint c = 0u; c < S_N; ++c) S[t][c] = MatF32(0.0);
+        [[unroll]] for (uint ks = 0u; ks < KSTEPS; ++ks) {{
+            {q_load}
+            [[unroll]] for (uint c = 0u; c < S_N; ++c) {{
+                MatB kb;
+                coopMatLoad(kb, Ksh, c * MN * KSH_ROW + ks * MK / 8u, KSH_ROW, COL_MAJOR);
+                [[unroll]] for (uint t = 0u; t < RT; ++t) S[t][c] = coopMatMulAdd({q_op}, kb, S[t][c]);
+            }}
+        }}"""
+    pv = """[[unroll]] for (uint d = 0u; d < PSTEPS; ++d) {
+            MatA pa[RT];
+            [[unroll]] for (uint t = 0u; t < RT; ++t) pa[t] = MatA(float16_t(S[t][d * (S_N / PSTEPS)][0]));
+            [[unroll]] for (uint j = 0u; j < O_N; ++j) {
+                MatB vb;
+                coopMatLoad(vb, Vsh, d * MK * VSH_ROW + j * MN / 8u, VSH_ROW, ROW_MAJOR);
+                [[unroll]] for (uint t = 0u; t < RT; ++t) O[t][j] = coopMatMulAdd(pa[t], vb, O[t][j]);
+            }
+        }"""
+    if overlap:
+        # S of the next tile is computed beside this tile's softmax and P V: independent work
+        # the compiler can interleave within one subgroup. Ksh holds the next tile's K.
+        qk_next = qk.replace("S[t][c]", "Sn[t][c]")
+        body = f"""MatF32 Sn[RT][S_N];
+        {qk_next}
+        {soft}
+        {pv}
+        S = Sn;
+        {barrier_after_pv}
+        {store_v}
+        {store_k}
+        {barrier_after_s}"""
+    elif pingpong:
+        # Two halves of the subgroups a phase apart: while one computes S, the other does its
+        # softmax and P V; a barrier between phases keeps them apart.
+        body = f"""if (!second) {{ {qk} }} else {{ {soft} {pv} }}
+        barrier();
+        {store_v}
+        {store_k}
+        if (!second) {{ {soft} {pv} }} else {{ {qk} }}
+        barrier();"""
+    else:
+        body = f"""{qk}
+        {barrier_after_s}
+        {store_v}
+        {soft}
+        {pv}
+        {barrier_after_pv}
+        {store_k}"""
+    return f"""#version 450
+#extension GL_EXT_control_flow_attributes : require
+#extension GL_EXT_shader_16bit_storage : require
+#extension GL_EXT_shader_explicit_arithmetic_types : require
+#extension GL_KHR_memory_scope_semantics : require
+#extension GL_KHR_cooperative_matrix : require
+#extension GL_KHR_shader_subgroup_basic : require
+layout(local_size_x = {nsg * SUBGROUP}) in;
+{push_block()}
+layout(std430, binding = {abi.BINDING["k"]}) readonly buffer Src {{ float16_t src[]; }};
+layout(std430, binding = {abi.BINDING["k"]}) readonly buffer Src4 {{ uvec4 src4[]; }};
+layout(std430, binding = {abi.BINDING["out"]}) writeonly buffer Out {{ float dst[]; }};
+layout(std430, binding = {abi.BINDING["mask"]}) readonly buffer Mask {{ uvec4 mask4[]; }};
+const uint MASK_BLOCKS = {mask_blocks}u;  // row blocks of one mask plane
+const uint WG = {nsg * SUBGROUP}u, RT = {rt}u, MM = {mm}u, MN = {mn}u, MK = {mk}u;
+const uint KSTEPS = {ksteps}u, S_N = {s_n}u, O_N = {o_n}u, PSTEPS = {psteps}u;
+const uint KSH_ROW = {ksh_row}u, VSH_ROW = {vsh_row}u, BC = {bc}u;
+const uint LEN = {mm * mn // SUBGROUP}u;  // accumulator elements per lane
+shared uvec4 Ksh[{bc * ksh_row}];
+shared uvec4 Vsh[{bc * vsh_row}];
+{q_decl}
+#define MatA coopmat<float16_t, gl_ScopeSubgroup, MM, MK, gl_MatrixUseA>
+#define MatB coopmat<float16_t, gl_ScopeSubgroup, MK, MN, gl_MatrixUseB>
+#define MatF32 coopmat<float, gl_ScopeSubgroup, MM, MN, gl_MatrixUseAccumulator>
+#define ROW_MAJOR gl_CooperativeMatrixLayoutRowMajor
+#define COL_MAJOR gl_CooperativeMatrixLayoutColumnMajor
+void main() {{
+    const uint sg = gl_SubgroupID, tid = sg * gl_SubgroupSize + gl_SubgroupInvocationID;
+    for (uint e = tid; e < {bc * ksh_row}u; e += WG) Ksh[e] = src4[e];
+    for (uint e = tid; e < {bc * vsh_row}u; e += WG) Vsh[e] = src4[e + 7u];
+    {"uvec4 k_reg[%d]; uvec4 v_reg[%d];" % (k_step, v_step) if stage else ""}
+    {"[[unroll]] for (uint n = 0u; n < %du; ++n) { k_reg[n] = src4[tid + n * WG]; v_reg[n] = src4[tid + n * WG + 3u]; }" % max(k_step, v_step) if stage else ""}
+    {q_setup}
+    MatF32 O[RT][O_N];
+    [[unroll]] for (uint t = 0u; t < RT; ++t)
+        [[unroll]] for (uint j = 0u; j < O_N; ++j) O[t][j] = MatF32(0.0);
+    float m_run = -1e30, l_run = 0.0;
+    barrier();
+    const bool second = sg >= {nsg // 2}u;
+    MatF32 S[RT][S_N];
+    [[unroll]] for (uint t = 0u; t < RT; ++t)
+        [[unroll]] for (uint c = 0u; c < S_N; ++c) S[t][c] = MatF32(0.0);
+    for (uint kv0 = 0u; kv0 < pc.n_kv; kv0 += BC) {{
+        {body}
+    }}
+    // Never true (pc.n_q is 0): the products stay, nothing is written.
+    if (pc.n_q == 12345u) {{
+        [[unroll]] for (uint t = 0u; t < RT; ++t)
+            [[unroll]] for (uint j = 0u; j < O_N; ++j) coopMatStore(O[t][j], dst, (t * O_N + j) * MM * MN, MN, ROW_MAJOR);
+        dst[tid] = l_run;
+    }}
+}}
+"""
+
+
+def row_vecs(head: int) -> int:
+    """uvec4s per shared-memory row of a head: 16 bytes of padding against bank conflicts."""
+    return (head + 8) // 8
+
+
+def csv(text: str, kind=int) -> list:
+    return [kind(x) for x in text.split(",") if x]
+
+
+OPTIONS = ("mat", "rt", "bc", "nsg", "sync", "pingpong", "overlap", "stage", "softmax", "mask",
+           "q_shared", "splits")
+
+
+def combinations(args) -> list[dict]:
+    """Every combination of the option lists that makes a kernel."""
+    lists = [csv(getattr(args, o), str if o == "mat" else int) for o in OPTIONS]
+    out = []
+    for values in itertools.product(*lists):
+        c = dict(zip(OPTIONS, values))
+        if (c["mask"] and not c["softmax"]) or (c["pingpong"] and (c["overlap"] or c["sync"] != 2)):
+            continue  # the mask goes into the softmax; ping-pong is its own two-barrier scheme
+        c["mat"] = tuple(int(x) for x in c["mat"].split("x"))
+        out.append(c)
+    return out
+
+
+def time_one(dev, s, c: dict, src, out, runs: int) -> tuple[str, float, int] | str:
+    """(registers, median us, rows done) of one combination on case shapes `s`, or why not run."""
+    mm = c["mat"][0]
+    br = c["nsg"] * c["rt"] * mm
+    mask_blocks = math.ceil(s.n_q / br)
+    groups = math.ceil(s.batch * s.heads_q * s.n_q / br) * c["splits"]
+    keys = s.n_kv // c["splits"]
+    q_rows = br if c["q_shared"] else 0
+    shared = 16 * (c["bc"] * (row_vecs(s.head_k) + row_vecs(s.head_v)) + q_rows * row_vecs(s.head_k))
+    if shared > dev.caps.max_shared_memory:
+        return f"skipped: {shared} bytes of shared memory, over {dev.caps.max_shared_memory}"
+    text = source(head_k=s.head_k, head_v=s.head_v, mask_blocks=mask_blocks,
+                  **{k: v for k, v in c.items() if k != "splits"})
+    name = "ceiling_" + "_".join(f"{k}{'x'.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in c.items())
+    kernel = dev.pipeline(compile_source(text, name=name).spirv, name=name,
+                          required_subgroup_size=SUBGROUP, full_subgroups=True)
+    regs = "?"
+    if statistics_problem(dev) is None:
+        st = kernel.statistics()
+        # NVIDIA sets bit 36 of Local Memory Size on every kernel; the bits below are the
+        # spilled bytes per thread.
+        spill = st.get("Local Memory Size", 0) & ((1 << 36) - 1)
+        regs = f"{st.get('Register Count', '?')}" + (f"+{spill}B" if spill else "")
+    # The mask as the lanes load it: 16 bytes per 8 S elements of their row tiles, per tile.
+    mask_bytes = max(16, mask_blocks * (keys // c["bc"]) * br * c["bc"] * 2)
+    mask_buf = dev.buffer(mask_bytes)
+    try:
+        mask_buf.write(-np.random.default_rng(1).random(mask_bytes // 2).astype(np.float16))
+        steps = [(kernel, {abi.BINDING["k"]: src, abi.BINDING["out"]: out, abi.BINDING["mask"]: mask_buf},
+                  abi.pack_some(n_kv=keys), (groups, 1, 1))]
+        with dev.sequence(steps * runs) as seq:
+            spent = 0.0  # compiling idles the GPU and its clock drops: warm up every kernel
+            while spent < WARM_SECONDS * 1e6:
+                spent += sum(seq.run(wait=True))
+            us = statistics.median(seq.run(wait=True))
+    finally:
+        dev.drop_pipeline(kernel)
+        mask_buf.close()
+    return regs, us, groups // c["splits"] * br
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--case", default="P1 ", help="a case of suite h100-anchors (its grid and head sizes)")
+    ap.add_argument("--mat", default="16x8x16,16x16x16", help="MMxMNxMK shapes")
+    ap.add_argument("--rt", default="1,2", help="row tiles per subgroup")
+    ap.add_argument("--bc", default="32,64", help="keys per tile")
+    ap.add_argument("--nsg", default="8", help="subgroups per workgroup")
+    ap.add_argument("--sync", default="0,2", help="workgroup barriers per tile (0, 1 or 2)")
+    ap.add_argument("--stage", default="0", help="1: store a K and a V tile to shared memory per tile")
+    ap.add_argument("--softmax", default="0", help="0-5, see above")
+    ap.add_argument("--mask", default="0", help="1 (with a softmax): add each lane's mask values, loaded per tile")
+    ap.add_argument("--pingpong", default="0", help="1 (with sync 2): two halves of the subgroups a phase apart")
+    ap.add_argument("--overlap", default="0", help="1: the next tile's S beside this tile's softmax and P V")
+    ap.add_argument("--q-shared", default="0", help="1: Q's operands from shared memory at every use")
+    ap.add_argument("--splits", default="1", help="workgroups per row block, each walking Nkv / splits keys")
+    ap.add_argument("--runs", type=int, default=30)
+    args = ap.parse_args()
+    case = suite("h100-anchors", [args.case])[0]
+    s = case.shapes()
+    flops = case.flops
+    combos = combinations(args)
+    with Device(None, capture_statistics=True) as dev:
+        if (reason := unavailable(dev.caps).get("coopmat1")) is not None:
+            print(f"{dev.caps.name}: {reason}; the ceiling kernels need it", file=sys.stderr)
+            return 1
+        if not dev.caps.min_subgroup_size <= SUBGROUP <= dev.caps.max_subgroup_size:
+            print(f"{dev.caps.name}: subgroups of {dev.caps.min_subgroup_size}..{dev.caps.max_subgroup_size}; "
+                  f"the kernels are written for {SUBGROUP}", file=sys.stderr)
+            return 1
+        src = dev.buffer(1 << 22)
+        src.write((np.random.default_rng(0).standard_normal((1 << 21,)) * 0.1).astype(np.float16))
+        out = dev.buffer(1 << 22)
+        print(f"{case.name}: {s.batch * s.heads_q * s.n_q} query rows, Nkv {s.n_kv}, {s.head_k}/{s.head_v}; "
+              f"case FLOPs {flops / 1e9:.1f} G on {dev.caps.name}; {len(combos)} kernels", flush=True)
+        print("\t".join(OPTIONS) + "\tregs\tus\tTFLOPS\tcase us", flush=True)
+        for c in combos:
+            label = "\t".join("x".join(map(str, v)) if isinstance(v, tuple) else str(v) for v in c.values())
+            try:
+                result = time_one(dev, s, c, src, out, args.runs)
+            except (CompileError, VulkanError) as exc:
+                result = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+            if isinstance(result, str):
+                print(f"{label}\t{result}", flush=True)
+                continue
+            regs, us, rows = result
+            tflops = 2.0 * rows * s.n_kv * (s.head_k + s.head_v) / us / 1e6
+            print(f"{label}\t{regs}\t{us:.1f}\t{tflops:.0f}\t{flops / tflops / 1e6:.0f}", flush=True)
+        src.close()
+        out.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

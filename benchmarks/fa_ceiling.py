@@ -24,7 +24,8 @@ Every option is a comma-separated list; the script times every combination. What
 - pingpong 1 (with sync 2): the second half of the subgroups runs a phase later: while one
   half computes S, the other does its softmax and P V;
 - overlap 1: the next tile's S is computed beside this tile's softmax and P V (independent
-  work the compiler may interleave);
+  work the compiler may interleave); 2 (with rt 1, softmax 3): the softmax written between the
+  next tile's depth steps in the source;
 - q-shared 1: Q's operands are read from shared memory at every use instead of registers;
 - splits N: N workgroups per row block, each walking Nkv / N keys (more workgroups; the
   partial results' reduce is not included).
@@ -62,7 +63,7 @@ def push_block() -> str:
 
 
 def source(*, head_k: int, head_v: int, rt: int, bc: int, mat: tuple[int, int, int], nsg: int,
-           sync: int, stage: bool, softmax: int, pingpong: bool = False, overlap: bool = False,
+           sync: int, stage: bool, softmax: int, pingpong: bool = False, overlap: int = 0,
            q_shared: bool = False, mask: bool = False, mask_blocks: int = 1) -> str:
     """The inner-loop kernel; pc.n_kv keys per workgroup, pc.n_q == 0 (its output store never
     runs); mask_blocks: row blocks of the mask plane the grid's workgroups take turns on."""
@@ -174,7 +175,44 @@ def source(*, head_k: int, head_v: int, rt: int, bc: int, mat: tuple[int, int, i
                 [[unroll]] for (uint t = 0u; t < RT; ++t) O[t][j] = coopMatMulAdd(pa[t], vb, O[t][j]);
             }
         }"""
-    if overlap:
+    if overlap == 2:
+        # As overlap 1, with the softmax written between the next tile's Q K^T depth steps in the
+        # source: the row max beside the first half of the steps, exp2 and the sum beside the
+        # second (one row tile per subgroup).
+        if rt != 1 or softmax != 3:
+            raise ValueError("overlap 2: one row tile and softmax 3")
+        per = s_n * (mm * mn // SUBGROUP) // (ksteps // 2)
+        body = f"""MatF32 Sn[1][S_N];
+        [[unroll]] for (uint c = 0u; c < S_N; ++c) Sn[0][c] = MatF32(0.0);
+        float mx = m_run, alpha = 1.0;
+        [[unroll]] for (uint ks = 0u; ks < KSTEPS; ++ks) {{
+            {q_load.replace("RT", "1")}
+            [[unroll]] for (uint c = 0u; c < S_N; ++c) {{
+                MatB kb;
+                coopMatLoad(kb, Ksh, c * MN * KSH_ROW + ks * MK / 8u, KSH_ROW, COL_MAJOR);
+                Sn[0][c] = coopMatMulAdd({q_op.replace("[t]", "[0]")}, kb, Sn[0][c]);
+            }}
+            if (ks < KSTEPS / 2u) {{
+                [[unroll]] for (uint e = ks * {per}u; e < (ks + 1u) * {per}u; ++e) mx = max(mx, S[0][e / LEN][e % LEN]);
+                if (ks == KSTEPS / 2u - 1u) {{
+                    alpha = exp2(m_run - mx);
+                    m_run = mx;
+                }}
+            }} else {{
+                [[unroll]] for (uint e = (ks - KSTEPS / 2u) * {per}u; e < (ks - KSTEPS / 2u + 1u) * {per}u; ++e) {{
+                    S[0][e / LEN][e % LEN] = exp2(S[0][e / LEN][e % LEN] - mx);
+                    l_run += S[0][e / LEN][e % LEN];
+                }}
+            }}
+        }}
+        [[unroll]] for (uint j = 0u; j < O_N; ++j) O[0][j] = O[0][j] * alpha;
+        {pv}
+        S = Sn;
+        {barrier_after_pv}
+        {store_v}
+        {store_k}
+        {barrier_after_s}"""
+    elif overlap:
         # S of the next tile is computed beside this tile's softmax and P V: independent work
         # the compiler can interleave within one subgroup. Ksh holds the next tile's K.
         qk_next = qk.replace("S[t][c]", "Sn[t][c]")
@@ -278,7 +316,8 @@ def combinations(args) -> list[dict]:
     out = []
     for values in itertools.product(*lists):
         c = dict(zip(OPTIONS, values))
-        if (c["mask"] and not c["softmax"]) or (c["pingpong"] and (c["overlap"] or c["sync"] != 2)):
+        if (c["mask"] and not c["softmax"]) or (c["pingpong"] and (c["overlap"] or c["sync"] != 2)) \
+                or (c["overlap"] == 2 and (c["rt"] != 1 or c["softmax"] != 3 or c["mask"])):
             continue  # the mask goes into the softmax; ping-pong is its own two-barrier scheme
         c["mat"] = tuple(int(x) for x in c["mat"].split("x"))
         out.append(c)

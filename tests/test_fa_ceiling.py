@@ -1,0 +1,67 @@
+"""benchmarks/fa_ceiling.py (the inner-loop ceiling of the prefill kernels): which option
+combinations it times, that each kind of kernel it writes compiles, and that it times one on a
+device with KHR cooperative matrices and refuses any other with the reason."""
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from kgen.compile import compile_source
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "fa_ceiling.py"
+
+
+@pytest.fixture(scope="module")
+def ceiling():
+    spec = importlib.util.spec_from_file_location("fa_ceiling", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def options(**given) -> argparse.Namespace:
+    base = dict(mat="16x8x16", rt="1", bc="64", nsg="8", sync="0", pingpong="0", overlap="0", stage="0",
+                softmax="0", mask="0", q_shared="0", splits="1")
+    return argparse.Namespace(**(base | given))
+
+
+def test_combinations_skip_what_makes_no_kernel(ceiling):
+    combos = ceiling.combinations(options(sync="0,2", pingpong="0,1", softmax="0,3", mask="0,1"))
+    # ping-pong only with two barriers; a mask only with a softmax
+    assert all(c["sync"] == 2 for c in combos if c["pingpong"])
+    assert all(c["softmax"] for c in combos if c["mask"])
+    assert len(combos) == 9          # sync 0: 3 (softmax 0, 3, 3 + mask); sync 2: 3 each for pingpong 0 and 1
+    assert combos[0]["mat"] == (16, 8, 16)
+    interleaved = ceiling.combinations(options(rt="1,2", softmax="0,3", overlap="2"))
+    assert [(c["rt"], c["softmax"]) for c in interleaved] == [(1, 3)]
+
+
+@pytest.mark.parametrize("given", [
+    dict(),
+    dict(mat="16x16x16", sync="2", stage="1", softmax="3", mask="1"),
+    dict(rt="2", bc="32", softmax="1"),
+    dict(sync="2", pingpong="1", softmax="2"),
+    dict(overlap="1", stage="1", softmax="4", q_shared="1"),
+    dict(overlap="2", softmax="3", sync="2", stage="1"),
+    dict(softmax="5"),
+])
+def test_every_kind_of_kernel_compiles(ceiling, given):
+    (c,) = ceiling.combinations(options(**given))
+    text = ceiling.source(head_k=128, head_v=128, mask_blocks=4, **{k: v for k, v in c.items() if k != "splits"})
+    assert len(compile_source(text, name="ceiling_test").spirv) > 1000
+
+
+def test_runs_on_coopmat1_devices_and_refuses_others(ceiling, monkeypatch, capsys):
+    from kgen.runtime import open_device
+    monkeypatch.setattr(sys, "argv", ["fa_ceiling.py", "--mat", "16x8x16", "--rt", "1", "--bc", "32", "--sync", "0",
+                                     "--runs", "3"])
+    status = ceiling.main()
+    out, err = capsys.readouterr()
+    if open_device().caps.has_coopmat1:
+        assert status == 0
+        row = out.strip().splitlines()[-1].split("\t")
+        assert row[0] == "16x8x16" and float(row[-3]) > 0      # the kernel's median us
+    else:
+        assert status == 1 and "VK_KHR_cooperative_matrix" in err

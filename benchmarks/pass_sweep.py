@@ -5,7 +5,9 @@
 Every candidate of the case's class whose name matches each --match regex (all split
 counts the tuner would try, or only --splits) is checked against the float64 reference on the
 tuner's small problem (unless --no-check), then timed on the case's full shape: runs back to back after warm-up,
-rotating input copies, median GPU microseconds per pass. A development tool for the kernel
+rotating input copies, median GPU microseconds per pass. The passes before the kernel (kv_f16,
+mask and Q fragments, mask tiles) run side by side as one group: its time is printed for the
+first of them, 0.0 for the others. A development tool for the kernel
 design work of #7; `kgen tune` and `kgen bench` are the figures to quote.
 """
 import argparse

@@ -312,6 +312,10 @@ class Plan:
             steps.append((reorder, {abi.BINDING["q"]: self._buffers["q"],
                                     abi.BINDING["out"]: self._buffers["q_frag"]}, push, q_groups))
             binds[abi.BINDING["q"]] = self._buffers["q_frag"]
+        # The passes before the kernel read only the caller's inputs and each writes its own
+        # buffer: they join each other (no barrier between them, so the GPU may overlap them);
+        # one barrier before the kernel.
+        steps = [step + (i > 0,) for i, step in enumerate(steps)]
         groups = (math.ceil(s.n_q / v.br), s.heads_q, s.batch * self.splits)
         steps.append((fa, binds, push, groups))
         if self.splits > 1 and not v.fused_reduce:

@@ -4,7 +4,9 @@ sequences that are resubmitted as they are.
 Arguments are checked against the ABI and the device limits before anything is recorded, so a
 wrong push block or grid raises InvalidArgument instead of reaching the driver. GPU time comes
 from two timestamps around each dispatch, both written at BOTTOM_OF_PIPE: the first once
-everything before the dispatch has finished, the second once the dispatch has.
+everything before the dispatch has finished, the second once the dispatch has. In a sequence, a
+dispatch may join the one before it (independent passes): no barrier and no timestamps between
+them, so the GPU may run them side by side, and the pair brackets the whole group.
 """
 from __future__ import annotations
 
@@ -156,13 +158,17 @@ class Launcher:
             self.timer.close()
 
 
-Step = tuple[Any, Buffers, bytes, tuple[int, int, int]]
+# (kernel, buffers, push, groups) or (kernel, buffers, push, groups, joins_previous)
+Step = tuple[Any, Buffers, bytes, tuple[int, int, int]] | tuple[Any, Buffers, bytes, tuple[int, int, int], bool]
 
 
 class Sequence:
     """Dispatches recorded once into one command buffer, with a barrier between consecutive
     dispatches and a timestamp pair around each; run() resubmits it unchanged. Push constants are
-    captured at recording; buffers are bound by handle, so their contents may change between runs."""
+    captured at recording; buffers are bound by handle, so their contents may change between runs.
+    A step whose fifth element is True joins the step before it: it neither reads nor writes what
+    that group writes, so no barrier separates them and one timestamp pair brackets the group;
+    its time is reported on the group's first step and the joined steps read 0.0."""
 
     def __init__(self, dev: Any, steps: Iterable[Step], *, timed: bool = True):
         self._device = weakref.ref(dev)
@@ -172,42 +178,57 @@ class Sequence:
         checked = [self._check(dev, i, step) for i, step in enumerate(steps)]
         if not checked:
             raise InvalidArgument("Device.sequence", "steps", "0 steps", "at least one dispatch")
+        if checked[0][4]:
+            raise InvalidArgument("Device.sequence", "steps[0][4]", True,
+                                  "False: the first dispatch has nothing before it to join")
         self.kernels = tuple(s[0] for s in checked)
+        self._joins = tuple(s[4] for s in checked)
+        self._groups = self._joins.count(False)
         self._buffers = tuple({b.serial: b for s in checked for b in s[1]}.values())
         try:
-            for _, bound, _, _ in checked:
+            for _, bound, _, _, _ in checked:
                 key = tuple(b.serial for b in bound)
                 if key not in self._sets:
                     self._sets[key] = dev.descriptor_sets.allocate(bound)
             self.slot = CommandSlot(dev, one_time=False)
-            self.timer = _timestamps(dev, 2 * len(checked)) if timed else None
+            self.timer = _timestamps(dev, 2 * self._groups) if timed else None
             self._record(checked)
         except BaseException:
             self.close()
             raise
 
     @staticmethod
-    def _check(dev: Any, i: int, step: Step) -> tuple[Any, tuple[Buffer, ...], Any, tuple[int, int, int]]:
-        kernel, buffers, push, groups = step
+    def _check(dev: Any, i: int, step: Step) -> tuple[Any, tuple[Buffer, ...], Any, tuple[int, int, int], bool]:
+        if len(step) not in (4, 5):
+            raise InvalidArgument("Device.sequence", f"steps[{i}]", f"{len(step)} elements",
+                                  "(kernel, buffers, push, groups[, joins_previous])")
+        kernel, buffers, push, groups = step[:4]
+        joins = step[4] if len(step) == 5 else False
         if getattr(kernel, "device", None) is not dev:
             raise InvalidArgument("Device.sequence", f"steps[{i}][0]", repr(kernel), "a Kernel of this device")
+        if not isinstance(joins, bool):
+            raise InvalidArgument("Device.sequence", f"steps[{i}][4]", repr(joins), "True or False")
         where = f"Device.sequence: steps[{i}] ({kernel.name})"
         return (kernel, resolve(dev, where, buffers), check_push(where, push),
-                check_groups(where, groups, dev.caps.max_workgroup_count))
+                check_groups(where, groups, dev.caps.max_workgroup_count), joins)
 
     def _record(self, checked: list) -> None:
         cmd, timer = self.slot.begin(), self.timer
         if timer:
             timer.reset(cmd)
         barrier(cmd, SETTLE)
-        for i, (kernel, bound, push, groups) in enumerate(checked):
-            if i:
-                barrier(cmd, BETWEEN)
-            if timer:
-                timer.write(cmd, 2 * i)
+        group = -1
+        for i, (kernel, bound, push, groups, joins) in enumerate(checked):
+            if not joins:
+                group += 1
+                if i:
+                    barrier(cmd, BETWEEN)
+                if timer:
+                    timer.write(cmd, 2 * group)
             record_dispatch(cmd, kernel, self._sets[tuple(b.serial for b in bound)], push, groups)
-            if timer:
-                timer.write(cmd, 2 * i + 1)
+            group_ends = i + 1 == len(checked) or not checked[i + 1][4]
+            if timer and group_ends:
+                timer.write(cmd, 2 * group + 1)
         barrier(cmd, TO_HOST)
         self.slot.end()
 
@@ -222,7 +243,7 @@ class Sequence:
         return dev
 
     def run(self, wait: bool = True) -> list[float] | None:
-        """Submit once more. With wait, block and return GPU microseconds per dispatch ([] when
+        """Submit once more. With wait, block and return GPU microseconds per step ([] when
         untimed); without, return None and let wait() (or any buffer access) collect it."""
         dev = self._live()
         for b in self._buffers:
@@ -233,6 +254,17 @@ class Sequence:
         dev.in_flight.add(self)
         return self.wait() if wait else None
 
+    def _per_step(self, group_us: list[float]) -> list[float]:
+        """One figure per step: each group's time on its first step, 0.0 on the steps that joined it."""
+        out, at = [], -1
+        for joins in self._joins:
+            if joins:
+                out.append(0.0)
+            else:
+                at += 1
+                out.append(group_us[at])
+        return out
+
     def wait(self) -> list[float]:
         """The GPU microseconds of the latest run, waiting for it if needed ([] before any)."""
         dev = self._live()
@@ -240,7 +272,7 @@ class Sequence:
             self.slot.wait()
             dev.in_flight.discard(self)
             # Read only after a run: queries never written would make a WAIT read block forever.
-            self._last = self.timer.read() if self.timer else []
+            self._last = self._per_step(self.timer.read()) if self.timer else []
         return list(self._last)
 
     def close(self) -> None:

@@ -302,24 +302,56 @@ def row_vecs(head: int) -> int:
     return (head + 8) // 8
 
 
-def csv(text: str, kind=int) -> list:
-    return [kind(x) for x in text.split(",") if x]
+# Every option takes a comma-separated list of values; the script times every combination.
+OPTION_TABLE = (
+    ("mat", "16x8x16,16x16x16", "MMxMNxMK matrix shapes"),
+    ("rt", "1,2", "row tiles per subgroup"),
+    ("bc", "32,64", "keys per tile"),
+    ("nsg", "8", "subgroups per workgroup"),
+    ("sync", "0,2", "workgroup barriers per tile (0, 1 or 2)"),
+    ("pingpong", "0", "1 (with sync 2): two halves of the subgroups a phase apart"),
+    ("overlap", "0", "1: the next tile's S beside this tile's softmax and P V; 2: interleaved in the source"),
+    ("stage", "0", "1: store a K and a V tile to shared memory per tile"),
+    ("softmax", "0", "0-5, see above"),
+    ("mask", "0", "1 (with a softmax): add each lane's mask values, loaded per tile"),
+    ("q_shared", "0", "1: Q's operands from shared memory at every use"),
+    ("splits", "1", "workgroups per row block, each walking Nkv / splits keys"),
+)
+OPTIONS = tuple(name for name, _, _ in OPTION_TABLE)
 
 
-OPTIONS = ("mat", "rt", "bc", "nsg", "sync", "pingpong", "overlap", "stage", "softmax", "mask",
-           "q_shared", "splits")
+def value_list(option: str):
+    """The argparse type of `option`: its comma-separated values (ints; MxNxK triples for mat)."""
+    def parse(text: str) -> list:
+        try:
+            values = [tuple(int(x) for x in v.split("x")) if option == "mat" else int(v)
+                      for v in text.split(",") if v]
+        except ValueError:
+            values = []
+        if not values or (option == "mat" and any(len(m) != 3 for m in values)):
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: comma-separated {'MxNxK shapes' if option == 'mat' else 'integers'}")
+        return values
+    return parse
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--case", default="P1 ", help="a case of suite h100-anchors (its grid and head sizes)")
+    for name, default, text in OPTION_TABLE:
+        ap.add_argument("--" + name.replace("_", "-"), default=default, type=value_list(name), help=text)
+    ap.add_argument("--runs", type=int, default=30)
+    return ap
 
 
 def combinations(args) -> list[dict]:
     """Every combination of the option lists that makes a kernel."""
-    lists = [csv(getattr(args, o), str if o == "mat" else int) for o in OPTIONS]
     out = []
-    for values in itertools.product(*lists):
+    for values in itertools.product(*(getattr(args, o) for o in OPTIONS)):
         c = dict(zip(OPTIONS, values))
         if (c["mask"] and not c["softmax"]) or (c["pingpong"] and (c["overlap"] or c["sync"] != 2)) \
                 or (c["overlap"] == 2 and (c["rt"] != 1 or c["softmax"] != 3 or c["mask"])):
             continue  # the mask goes into the softmax; ping-pong is its own two-barrier scheme
-        c["mat"] = tuple(int(x) for x in c["mat"].split("x"))
         out.append(c)
     return out
 
@@ -366,22 +398,7 @@ def time_one(dev, s, c: dict, src, out, runs: int) -> tuple[str, float, int] | s
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--case", default="P1 ", help="a case of suite h100-anchors (its grid and head sizes)")
-    ap.add_argument("--mat", default="16x8x16,16x16x16", help="MMxMNxMK shapes")
-    ap.add_argument("--rt", default="1,2", help="row tiles per subgroup")
-    ap.add_argument("--bc", default="32,64", help="keys per tile")
-    ap.add_argument("--nsg", default="8", help="subgroups per workgroup")
-    ap.add_argument("--sync", default="0,2", help="workgroup barriers per tile (0, 1 or 2)")
-    ap.add_argument("--stage", default="0", help="1: store a K and a V tile to shared memory per tile")
-    ap.add_argument("--softmax", default="0", help="0-5, see above")
-    ap.add_argument("--mask", default="0", help="1 (with a softmax): add each lane's mask values, loaded per tile")
-    ap.add_argument("--pingpong", default="0", help="1 (with sync 2): two halves of the subgroups a phase apart")
-    ap.add_argument("--overlap", default="0", help="1: the next tile's S beside this tile's softmax and P V")
-    ap.add_argument("--q-shared", default="0", help="1: Q's operands from shared memory at every use")
-    ap.add_argument("--splits", default="1", help="workgroups per row block, each walking Nkv / splits keys")
-    ap.add_argument("--runs", type=int, default=30)
-    args = ap.parse_args()
+    args = parser().parse_args()
     case = suite("h100-anchors", [args.case])[0]
     s = case.shapes()
     flops = case.flops

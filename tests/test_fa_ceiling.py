@@ -21,21 +21,29 @@ def ceiling():
     return module
 
 
-def options(**given) -> argparse.Namespace:
+def options(ceiling, **given) -> argparse.Namespace:
     base = dict(mat="16x8x16", rt="1", bc="64", nsg="8", sync="0", pingpong="0", overlap="0", stage="0",
                 softmax="0", mask="0", q_shared="0", splits="1")
-    return argparse.Namespace(**(base | given))
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in (base | given).items()]
+    return ceiling.parser().parse_args(args)
 
 
 def test_combinations_skip_what_makes_no_kernel(ceiling):
-    combos = ceiling.combinations(options(sync="0,2", pingpong="0,1", softmax="0,3", mask="0,1"))
+    combos = ceiling.combinations(options(ceiling, sync="0,2", pingpong="0,1", softmax="0,3", mask="0,1"))
     # ping-pong only with two barriers; a mask only with a softmax
     assert all(c["sync"] == 2 for c in combos if c["pingpong"])
     assert all(c["softmax"] for c in combos if c["mask"])
     assert len(combos) == 9          # sync 0: 3 (softmax 0, 3, 3 + mask); sync 2: 3 each for pingpong 0 and 1
     assert combos[0]["mat"] == (16, 8, 16)
-    interleaved = ceiling.combinations(options(rt="1,2", softmax="0,3", overlap="2"))
+    interleaved = ceiling.combinations(options(ceiling, rt="1,2", softmax="0,3", overlap="2"))
     assert [(c["rt"], c["softmax"]) for c in interleaved] == [(1, 3)]
+
+
+@pytest.mark.parametrize("option, text", [("bc", "32,x"), ("mat", "16x8"), ("sync", "")])
+def test_bad_option_lists_are_refused_naming_the_option(ceiling, option, text, capsys):
+    with pytest.raises(SystemExit):
+        ceiling.parser().parse_args([f"--{option}={text}"])
+    assert f"--{option}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("given", [
@@ -48,7 +56,7 @@ def test_combinations_skip_what_makes_no_kernel(ceiling):
     dict(softmax="5"),
 ])
 def test_every_kind_of_kernel_compiles(ceiling, given):
-    (c,) = ceiling.combinations(options(**given))
+    (c,) = ceiling.combinations(options(ceiling, **given))
     text = ceiling.source(head_k=128, head_v=128, mask_blocks=4, **{k: v for k, v in c.items() if k != "splits"})
     assert len(compile_source(text, name="ceiling_test").spirv) > 1000
 

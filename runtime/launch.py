@@ -183,7 +183,6 @@ class Sequence:
                                   "False: the first dispatch has nothing before it to join")
         self.kernels = tuple(s[0] for s in checked)
         self._joins = tuple(s[4] for s in checked)
-        self._groups = self._joins.count(False)
         self._buffers = tuple({b.serial: b for s in checked for b in s[1]}.values())
         try:
             for _, bound, _, _, _ in checked:
@@ -191,7 +190,7 @@ class Sequence:
                 if key not in self._sets:
                     self._sets[key] = dev.descriptor_sets.allocate(bound)
             self.slot = CommandSlot(dev, one_time=False)
-            self.timer = _timestamps(dev, 2 * self._groups) if timed else None
+            self.timer = _timestamps(dev, 2 * self._joins.count(False)) if timed else None
             self._record(checked)
         except BaseException:
             self.close()
@@ -256,14 +255,8 @@ class Sequence:
 
     def _per_step(self, group_us: list[float]) -> list[float]:
         """One figure per step: each group's time on its first step, 0.0 on the steps that joined it."""
-        out, at = [], -1
-        for joins in self._joins:
-            if joins:
-                out.append(0.0)
-            else:
-                at += 1
-                out.append(group_us[at])
-        return out
+        groups = iter(group_us)
+        return [0.0 if joins else next(groups) for joins in self._joins]
 
     def wait(self) -> list[float]:
         """The GPU microseconds of the latest run, waiting for it if needed ([] before any)."""

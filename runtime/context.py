@@ -166,7 +166,8 @@ class Device:
         return True
 
     def sequence(self, steps: Iterable[Step], *, timed: bool = True) -> Sequence:
-        """Record (kernel, buffers, push, groups) steps once, for run() to resubmit."""
+        """Record (kernel, buffers, push, groups[, joins_previous]) steps once, for run() to
+        resubmit; a step that joins the one before runs beside it, without a barrier (Sequence)."""
         self._live()
         seq = Sequence(self, steps, timed=timed)
         self.sequences.add(seq)

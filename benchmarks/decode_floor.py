@@ -27,11 +27,6 @@ L2_BYTES = 50 << 20  # H100's L2; the rotation covers several times this
 WARM_SECONDS = 0.3
 
 
-def push_block() -> str:
-    fields = "".join(f"    {f.glsl} {f.name};\n" for f in abi.PUSH_FIELDS)
-    return f"layout(push_constant) uniform Push {{\n{fields}}} pc;\n"
-
-
 def source(*, wg: int, unroll: int, rows: int, row_vec4: int, heads: int, n_kv: int, read_v: bool,
            empty: bool) -> str:
     """A kernel over grid (splits, heads): workgroup (s, h) reads rows [s*rows, (s+1)*rows) of
@@ -55,7 +50,7 @@ def source(*, wg: int, unroll: int, rows: int, row_vec4: int, heads: int, n_kv: 
     return f"""#version 450
 #extension GL_EXT_control_flow_attributes : require
 layout(local_size_x = {wg}) in;
-{push_block()}
+{abi.glsl_push_block()}
 layout(std430, binding = {abi.BINDING["k"]}) readonly buffer K {{ uvec4 ksrc[]; }};
 layout(std430, binding = {abi.BINDING["v"]}) readonly buffer V {{ uvec4 vsrc[]; }};
 layout(std430, binding = {abi.BINDING["out"]}) writeonly buffer Out {{ uint dst[]; }};

@@ -57,11 +57,6 @@ WARM_SECONDS = 0.3
 SUBGROUP = 32  # NVIDIA's; the kernels require full subgroups of this size
 
 
-def push_block() -> str:
-    fields = "".join(f"    {f.glsl} {f.name};\n" for f in abi.PUSH_FIELDS)
-    return f"layout(push_constant) uniform Push {{\n{fields}}} pc;\n"
-
-
 def source(*, head_k: int, head_v: int, rt: int, bc: int, mat: tuple[int, int, int], nsg: int,
            sync: int, stage: bool, softmax: int, pingpong: bool = False, overlap: int = 0,
            q_shared: bool = False, mask: bool = False, mask_blocks: int = 1) -> str:
@@ -136,8 +131,7 @@ def source(*, head_k: int, head_v: int, rt: int, bc: int, mat: tuple[int, int, i
                     S[t][c][i] = S[t][c][i] * 0.125 + ((e % 2u) == 0u ? h.x : h.y);
                 }
             """ + max_sum
-    parts = {0: (), 1: (max_sum, elementwise), 2: (max_sum, rescale), 3: (max_sum, elementwise, rescale),
-             4: (max_sum, elementwise, rescale), 5: (max_sum, elementwise, rescale)}[softmax]
+    parts = {0: (), 1: (max_sum, elementwise), 2: (max_sum, rescale)}.get(softmax, (max_sum, elementwise, rescale))
     soft = ("[[unroll]] for (uint t = 0u; t < RT; ++t) {\n            " + "\n            ".join(parts) + "\n        }") if parts else ""
     if q_shared:
         # Q's operands read from shared memory at every use (fewer registers, more reads).
@@ -175,6 +169,12 @@ def source(*, head_k: int, head_v: int, rt: int, bc: int, mat: tuple[int, int, i
                 [[unroll]] for (uint t = 0u; t < RT; ++t) O[t][j] = coopMatMulAdd(pa[t], vb, O[t][j]);
             }
         }"""
+    # The overlap bodies end alike: the next tile's S becomes this one's, then its K and V go in.
+    next_tile = f"""S = Sn;
+        {barrier_after_pv}
+        {store_v}
+        {store_k}
+        {barrier_after_s}"""
     if overlap == 2:
         # As overlap 1, with the softmax written between the next tile's Q K^T depth steps in the
         # source: the row max beside the first half of the steps, exp2 and the sum beside the
@@ -207,11 +207,7 @@ def source(*, head_k: int, head_v: int, rt: int, bc: int, mat: tuple[int, int, i
         }}
         [[unroll]] for (uint j = 0u; j < O_N; ++j) O[0][j] = O[0][j] * alpha;
         {pv}
-        S = Sn;
-        {barrier_after_pv}
-        {store_v}
-        {store_k}
-        {barrier_after_s}"""
+        {next_tile}"""
     elif overlap:
         # S of the next tile is computed beside this tile's softmax and P V: independent work
         # the compiler can interleave within one subgroup. Ksh holds the next tile's K.
@@ -220,11 +216,7 @@ def source(*, head_k: int, head_v: int, rt: int, bc: int, mat: tuple[int, int, i
         {qk_next}
         {soft}
         {pv}
-        S = Sn;
-        {barrier_after_pv}
-        {store_v}
-        {store_k}
-        {barrier_after_s}"""
+        {next_tile}"""
     elif pingpong:
         # Two halves of the subgroups a phase apart: while one computes S, the other does its
         # softmax and P V; a barrier between phases keeps them apart.
@@ -250,7 +242,7 @@ def source(*, head_k: int, head_v: int, rt: int, bc: int, mat: tuple[int, int, i
 #extension GL_KHR_cooperative_matrix : require
 #extension GL_KHR_shader_subgroup_basic : require
 layout(local_size_x = {nsg * SUBGROUP}) in;
-{push_block()}
+{abi.glsl_push_block()}
 layout(std430, binding = {abi.BINDING["k"]}) readonly buffer Src {{ float16_t src[]; }};
 layout(std430, binding = {abi.BINDING["k"]}) readonly buffer Src4 {{ uvec4 src4[]; }};
 layout(std430, binding = {abi.BINDING["out"]}) writeonly buffer Out {{ float dst[]; }};

@@ -69,6 +69,13 @@ def pack_some(**values) -> bytes:
     return pack(**{f.name: 0 for f in PUSH_FIELDS} | values)
 
 
+def glsl_push_block() -> str:
+    """The block as a GLSL declaration named `pc`, for kernels written outside the templates
+    (the benchmarks' floor and ceiling kernels); templates render it in common/abi.glsl."""
+    fields = "".join(f"    {f.glsl} {f.name};\n" for f in PUSH_FIELDS)
+    return f"layout(push_constant) uniform Push {{\n{fields}}} pc;\n"
+
+
 @dataclass(frozen=True)
 class Binding:
     index: int

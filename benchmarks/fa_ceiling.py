@@ -390,8 +390,12 @@ def time_one(dev, s, c: dict, src, out, runs: int) -> tuple[str, float, int] | s
 
 
 def main() -> int:
-    args = parser().parse_args()
-    case = suite("h100-anchors", [args.case])[0]
+    ap = parser()
+    args = ap.parse_args()
+    try:
+        case = suite("h100-anchors", [args.case])[0]
+    except ValueError as exc:
+        ap.error(str(exc))
     s = case.shapes()
     flops = case.flops
     combos = combinations(args)

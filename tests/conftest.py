@@ -7,8 +7,10 @@ settings.register_profile("kgen", derandomize=True, deadline=None)
 settings.load_profile("kgen")
 
 
+import importlib.util  # noqa: E402
 import os  # noqa: E402
 import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -17,6 +19,15 @@ from kgen import knobs  # noqa: E402
 # Tests never read or write the user's tuning DB: decisions stored there would change which
 # variant the tests run. Tests that need a DB point KGEN_DB at their own tmp_path.
 os.environ["KGEN_DB"] = os.path.join(tempfile.mkdtemp(prefix="kgen-test-db-"), "tuning.sqlite")
+
+
+def load_benchmark(name: str):
+    """benchmarks/NAME.py as a module: the benchmarks are scripts, not a package."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(autouse=True)

@@ -2,23 +2,17 @@
 combinations it times, that each kind of kernel it writes compiles, and that it times one on a
 device with KHR cooperative matrices and refuses any other with the reason."""
 import argparse
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
+from conftest import load_benchmark
 from kgen.compile import compile_source
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "fa_ceiling.py"
 
 
 @pytest.fixture(scope="module")
 def ceiling():
-    spec = importlib.util.spec_from_file_location("fa_ceiling", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("fa_ceiling")
 
 
 def options(ceiling, **given) -> argparse.Namespace:

@@ -1,23 +1,17 @@
 """benchmarks/prefill_floor.py (the load-only floor of a prefill pass's memory traffic): the
 kernels it writes compile and run, and bad arguments are refused naming them."""
-import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import load_benchmark
 from kgen.compile import compile_source
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "prefill_floor.py"
 
 
 @pytest.fixture(scope="module")
 def floor():
-    spec = importlib.util.spec_from_file_location("prefill_floor", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("prefill_floor")
 
 
 SMALL = dict(wg=64, bc=16, br=32, k_vec4=16, v_vec4=16, n_kv=64, row_tiles=2)

@@ -3,8 +3,8 @@ head) workgroups when they do nothing but the loads an FA kernel of that tiling 
 
     python benchmarks/prefill_floor.py "P2 " [--br 32,64] [--bc 32] [--wg 256] [--q 0,1] [--stage 0,1] [--stagger 0,1]
 
-Every workgroup walks all keys of its KV head in tiles of BC rows, as a prefill kernel without KV
-splits does: K (and V, unless the case reads V from K) with 16-byte loads, the next tile's loads
+Every workgroup walks all keys of its KV head in tiles of BC rows (BC must divide Nkv), as a
+prefill kernel without KV splits does: K (and V, unless the case reads V from K) with 16-byte loads, the next tile's loads
 issued before this tile is consumed. Options (comma-separated lists; every combination is timed):
 - q 1: every tile also reads the workgroup's BR rows of Q again (a kernel that cannot hold Q in
   registers or shared memory, such as kgen's o_split kernel, reads each Q operand once per tile);
@@ -172,6 +172,10 @@ def main() -> int:
         label = f"{br}\t{bc}\t{wg}\t{q_reread}\t{stage}\t{stagger}\t{shared / 1024:.1f}"
         if shared > dev.caps.max_shared_memory:
             print(f"{label}\tskipped: over {dev.caps.max_shared_memory} bytes of shared memory", flush=True)
+            continue
+        if case.n_kv % bc:
+            # The kernel has no ragged last tile: it would read past the head's rows.
+            print(f"{label}\tskipped: bc={bc} does not divide Nkv {case.n_kv}", flush=True)
             continue
         name = f"prefill_floor_br{br}_bc{bc}_wg{wg}_q{q_reread}_stage{stage}_stagger{stagger}"
         src = source(wg=wg, bc=bc, br=br, k_vec4=k_vec4, v_vec4=v_vec4, n_kv=case.n_kv, row_tiles=row_tiles,

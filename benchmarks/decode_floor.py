@@ -21,7 +21,7 @@ import numpy as np
 
 from kgen import abi
 from kgen.compile import compile_source
-from kgen.suites import suite
+from kgen.suites import case_arg
 
 L2_BYTES = 50 << 20  # H100's L2; the rotation covers several times this
 WARM_SECONDS = 0.3
@@ -64,13 +64,13 @@ void main() {{
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("case")
+    ap.add_argument("case", type=case_arg("h100-anchors"))
     ap.add_argument("--splits", default="16,32,64,128")
     ap.add_argument("--wg", default="128,256")
     ap.add_argument("--unroll", default="1,2,4,8")
     ap.add_argument("--runs", type=int, default=50)
     args = ap.parse_args()
-    case = suite("h100-anchors", [args.case])[0]
+    case = args.case
     s = case.shapes()
     if s.k_type.label != "f16" or (s.v_type.label != "f16" and not s.v_in_k):
         raise SystemExit(f"{case.name}: the floor kernel reads f16 K/V only")

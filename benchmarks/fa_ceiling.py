@@ -51,7 +51,7 @@ from kgen.roofline import unavailable
 from kgen.runtime.context import Device
 from kgen.runtime.pipeline_stats import statistics_problem
 from kgen.runtime.vk import VulkanError
-from kgen.suites import suite
+from kgen.suites import case_arg
 
 WARM_SECONDS = 0.3
 SUBGROUP = 32  # NVIDIA's; the kernels require full subgroups of this size
@@ -329,7 +329,7 @@ def value_list(option: str):
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--case", default="P1 ", help="a case of suite h100-anchors (its grid and head sizes)")
+    ap.add_argument("--case", default="P1 ", type=case_arg("h100-anchors"), help="a case of suite h100-anchors (its grid and head sizes)")
     for name, default, text in OPTION_TABLE:
         ap.add_argument("--" + name.replace("_", "-"), default=default, type=value_list(name), help=text)
     ap.add_argument("--runs", type=int, default=30)
@@ -392,10 +392,7 @@ def time_one(dev, s, c: dict, src, out, runs: int) -> tuple[str, float, int] | s
 def main() -> int:
     ap = parser()
     args = ap.parse_args()
-    try:
-        case = suite("h100-anchors", [args.case])[0]
-    except ValueError as exc:
-        ap.error(str(exc))
+    case = args.case
     s = case.shapes()
     flops = case.flops
     combos = combinations(args)

@@ -18,7 +18,7 @@ import sys
 
 from kgen.api import fold_gqa
 from kgen.planning import Plan, step_times, time_back_to_back, warm_up
-from kgen.suites import suite
+from kgen.suites import case_arg
 from kgen.tune import Candidate, candidates
 from kgen.tune.measure import WARMUP_GPU_US, GpuEvaluator
 from kgen.variant import PathKind
@@ -47,7 +47,7 @@ def time_passes(ev: GpuEvaluator, c: Candidate, runs: int) -> list[list[float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("case")
+    ap.add_argument("case", type=case_arg("all"))
     ap.add_argument("--splits", default="")
     ap.add_argument("--match", action="append", default=[])
     ap.add_argument("--limit", type=int, default=60)
@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="change a field of the case, e.g. precision=f16 or mask=false")
     args = ap.parse_args()
-    case = suite("all", [args.case])[0]
+    case = args.case
     for change in args.set:
         name, _, text = change.partition("=")
         old = getattr(case, name)  # AttributeError names an unknown field

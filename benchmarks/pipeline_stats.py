@@ -23,7 +23,7 @@ from kgen.api import fold_gqa
 from kgen.planning import Plan
 from kgen.runtime.context import Device
 from kgen.runtime.pipeline_stats import statistics_problem
-from kgen.suites import suite
+from kgen.suites import case_arg
 from kgen.tune import Candidate, candidates
 from kgen.tune.measure import check_shapes, failure_types
 
@@ -55,14 +55,14 @@ def compact(stats: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("case", help="a substring of a case name of suite 'all', e.g. 'P1 '")
+    ap.add_argument("case", type=case_arg("all"), help="a substring of a case name of suite 'all', e.g. 'P1 '")
     ap.add_argument("--match", action="append", default=[], metavar="REGEX",
                     help="keep candidates whose variant uri matches (repeatable: all must match)")
     ap.add_argument("--uri", action="append", default=[], help="a variant uri to add (repeatable)")
     ap.add_argument("--json", metavar="FILE", help="also write the statistics as JSON")
     ap.add_argument("--device", type=int, default=None, help="device index (default: KGEN_DEVICE)")
     args = ap.parse_args()
-    case = suite("all", [args.case])[0]
+    case = args.case
     shapes = fold_gqa(case.shapes())
     with Device(args.device, capture_statistics=True) as dev:
         if (reason := statistics_problem(dev)) is not None:

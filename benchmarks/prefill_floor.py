@@ -27,7 +27,7 @@ import numpy as np
 
 from kgen import abi
 from kgen.compile import compile_source
-from kgen.suites import suite
+from kgen.suites import case_arg
 
 L2_BYTES = 50 << 20  # H100's L2; the rotation covers several times this
 WARM_SECONDS = 0.3
@@ -122,7 +122,7 @@ def int_list(least: int):
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("case", help="a prefill case of suite h100-anchors with f16 K and V")
+    ap.add_argument("case", type=case_arg("h100-anchors"), help="a prefill case of suite h100-anchors with f16 K and V")
     for name, default, least, text in (
             ("br", "64", 1, "query rows per workgroup"), ("bc", "32", 1, "keys per tile"),
             ("wg", "256", 1, "threads per workgroup"),
@@ -137,10 +137,7 @@ def parser() -> argparse.ArgumentParser:
 def main() -> int:
     ap = parser()
     args = ap.parse_args()
-    try:
-        case = suite("h100-anchors", [args.case])[0]
-    except ValueError as exc:
-        ap.error(str(exc))
+    case = args.case
     if case.k_type != "f16" or (case.v_type != "f16" and not case.mla):
         ap.error(f"{case.name}: the floor kernel reads f16 K and V only")
     from kgen.runtime import open_device

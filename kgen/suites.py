@@ -7,6 +7,7 @@ compared against on that GPU.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass, field
 
@@ -132,3 +133,14 @@ def suite(name: str, only: list[str] | None = None) -> tuple[Case, ...]:
         raise ValueError(f"--case {' '.join(only)}: no case of {name} matches; "
                          f"its cases: {', '.join(c.name for c in cases)}")
     return picked
+
+
+def case_arg(suite_name: str):
+    """The argparse type of a script's case argument: the first case of `suite_name` whose name
+    contains the text; anything else is refused with suite()'s message."""
+    def parse(text: str) -> Case:
+        try:
+            return suite(suite_name, [text])[0]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse

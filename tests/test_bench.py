@@ -15,7 +15,7 @@ import kgen.runtime
 from kgen import bench, planning, reference
 from kgen.cli import main
 from kgen.roofline import Roofline
-from kgen.suites import P1, P3, P4, P5, Case
+from kgen.suites import P1, P3, P4, P5, Case, case_arg
 
 FAKE_ROOFLINE = Roofline(device_key="test", device_name="test", copy_gbps=10.0,
                          matrix_tflops={"scalar_f32": 0.1, "scalar_f16": 0.05, "coopmat1": 1.0, "coopmat2": 1.0},
@@ -194,3 +194,10 @@ def test_bad_arguments_fail_before_device_work(argv, message, no_device):
 def test_bench_case_checks_counts_first(no_device):
     with pytest.raises(ValueError, match=f"1..{bench.REPEATS_MAX}"):
         bench.bench_case(TINY, repeats=0)
+
+
+def test_case_arg_picks_a_case_or_refuses_naming_the_cases():
+    import argparse
+    assert case_arg("h100-anchors")("P4 ") is P4
+    with pytest.raises(argparse.ArgumentTypeError, match="no case of h100-anchors matches; its cases: P1"):
+        case_arg("h100-anchors")("nonesuch")

@@ -1,16 +1,20 @@
 """The floor of a decode's split-k decomposition: how fast the GPU reads K and V when a grid of
-(KV head x split) workgroups does nothing else.
+(KV head x split) workgroups does nothing else, and what combining the splits adds to that.
 
-    python benchmarks/decode_floor.py "P3 " [--splits 16,32,64,128] [--wg 128,256] [--unroll 1,2,4,8]
+    python benchmarks/decode_floor.py "P3 " [--splits 16,32,64,128] [--wg 128,256] [--unroll 1,2,4,8] [--combine 0,1]
 
 For a decode case of the h100-anchors suite, each workgroup of a kernel that only loads reads
 its split's rows of K and V (V skipped where the case reads V from K) with 16-byte loads,
 `unroll` loads in flight per thread, and folds them into one value it never stores. An "empty"
-kernel with the same grid measures launch and scheduling alone. Runs go back to back in one
-submission over rotating input copies (more bytes than L2), after a warm-up that brings the
-clocks up; medians of GPU microseconds. What an FA pass of the same grid loses against the
-read-only kernel is the kernel design's cost; what the read-only kernel loses against the copy
-ceiling is the decomposition's.
+kernel with the same grid measures launch and scheduling alone. With `--combine 1` a third
+kernel does the same loads and then what any split-k decode must add to them, with no attention
+arithmetic: each workgroup writes a partial O (the KV head's query rows x Dv, f32) and its
+(max, sum) per row, counts its arrival, and the last split of each KV head to arrive reads every
+split's partials and writes the combined rows. Runs go back to back in one submission over
+rotating input copies (more bytes than L2), after a warm-up that brings the clocks up; medians
+of GPU microseconds. What an FA pass of the same grid loses against the read-only kernel is the
+kernel design's cost; what the read-only kernel loses against the copy ceiling is the
+decomposition's; the combine kernel is the floor of a whole split-k decode.
 """
 import argparse
 import math
@@ -21,18 +25,32 @@ import numpy as np
 
 from kgen import abi
 from kgen.compile import compile_source
-from kgen.suites import case_arg
+from kgen.suites import case_arg, int_list_arg
 
 L2_BYTES = 50 << 20  # H100's L2; the rotation covers several times this
 WARM_SECONDS = 0.3
+KINDS = ("empty", "read", "combine")
+COMBINE_UNROLL = 8  # partial rows a lane of the combine has in flight, as the fused reduce
 
 
-def source(*, wg: int, unroll: int, rows: int, row_vec4: int, heads: int, n_kv: int, read_v: bool,
-           empty: bool) -> str:
+def combine_lanes(wg: int, q_rows: int, hv4: int) -> int:
+    """Lanes per output vec4 in the combine: the workgroup's threads spread over the KV head's
+    outputs, a power of two within one subgroup (their sums are shuffles)."""
+    lanes = 1
+    while lanes < 8 and 2 * lanes * q_rows * hv4 <= wg:
+        lanes *= 2
+    return lanes
+
+
+def source(*, kind: str, wg: int, unroll: int, rows: int, row_vec4: int, n_kv: int, read_v: bool,
+           splits: int = 1, q_rows: int = 1, hv4: int = 1) -> str:
     """A kernel over grid (splits, heads): workgroup (s, h) reads rows [s*rows, (s+1)*rows) of
-    head h's K (and V) as uvec4s; a row is row_vec4 uvec4s, rows of a head are contiguous."""
+    head h's K (and V) as uvec4s; a row is row_vec4 uvec4s, rows of a head are contiguous.
+    kind "combine" adds the split-k tail for q_rows query rows of hv4 f32 vec4s per KV head."""
+    if kind not in KINDS:
+        raise ValueError(f"kind {kind!r}: one of {KINDS}")
     per_split = rows * row_vec4
-    body = "" if empty else f"""
+    loads = "" if kind == "empty" else f"""
     const uint base = gl_WorkGroupID.y * {n_kv * row_vec4}u + gl_WorkGroupID.x * {per_split}u;
     const uint end = min(base + {per_split}u, (gl_WorkGroupID.y + 1u) * {n_kv * row_vec4}u);
     for (uint i = base + gl_LocalInvocationID.x; i < end; i += {unroll * wg}u) {{
@@ -47,7 +65,8 @@ def source(*, wg: int, unroll: int, rows: int, row_vec4: int, heads: int, n_kv: 
             acc ^= k[u]{" ^ v[u]" if read_v else ""};
         }}
     }}"""
-    return f"""#version 450
+    if kind != "combine":
+        return f"""#version 450
 #extension GL_EXT_control_flow_attributes : require
 layout(local_size_x = {wg}) in;
 {abi.glsl_push_block()}
@@ -55,30 +74,112 @@ layout(std430, binding = {abi.BINDING["k"]}) readonly buffer K {{ uvec4 ksrc[]; 
 layout(std430, binding = {abi.BINDING["v"]}) readonly buffer V {{ uvec4 vsrc[]; }};
 layout(std430, binding = {abi.BINDING["out"]}) writeonly buffer Out {{ uint dst[]; }};
 void main() {{
-    uvec4 acc = uvec4(0u);{body}
+    uvec4 acc = uvec4(0u);{loads}
     // Never true for random data in practice, but the compiler cannot know: the loads stay.
     if (acc.x == 0x9e3779b9u && acc.y == pc.n_q) dst[gl_WorkGroupID.x] = acc.z;
 }}
 """
+    outputs = q_rows * hv4
+    lanes = combine_lanes(wg, q_rows, hv4)
+    return f"""#version 450
+#extension GL_EXT_control_flow_attributes : require
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_KHR_shader_subgroup_shuffle : require
+layout(local_size_x = {wg}) in;
+{abi.glsl_push_block()}
+layout(std430, binding = {abi.BINDING["k"]}) readonly buffer K {{ uvec4 ksrc[]; }};
+layout(std430, binding = {abi.BINDING["v"]}) readonly buffer V {{ uvec4 vsrc[]; }};
+// Partial O rows [head][split][row][vec4] and (max, sum) [head][split][row]: written by every
+// split, read by the last one (plain loads for the rows, each line has one writer; coherent
+// for the stats, whose lines several splits share), as kgen's fused reduce does.
+layout(std430, binding = {abi.BINDING["out"]}) buffer Part {{ vec4 part[]; }};
+layout(std430, binding = {abi.BINDING["stats"]}) coherent buffer Stats {{ vec2 stats[]; }};
+layout(std430, binding = {abi.BINDING["reduced"]}) writeonly buffer Reduced {{ vec4 reduced[]; }};
+layout(std430, binding = {abi.BINDING["split_arrivals"]}) coherent buffer Arrivals {{ uint arrivals[]; }};
+shared uint is_last;
+shared vec2 sh_ml[{q_rows * splits}];
+void main() {{
+    const uint tid = gl_SubgroupID * gl_SubgroupSize + gl_SubgroupInvocationID;
+    const uint head = gl_WorkGroupID.y, split = gl_WorkGroupID.x;
+    uvec4 acc = uvec4(0u);{loads}
+    // The partial: values from the loads (so they stay), a max and a sum per row.
+    const uint at = head * {splits}u + split;
+    for (uint e = tid; e < {outputs}u; e += {wg}u) {{
+        part[at * {outputs}u + e] = vec4(acc & 255u) + float(e);
+    }}
+    if (tid < {q_rows}u) stats[at * {q_rows}u + tid] = vec2(float(split % 3u), 1.0 + float(tid));
+    memoryBarrierBuffer();
+    barrier();
+    if (tid == 0u) is_last = atomicAdd(arrivals[head], 1u) + 1u == {splits}u ? 1u : 0u;
+    barrier();
+    if (is_last == 0u) return;
+    memoryBarrierBuffer();
+    for (uint e = tid; e < {q_rows * splits}u; e += {wg}u) {{
+        sh_ml[e] = stats[(head * {splits}u + e % {splits}u) * {q_rows}u + e / {splits}u];  // [row][split]
+    }}
+    barrier();
+    const uint lane = tid % {lanes}u;
+    for (uint e = tid / {lanes}u; e < {outputs}u; e += {wg // lanes}u) {{
+        const uint r = e / {hv4}u;
+        float m = sh_ml[r * {splits}u].x;
+        for (uint s = 1u; s < {splits}u; ++s) m = max(m, sh_ml[r * {splits}u + s].x);
+        vec4 o = vec4(0.0);
+        float l = 0.0;
+        for (uint s0 = lane; s0 < {splits}u; s0 += {COMBINE_UNROLL * lanes}u) {{
+            vec4 p[{COMBINE_UNROLL}];
+            [[unroll]] for (uint u = 0u; u < {COMBINE_UNROLL}u; ++u) {{
+                const uint s = min(s0 + u * {lanes}u, {splits - 1}u);
+                p[u] = part[(head * {splits}u + s) * {outputs}u + e];
+            }}
+            [[unroll]] for (uint u = 0u; u < {COMBINE_UNROLL}u; ++u) {{
+                const uint s = s0 + u * {lanes}u;
+                if (s < {splits}u) {{
+                    const vec2 ml = sh_ml[r * {splits}u + s];
+                    const float w = exp(ml.x - m) * ml.y;
+                    o += w * p[u];
+                    l += w;
+                }}
+            }}
+        }}
+        [[unroll]] for (uint x = 1u; x < {lanes}u; x *= 2u) {{
+            o += subgroupShuffleXor(o, x);
+            l += subgroupShuffleXor(l, x);
+        }}
+        if (lane == 0u) reduced[head * {outputs}u + e] = o / l;
+    }}
+    if (tid == 0u) arrivals[head] = 0u;  // ready for the next run
+}}
+"""
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("case", type=case_arg("h100-anchors"))
-    ap.add_argument("--splits", default="16,32,64,128")
-    ap.add_argument("--wg", default="128,256")
-    ap.add_argument("--unroll", default="1,2,4,8")
-    ap.add_argument("--runs", type=int, default=50)
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("case", type=case_arg("h100-anchors"), help="a decode case of suite h100-anchors with f16 K and V")
+    for name, default, least, text in (
+            ("splits", "16,32,64,128", 1, "KV splits (workgroups per KV head)"),
+            ("wg", "128,256", 32, "threads per workgroup"),
+            ("unroll", "1,2,4,8", 1, "16-byte loads in flight per thread"),
+            ("combine", "0", 0, "1: also time the kernel with the split-k tail")):
+        ap.add_argument("--" + name, default=default, type=int_list_arg(least), help=text)
+    ap.add_argument("--runs", type=lambda t: int_list_arg(1)(t)[0], default=50)
+    return ap
+
+
+def main() -> int:
+    ap = parser()
     args = ap.parse_args()
     case = args.case
-    s = case.shapes()
-    if s.k_type.label != "f16" or (s.v_type.label != "f16" and not s.v_in_k):
-        raise SystemExit(f"{case.name}: the floor kernel reads f16 K/V only")
+    if case.k_type != "f16" or (case.v_type != "f16" and not case.mla):
+        ap.error(f"{case.name}: the floor kernel reads f16 K and V only")
+    if case.n_q != 1:
+        ap.error(f"{case.name}: a decode case (Nq 1) only; prefill_floor.py times prefill tilings")
     from kgen.runtime import open_device
     dev = open_device()
-    row_vec4 = s.head_k * 2 // 16
-    heads, n_kv = s.heads_kv * s.batch, s.n_kv
-    read_v = not s.v_in_k
+    row_vec4 = case.head_k * 2 // 16
+    heads, n_kv = case.heads_kv * case.batch, case.n_kv
+    q_rows = case.n_q * case.heads_q // case.heads_kv
+    hv4 = case.head_v // 4
+    read_v = not case.mla
     head_bytes = n_kv * row_vec4 * 16
     kv_bytes = heads * head_bytes * (2 if read_v else 1)
     copies = max(2, math.ceil(4 * L2_BYTES / kv_bytes))
@@ -92,21 +193,34 @@ def main() -> None:
         if read_v:
             v.write(data[::-1].copy())
         bufs.append((k, v))
-    out = dev.buffer(1 << 16)
-    push = abi.pack(**{f.name: 0 if f.glsl == "uint" else 0.0 for f in abi.PUSH_FIELDS})
-    print(f"{case.name}: {heads} KV heads x {n_kv} rows x {s.head_k} f16 (V {'from K' if s.v_in_k else 'own'}); "
-          f"{kv_bytes / 1e6:.1f} MB per run, {copies} rotating copies", flush=True)
+    most_splits = max(args.splits)
+    part = dev.buffer(heads * most_splits * q_rows * hv4 * 16)
+    stats = dev.buffer(heads * most_splits * q_rows * 8)
+    reduced = dev.buffer(heads * q_rows * hv4 * 16)
+    arrivals = dev.buffer(max(16, heads * 4))
+    arrivals.write(np.zeros(max(4, heads), np.uint32))
+    print(f"{case.name}: {heads} KV heads x {n_kv} rows x {case.head_k} f16 (V {'from K' if case.mla else 'own'}); "
+          f"{q_rows} query rows per KV head; {kv_bytes / 1e6:.1f} MB per run, {copies} rotating copies on "
+          f"{dev.caps.name}", flush=True)
     print("kernel\tsplits\twg\tunroll\tus\tGB/s", flush=True)
-    for splits in (int(x) for x in args.splits.split(",")):
+    kinds = ["read"] + (["combine"] if 1 in args.combine else [])
+    for splits in args.splits:
         rows = math.ceil(n_kv / splits)
-        for wg in (int(x) for x in args.wg.split(",")):
-            for unroll in [0] + [int(x) for x in args.unroll.split(",")]:
-                name = f"floor_{'empty' if unroll == 0 else 'read'}_s{splits}_wg{wg}_u{unroll}"
-                src = source(wg=wg, unroll=max(unroll, 1), rows=rows, row_vec4=row_vec4, heads=heads,
-                             n_kv=n_kv, read_v=read_v, empty=unroll == 0)
+        for wg in args.wg:
+            runs = [("empty", 1)] + [(kind, unroll) for unroll in args.unroll for kind in kinds]
+            for kind, unroll in runs:
+                if kind == "combine" and q_rows * splits * 8 > dev.caps.max_shared_memory:
+                    print(f"combine\t{splits}\t{wg}\t{unroll}\tskipped: {q_rows} rows x {splits} splits of "
+                          f"(max, sum) over {dev.caps.max_shared_memory} bytes of shared memory", flush=True)
+                    continue
+                name = f"floor_{kind}_s{splits}_wg{wg}_u{unroll}"
+                src = source(kind=kind, wg=wg, unroll=unroll, rows=rows, row_vec4=row_vec4, n_kv=n_kv,
+                             read_v=read_v, splits=splits, q_rows=q_rows, hv4=hv4)
                 kernel = dev.pipeline(compile_source(src, name=name).spirv, name=name)
-                steps = [(kernel, {abi.BINDING["k"]: k, abi.BINDING["v"]: v, abi.BINDING["out"]: out},
-                          push, (splits, heads, 1)) for k, v in bufs]
+                steps = [(kernel, {abi.BINDING["k"]: k, abi.BINDING["v"]: v, abi.BINDING["out"]: part,
+                                   abi.BINDING["stats"]: stats, abi.BINDING["reduced"]: reduced,
+                                   abi.BINDING["split_arrivals"]: arrivals},
+                          abi.pack_some(), (splits, heads, 1)) for k, v in bufs]
                 with dev.sequence(steps * math.ceil(args.runs / copies)) as seq:
                     # Compiling idles the GPU and its clock drops: warm up before every kernel.
                     spent = 0.0
@@ -114,14 +228,15 @@ def main() -> None:
                         spent += sum(seq.run(wait=True))
                     us = statistics.median(seq.run(wait=True))
                 dev.drop_pipeline(kernel)
-                gbps = 0.0 if unroll == 0 else kv_bytes / us / 1e3
-                print(f"{'empty' if unroll == 0 else 'read'}\t{splits}\t{wg}\t{unroll}\t{us:.1f}\t{gbps:.0f}",
-                      flush=True)
+                gbps = 0.0 if kind == "empty" else kv_bytes / us / 1e3
+                print(f"{kind}\t{splits}\t{wg}\t{unroll if kind != 'empty' else 0}\t{us:.1f}\t{gbps:.0f}", flush=True)
     for k, v in bufs:
         k.close()
         if read_v:
             v.close()
-    out.close()
+    for b in (part, stats, reduced, arrivals):
+        b.close()
+    return 0
 
 
 if __name__ == "__main__":

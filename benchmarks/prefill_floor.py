@@ -27,7 +27,7 @@ import numpy as np
 
 from kgen import abi
 from kgen.compile import compile_source
-from kgen.suites import case_arg
+from kgen.suites import case_arg, int_list_arg
 
 L2_BYTES = 50 << 20  # H100's L2; the rotation covers several times this
 WARM_SECONDS = 0.3
@@ -107,19 +107,6 @@ def time_kernel(dev, src: str, name: str, inputs: list, out, grid: tuple, runs: 
         dev.drop_pipeline(kernel)
 
 
-def int_list(least: int):
-    """The argparse type of an option: comma-separated integers, each at least `least`."""
-    def parse(text: str) -> list[int]:
-        try:
-            values = [int(v) for v in text.split(",") if v]
-        except ValueError:
-            values = []
-        if not values or min(values) < least:
-            raise argparse.ArgumentTypeError(f"{text!r}: comma-separated integers of at least {least}")
-        return values
-    return parse
-
-
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("case", type=case_arg("h100-anchors"), help="a prefill case of suite h100-anchors with f16 K and V")
@@ -129,8 +116,8 @@ def parser() -> argparse.ArgumentParser:
             ("q", "0,1", 0, "1: the workgroup's Q rows read again every tile"),
             ("stage", "0,1", 0, "1: each tile stored to shared memory between two barriers"),
             ("stagger", "0,1", 0, "1: row tiles start at different key tiles")):
-        ap.add_argument("--" + name, default=default, type=int_list(least), help=text)
-    ap.add_argument("--runs", type=lambda t: int_list(1)(t)[0], default=20)
+        ap.add_argument("--" + name, default=default, type=int_list_arg(least), help=text)
+    ap.add_argument("--runs", type=lambda t: int_list_arg(1)(t)[0], default=20)
     return ap
 
 

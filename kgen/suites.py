@@ -135,6 +135,20 @@ def suite(name: str, only: list[str] | None = None) -> tuple[Case, ...]:
     return picked
 
 
+def int_list_arg(least: int):
+    """The argparse type of a script's list option: comma-separated integers, each at least
+    `least`; anything else is refused naming the text and the limit."""
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(",") if v]
+        except ValueError:
+            values = []
+        if not values or min(values) < least:
+            raise argparse.ArgumentTypeError(f"{text!r}: comma-separated integers of at least {least}")
+        return values
+    return parse
+
+
 def case_arg(suite_name: str):
     """The argparse type of a script's case argument: the first case of `suite_name` whose name
     contains the text; anything else is refused with suite()'s message."""

@@ -30,7 +30,7 @@ from kgen.suites import case_arg, int_list_arg
 L2_BYTES = 50 << 20  # H100's L2; the rotation covers several times this
 WARM_SECONDS = 0.3
 KINDS = ("empty", "read", "combine")
-COMBINE_UNROLL = 8  # partial rows a lane of the combine has in flight, as the fused reduce
+COMBINE_ROUND = 16  # partial rows a lane of the combine has in flight at most
 
 
 def combine_lanes(wg: int, q_rows: int, hv4: int) -> int:
@@ -81,6 +81,7 @@ void main() {{
 """
     outputs = q_rows * hv4
     lanes = combine_lanes(wg, q_rows, hv4)
+    round_loads = min(COMBINE_ROUND, -(-splits // lanes))
     return f"""#version 450
 #extension GL_EXT_control_flow_attributes : require
 #extension GL_KHR_shader_subgroup_basic : require
@@ -114,24 +115,36 @@ void main() {{
     barrier();
     if (is_last == 0u) return;
     memoryBarrierBuffer();
-    for (uint e = tid; e < {q_rows * splits}u; e += {wg}u) {{
-        sh_ml[e] = stats[(head * {splits}u + e % {splits}u) * {q_rows}u + e / {splits}u];  // [row][split]
+    // The partial loads of this thread's first output go out before the stats round, so the
+    // two memory round trips overlap; a round is up to {round_loads} loads in flight per lane.
+    const uint lane = tid % {lanes}u;
+    uint e = tid / {lanes}u;
+    vec4 p[{round_loads}];
+    bool loaded = false;
+    if (e < {outputs}u) {{
+        [[unroll]] for (uint u = 0u; u < {round_loads}u; ++u) {{
+            p[u] = part[(head * {splits}u + min(lane + u * {lanes}u, {splits - 1}u)) * {outputs}u + e];
+        }}
+        loaded = true;
+    }}
+    for (uint x = tid; x < {q_rows * splits}u; x += {wg}u) {{
+        sh_ml[x] = stats[(head * {splits}u + x % {splits}u) * {q_rows}u + x / {splits}u];  // [row][split]
     }}
     barrier();
-    const uint lane = tid % {lanes}u;
-    for (uint e = tid / {lanes}u; e < {outputs}u; e += {wg // lanes}u) {{
+    for (; e < {outputs}u; e += {wg // lanes}u) {{
         const uint r = e / {hv4}u;
         float m = sh_ml[r * {splits}u].x;
         for (uint s = 1u; s < {splits}u; ++s) m = max(m, sh_ml[r * {splits}u + s].x);
         vec4 o = vec4(0.0);
         float l = 0.0;
-        for (uint s0 = lane; s0 < {splits}u; s0 += {COMBINE_UNROLL * lanes}u) {{
-            vec4 p[{COMBINE_UNROLL}];
-            [[unroll]] for (uint u = 0u; u < {COMBINE_UNROLL}u; ++u) {{
-                const uint s = min(s0 + u * {lanes}u, {splits - 1}u);
-                p[u] = part[(head * {splits}u + s) * {outputs}u + e];
+        for (uint s0 = lane; s0 < {splits}u; s0 += {round_loads * lanes}u) {{
+            if (!loaded) {{
+                [[unroll]] for (uint u = 0u; u < {round_loads}u; ++u) {{
+                    p[u] = part[(head * {splits}u + min(s0 + u * {lanes}u, {splits - 1}u)) * {outputs}u + e];
+                }}
             }}
-            [[unroll]] for (uint u = 0u; u < {COMBINE_UNROLL}u; ++u) {{
+            loaded = false;
+            [[unroll]] for (uint u = 0u; u < {round_loads}u; ++u) {{
                 const uint s = s0 + u * {lanes}u;
                 if (s < {splits}u) {{
                     const vec2 ml = sh_ml[r * {splits}u + s];

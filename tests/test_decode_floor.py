@@ -38,13 +38,15 @@ def test_combine_lanes_spread_the_workgroup_over_the_outputs(floor, wg, lanes):
     assert floor.combine_lanes(wg, 4, 32) == lanes
 
 
-def test_the_tail_combines_every_split_and_leaves_the_counters_zero(floor):
-    """Two runs of the combine kernel (2 KV heads, 4 splits): the combined rows are the
-    (max, sum)-weighted mean of the partials each split wrote, and the arrival counters are
-    zero again after each run."""
+@pytest.mark.parametrize("splits, wg", [(4, 64), (40, 64), (40, 256)])
+def test_the_tail_combines_every_split_and_leaves_the_counters_zero(floor, splits, wg):
+    """Two runs of the combine kernel (2 KV heads; 40 splits take three rounds of loads, the
+    last one ragged; wg 256 gives two lanes per output): the combined rows are the (max,
+    sum)-weighted mean of the partials each split wrote, and the arrival counters are zero
+    again after each run."""
     from kgen.runtime import open_device
     dev = open_device()
-    heads, s = 2, SMALL
+    heads, s = 2, dict(SMALL, splits=splits, wg=wg, rows=-(-SMALL["n_kv"] // splits))
     rng = np.random.default_rng(1)
     k_data = rng.integers(0, 2**32, heads * s["n_kv"] * s["row_vec4"] * 4, dtype=np.uint32)
     outputs = s["q_rows"] * s["hv4"]

@@ -314,7 +314,7 @@ def test_a_budget_cut_still_counts_every_stored_outcome(space):
     cands, default = space
     costs = costs_for(cands, [])
     last = cands[-1]
-    known = {last.name: Outcome(last, "ok", median=1.0, spread=0.0)}
+    known = {last.name: Outcome(last, "ok", median=1.0, spread=0.0, runs=3)}
     ticks = iter(range(1000))
     winner, _, outcomes = run_search("exhaustive", cands, default, FakeEvaluator(costs), Limits(budget_s=1.5, runs=3),
                                      seed="k", known=known, clock=lambda: next(ticks))
@@ -375,3 +375,48 @@ def test_a_budgeted_sample_polishes_the_neighbours_of_its_best():
     ev = FakeEvaluator(costs)
     winner, _, _ = run_search("random", cands, default, ev, Limits(max_evals=3, runs=3), seed="k")
     assert winner.candidate != family[3]
+
+
+class LuckyEvaluator(FakeEvaluator):
+    """Short timings of `lucky` come out at `short_us`; full ones at its true cost."""
+
+    def __init__(self, costs, lucky, short_us, full_runs):
+        super().__init__(costs)
+        self.lucky, self.short_us, self.full_runs = lucky, short_us, full_runs
+        self.runs_of: dict[str, list[int]] = {}
+
+    def time(self, c, runs):
+        self.runs_of.setdefault(c.name, []).append(runs)
+        if c.name == self.lucky and runs < self.full_runs:
+            return [self.short_us] * runs
+        return super().time(c, runs)
+
+
+def test_a_budget_spent_in_the_first_round_still_times_the_finalists_in_full(space):
+    """Halving whose budget runs out while sampling: without the confirm step the winner was a
+    3-run timing. The best few are timed again with the full runs, so a lucky short timing
+    (90 against a true 130) loses to the truly fastest (100), which is timed in full too."""
+    from kgen.tune.search import CONFIRM_TOP
+    cands, default = space
+    costs = costs_for(cands, [])
+
+    def search(ev, known=None):
+        # The budget is gone after six checks: no polish and no halving round.
+        return run_search("halving", cands, default, ev, Limits(budget_s=60, runs=9), seed="k", known=known,
+                          clock=lambda: 0 if len(ev.checked) < 6 else 1000)
+
+    probe = LuckyEvaluator(costs, "", 0.0, full_runs=9)
+    sampled = [o.candidate for o in search(probe)[2] if o.candidate != default]
+    assert len(sampled) >= 4 and len(sampled) < len(cands) - 1
+    lucky, best = sampled[1], sampled[3]
+    costs[lucky.name], costs[best.name] = 130.0, 100.0
+    ev = LuckyEvaluator(costs, lucky.name, 90.0, full_runs=9)
+    winner, _, outcomes = search(ev)
+    assert winner.candidate == best and winner.runs == 9
+    assert ev.runs_of[lucky.name] == [3, 9] and ev.runs_of[best.name] == [3, 9]
+    top = sorted((o for o in outcomes if o.status == "ok"), key=lambda o: o.median)[:CONFIRM_TOP]
+    assert all(o.runs == 9 for o in top)
+    # Stored outcomes with full timings are not timed again.
+    ev2 = LuckyEvaluator(costs, lucky.name, 90.0, full_runs=9)
+    again, _, _ = search(ev2, known={o.candidate.name: o for o in outcomes})
+    assert again.candidate == best and best.name not in ev2.runs_of

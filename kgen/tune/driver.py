@@ -122,13 +122,13 @@ def _known(db: TuningDB, device: DeviceIdentity, build: BuildIdentity, problem: 
             continue
         c = Candidate.parse(f"{m.variant}@{m.splits}")
         known[c.name] = Outcome(c, m.status, nmse=m.nmse, reason=m.reason, median=m.median_us,
-                                spread=m.spread_us)
+                                spread=m.spread_us, runs=m.runs)
     return known
 
 
 def _measurement(problem: ProblemClass, shape: str, o: Outcome) -> Measurement:
     return Measurement(problem=problem, variant=o.candidate.variant.uri, splits=o.candidate.splits,
-                       status=o.status, median_us=o.median, spread_us=o.spread, runs=len(o.samples),
+                       status=o.status, median_us=o.median, spread_us=o.spread, runs=o.runs,
                        nmse=o.nmse, reason=o.reason, shape=shape)
 
 

@@ -352,8 +352,9 @@ def test_matrix_hardware_searches_scalar_tiles_for_few_row_decodes_only():
 
 
 def test_a_budgeted_sample_polishes_the_neighbours_of_its_best():
-    """The sample stops at 80% of the budget and times the split counts and fused_reduce of its
-    best kernels: here the best plan is only reachable that way."""
+    """The sample stops at 72% of the budget (80% of the 90% before the confirm step) and times
+    the split counts and fused_reduce of its best kernels: here the best plan is only reachable
+    that way."""
     from kgen.tune import Candidate
     from kgen.tune.search import neighbours
     from kgen.variant import Variant
@@ -367,7 +368,7 @@ def test_a_budgeted_sample_polishes_the_neighbours_of_its_best():
     cands, default = [family[0], *others, *family[1:]], family[0]
     costs = {c.name: 200.0 + i for i, c in enumerate(others)} | dict(zip((c.name for c in family), (150.0, 140.0, 120.0, 100.0)))
     ev = FakeEvaluator(costs)
-    winner, _, outcomes = run_search("random", cands, default, ev, Limits(budget_s=12, runs=3), seed="k",
+    winner, _, outcomes = run_search("random", cands, default, ev, Limits(budget_s=20, runs=3), seed="k",
                                      clock=lambda: len(ev.checked))
     assert winner.candidate == family[3]
     assert len(outcomes) < len(cands)            # a sample, not everything

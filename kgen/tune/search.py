@@ -102,11 +102,12 @@ def order_for(strategy: str, cands: list[Candidate], default: Candidate, seed: s
 # the split count and fused reduce of its own best kernels.
 POLISH_SHARE = 0.2
 POLISH_TOP = 3
-# The finalists: however the budget stands, the best few are timed with the full runs before
-# the winner rule sees them. A budget spent in the first round of halving left every timing at
-# 3 runs with no spread: on an H100 the P3 decode's pick (35.5 us on 3 runs) ran 37.5 us in the
-# bench, while a neighbour 1 us behind it on 3 runs ran 35.5.
+# The finalists: the best few are timed with the full runs before the winner rule sees them,
+# in the last tenth of a budget (or past it). A budget spent in the first round of halving left
+# every timing at 3 runs with no spread: on an H100 the P3 decode's pick (35.5 us on 3 runs)
+# ran 37.5 us in the bench, while a neighbour 1 us behind it on 3 runs ran 35.5.
 CONFIRM_TOP = 4
+CONFIRM_SHARE = 0.1
 # Knobs a neighbour may differ in: the KV split count, and these uri tokens.
 _NEIGHBOUR_TOKENS = re.compile(r"_(fusedred|stream|splitk)(?=_|$)")
 
@@ -127,10 +128,12 @@ def run_search(strategy: str, cands: list[Candidate], default: Candidate, ev: Ev
     they end up in a near-tie. `on_outcome` sees each new outcome as soon as it exists."""
     known = known or {}
     start = clock()
-    over = lambda: limits.budget_s is not None and clock() - start > limits.budget_s  # noqa: E731
+    # The last CONFIRM_SHARE of a budget is left to the confirm step (_confirm).
+    search_s = limits.budget_s * (1 - CONFIRM_SHARE) if limits.budget_s is not None else None
+    over = lambda: search_s is not None and clock() - start > search_s  # noqa: E731
     # A budgeted sample stops early enough to polish its best (exhaustive has nothing to add).
     polish = strategy != "exhaustive" and limits.budget_s is not None
-    sample_s = limits.budget_s * (1 - POLISH_SHARE) if polish else limits.budget_s
+    sample_s = search_s * (1 - POLISH_SHARE) if polish else search_s
     sampled = lambda: sample_s is not None and clock() - start > sample_s  # noqa: E731
     todo = order_for(strategy, cands, default, seed)
     if limits.max_evals is not None:

@@ -23,6 +23,7 @@ import jinja2
 from . import abi
 from .compile import compile_source, compile_variant
 from .errors import KgenError
+from .paths.shared import FUSED_STATS_SLOTS
 from .identity import BuildIdentity, DeviceIdentity
 from .problem import GQA_BUCKETS, NKV_BUCKETS, NQ_BUCKETS, bucket_range
 from .render import REDUCE_WG, reduce_chunks, render_split_k_reduce
@@ -31,7 +32,7 @@ from .types import KV_TYPES
 from .variant import FEATURES, Variant
 
 FORMAT_NAME = "kgen-fa-dispatch"
-FORMAT_VERSION = 2  # 2: a grid axis has a scale (the reduce pass's column chunks)
+FORMAT_VERSION = 3  # 2: a grid axis has a scale (the reduce pass's column chunks); 3: fused_reduce entries
 FORMATS = ("json", "c-header")
 JSON_FILE, HEADER_FILE, SPIRV_DIR = "kgen_dispatch.json", "kgen_fa.h", "spirv"
 SPIRV_MAGIC = 0x07230203
@@ -73,6 +74,11 @@ NOTES = (
     "vec2s; put a compute-to-compute barrier after the FA pass, then dispatch the reduce pass "
     "with `reduce.grid` and the same bindings and push constants; the result is in `reduced`. "
     "Without one, the result is in `out`.",
+    "fused_reduce entries have no reduce shader: the last split of each row tile to finish "
+    "combines them all in the FA pass. Bind `out` and `stats` as for a reduce shader, `reduced` "
+    "(B * Hq * Nq * Dv f32: the result, also with one split) and `split_arrivals` (B * Hq * Nq "
+    "u32). Zero `split_arrivals` once when you create it: every dispatch leaves it zero again, so "
+    "two dispatches must not use one buffer at the same time.",
 )
 
 
@@ -139,10 +145,10 @@ def collect(entries) -> list[Row]:
     rows = []
     for device, build, w in entries:
         v = _checked_variant(w)
-        if v.fused_reduce:
-            raise NotImplementedError(
-                f"export of {v.uri} (class {w.problem.key}): fused_reduce's arrival counts "
-                "(binding split_arrivals, zeroed once) have no dispatch-table form yet")
+        if v.fused_reduce and w.splits * v.br > FUSED_STATS_SLOTS:
+            raise ExportError(f"winner {w.variant} with {w.splits} splits: its fused reduce combines at most "
+                              f"{FUSED_STATS_SLOTS} (row, split) pairs per row tile, and br {v.br} x {w.splits} "
+                              "splits can exceed that on a larger Nq of the bucket")
         if v.kv_f16 or v.mask_tiles or (v.reg_softmax and v.mask) or v.o_split:
             raise NotImplementedError(
                 f"export of {v.uri} (class {w.problem.key}): the passes that run before the kernel "
@@ -151,7 +157,7 @@ def collect(entries) -> list[Row]:
         fa = shader(("fa", v.uri), lambda: Shader(
             v.uri, compile_variant(v).spirv, v.wg, v.subgroup))
         red = None
-        if w.splits > 1:
+        if w.splits > 1 and not v.fused_reduce:
             name = f"fa_reduce_v{v.head_v}{'_sinks' if v.sinks else ''}"
             red = shader(("reduce", name), lambda: Shader(
                 name, compile_source(render_split_k_reduce(v.head_v, v.sinks), name=name).spirv,
@@ -228,7 +234,7 @@ def dispatch_table(rows: list[Row]) -> dict:
                 "head_k": p.head_k, "head_v": p.head_v, "k_type": p.k_type.label, "v_type": p.v_type.label,
                 "features": list(p.features), "acc": p.acc, **_buckets(p),
                 "variant": v.uri, **shader(r.shader, FA_GRID, v.br), "br": v.br, "bc": v.bc,
-                "splits": w.splits, "aligned": v.aligned, "median_us": w.median_us,
+                "splits": w.splits, "aligned": v.aligned, "fused_reduce": v.fused_reduce, "median_us": w.median_us,
                 "reduce": shader(r.reduce, REDUCE_GRID, 1, reduce_chunks(v.head_v))}
 
     return {

@@ -242,3 +242,44 @@ def test_variants_with_passes_before_the_kernel_are_not_exported_yet(uri):
     winner = Winner(problem, uri, 1, median_us=10.0, spread_us=1.0)
     with pytest.raises(NotImplementedError, match="passes that run before the kernel"):
         ex.collect([(DEVICE, BuildIdentity.current(), winner)])
+
+
+FUSED_PROGRAM = r"""
+#include <stdio.h>
+#include "kgen_fa.h"
+
+int main(void) {
+    const kgen_fa_entry *e = &kgen_fa_entries[0];
+    printf("%s fused=%u reduce=%u splits=%u\n", e->variant, (unsigned)e->fused_reduce,
+           (unsigned)(e->reduce_spv != NULL), (unsigned)e->splits);
+    return 0;
+}
+"""
+
+
+def test_fused_reduce_winners_export_without_a_reduce_pass(tmp_path):
+    """A fused_reduce winner (P3's on the H100) is exported with its flag and no reduce shader;
+    the notes say what to bind instead, and the header carries the flag."""
+    decode = ProblemClass(head_k=64, head_v=64, features=("causal",), nq_bucket=0, nkv_bucket=3)
+    v = default_variant(dataclasses.replace(decode, features=("causal", "split_k")), CAPS).replace(fused_reduce=True)
+    winner = Winner(decode, v.uri, 4, median_us=40.0, spread_us=1.0)
+    entries = [(DEVICE, BuildIdentity.current(), winner)]
+    ex.export(entries, tmp_path / "fa", "json")
+    table = json.loads((tmp_path / "fa" / "kgen_dispatch.json").read_text())
+    (e,) = table["entries"]
+    assert e["fused_reduce"] is True and e["reduce"] is None and e["splits"] == 4
+    assert [p.name for p in (tmp_path / "fa" / "spirv").iterdir()] == [f"{v.uri}.spv"]
+    assert any("split_arrivals" in note and "Zero" in note for note in table["notes"])
+    ex.export(entries, tmp_path / "h", "c-header")
+    if shutil.which("cc") is not None:
+        (tmp_path / "main.c").write_text(FUSED_PROGRAM)
+        build = subprocess.run(["cc", "-std=c99", "-Wall", "-Werror", "-I", str(tmp_path / "h"),
+                                str(tmp_path / "main.c"), "-o", str(tmp_path / "fused")], capture_output=True, text=True)
+        assert build.returncode == 0, build.stderr
+        out = subprocess.run([str(tmp_path / "fused")], capture_output=True, text=True, check=True).stdout
+        assert out == f"{v.uri} fused=1 reduce=0 splits=4\n"
+    # More (row, split) pairs than its combine holds: refused by name before anything is written.
+    too_many = dataclasses.replace(winner, splits=ex.FUSED_STATS_SLOTS // v.br + 1)
+    with pytest.raises(ex.ExportError, match="at most 256"):
+        ex.export([(DEVICE, BuildIdentity.current(), too_many)], tmp_path / "x", "json")
+    assert not (tmp_path / "x").exists()

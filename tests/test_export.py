@@ -6,6 +6,7 @@ import shutil
 import struct
 import subprocess
 
+import numpy as np
 import pytest
 
 from kgen import abi, export as ex, profiles
@@ -283,3 +284,74 @@ def test_fused_reduce_winners_export_without_a_reduce_pass(tmp_path):
     with pytest.raises(ex.ExportError, match="at most 256"):
         ex.export([(DEVICE, BuildIdentity.current(), too_many)], tmp_path / "x", "json")
     assert not (tmp_path / "x").exists()
+
+
+def _run_as_the_table_says(table: dict, spirv_dir, e: dict, q, k, v) -> tuple[np.ndarray, np.ndarray]:
+    """Dispatch one exported entry the way its notes tell an engine to (no kgen planning): the
+    entry's SPIR-V, the push constants from the table's fields, the split values from its
+    formula, its grids; twice, to see that a fused entry leaves its arrival counts zero.
+    Returns the result rows and the arrival counts after the second run."""
+    from kgen.runtime import open_device
+    dev = open_device()
+    b, hq, nq, dk = q.shape
+    _, hkv, nkv, dv = v.shape
+    split_kv, split_count = split_values(nkv, e["splits"], e["bc"])
+    push = {f["name"]: 0 for f in table["push_constants"]["fields"]} | dict(
+        n_q=nq, n_kv=nkv, n_head_q=hq, gqa_ratio=hq // hkv, n_batch=b,
+        q_stride_row=dk, q_stride_head=nq * dk, q_stride_batch=hq * nq * dk,
+        k_stride_row=dk, k_stride_head=nkv * dk, k_stride_batch=hkv * nkv * dk,
+        v_stride_row=dv, v_stride_head=nkv * dv, v_stride_batch=hkv * nkv * dv,
+        scale=1.0 / np.sqrt(dk), split_kv=split_kv, split_count=split_count)
+    rows = b * hq * nq
+    data = {"q": q.astype(np.float32), "k": k.astype(np.float16), "v": v.astype(np.float16),
+            "out": np.zeros(split_count * rows * dv, np.float32), "stats": np.zeros(2 * split_count * rows, np.float32),
+            "reduced": np.zeros(rows * dv, np.float32), "split_arrivals": np.zeros(rows, np.uint32),
+            "mask": np.zeros(4, np.uint32), "sinks": np.zeros(4, np.uint32), "mask_tiles": np.zeros(4, np.uint32)}
+    bufs = {name: dev.buffer(max(16, x.nbytes)) for name, x in data.items()}
+    kernels = []
+    try:
+        for name, x in data.items():
+            bufs[name].write(np.ascontiguousarray(x))
+        binds = {abi.BINDING[name]: buf for name, buf in bufs.items()}
+        packed = abi.pack(**push)
+        steps = []
+        for shader in (e, e["reduce"]) if e["reduce"] else (e,):
+            kernel = dev.pipeline((spirv_dir / shader["spv"]).read_bytes(), name=shader["shader"],
+                                  required_subgroup_size=shader["required_subgroup_size"])
+            kernels.append(kernel)
+            steps.append((kernel, binds, packed, ex.eval_grid(shader["grid"], push)))
+        with dev.sequence(steps, timed=False) as seq:
+            seq.run(wait=True)
+            bufs["reduced"].write(np.full(rows * dv, np.nan, np.float32))
+            seq.run(wait=True)
+        name = "reduced" if e["reduce"] or e["fused_reduce"] else "out"
+        result = np.frombuffer(bufs[name].read(rows * dv * 4), np.float32).reshape(b, hq, nq, dv)
+        return result, np.frombuffer(bufs["split_arrivals"].read(rows * 4), np.uint32)
+    finally:
+        for kernel in kernels:
+            dev.drop_pipeline(kernel)
+        for buf in bufs.values():
+            buf.close()
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_an_engine_following_the_table_gets_the_reference_result(tmp_path, fused):
+    """The exported split-k decode winner, with a reduce pass or fused, run from the JSON alone
+    as an engine would: right to NMSE 5e-4 against the float64 reference, and a fused entry
+    leaves its arrival counts zero."""
+    from kgen import reference
+    decode = ProblemClass(head_k=64, head_v=64, features=("causal",), nq_bucket=0, nkv_bucket=3)
+    v = default_variant(dataclasses.replace(decode, features=("causal", "split_k")), CAPS)
+    v = v.replace(fused_reduce=fused)
+    ex.export([(DEVICE, BuildIdentity.current(), Winner(decode, v.uri, 4, 40.0, 1.0))], tmp_path / "fa", "json")
+    table = json.loads((tmp_path / "fa" / "kgen_dispatch.json").read_text())
+    (e,) = table["entries"]
+    assert bool(e["reduce"]) != fused and e["fused_reduce"] == fused
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((1, 4, 1, 64))
+    k = rng.standard_normal((1, 2, 300, 64)).astype(np.float16).astype(np.float64)
+    vv = rng.standard_normal((1, 2, 300, 64)).astype(np.float16).astype(np.float64)
+    out, arrivals = _run_as_the_table_says(table, tmp_path / "fa", e, q, k, vv)
+    ref = reference.attention(q, k, vv, causal=True)
+    assert np.isfinite(out).all() and reference.nmse(out, ref) <= 5e-4
+    assert not arrivals.any()

@@ -16,7 +16,8 @@ from kgen.identity import BuildIdentity, DeviceIdentity
 from kgen.planning import split_values
 from kgen.problem import ProblemClass
 from kgen.render import reduce_groups
-from kgen.space import default_variant
+from kgen.space import default_variant, why_invalid
+from kgen.variant import PathKind
 from kgen.tunedb import Winner
 
 CAPS = profiles.LAVAPIPE
@@ -340,10 +341,15 @@ def test_an_engine_following_the_table_gets_the_reference_result(tmp_path, fused
     as an engine would: right to NMSE 5e-4 against the float64 reference, and a fused entry
     leaves its arrival counts zero."""
     from kgen import reference
+    from kgen.runtime import open_device
+    caps = open_device().caps  # the device the test runs on: its default variant, its identity
     decode = ProblemClass(head_k=64, head_v=64, features=("causal",), nq_bucket=0, nkv_bucket=3)
-    v = default_variant(dataclasses.replace(decode, features=("causal", "split_k")), CAPS)
+    # The scalar path: it has both forms of split-k on every device (coopmat1 has no fused reduce).
+    v = default_variant(dataclasses.replace(decode, features=("causal", "split_k")), caps, PathKind.SCALAR)
     v = v.replace(fused_reduce=fused)
-    ex.export([(DEVICE, BuildIdentity.current(), Winner(decode, v.uri, 4, 40.0, 1.0))], tmp_path / "fa", "json")
+    assert why_invalid(v, caps) is None
+    ex.export([(DeviceIdentity.of(caps), BuildIdentity.current(), Winner(decode, v.uri, 4, 40.0, 1.0))],
+              tmp_path / "fa", "json")
     table = json.loads((tmp_path / "fa" / "kgen_dispatch.json").read_text())
     (e,) = table["entries"]
     assert bool(e["reduce"]) != fused and e["fused_reduce"] == fused

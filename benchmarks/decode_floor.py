@@ -25,7 +25,7 @@ import numpy as np
 
 from kgen import abi
 from kgen.compile import compile_source
-from kgen.suites import case_arg, int_list_arg
+from kgen.suites import bench_parser, require_f16_kv
 
 L2_BYTES = 50 << 20  # H100's L2; the rotation covers several times this
 WARM_SECONDS = 0.3
@@ -166,24 +166,18 @@ void main() {{
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("case", type=case_arg("h100-anchors"), help="a decode case of suite h100-anchors with f16 K and V")
-    for name, default, least, text in (
-            ("splits", "16,32,64,128", 1, "KV splits (workgroups per KV head)"),
-            ("wg", "128,256", 32, "threads per workgroup"),
-            ("unroll", "1,2,4,8", 1, "16-byte loads in flight per thread"),
-            ("combine", "0", 0, "1: also time the kernel with the split-k tail")):
-        ap.add_argument("--" + name, default=default, type=int_list_arg(least), help=text)
-    ap.add_argument("--runs", type=lambda t: int_list_arg(1)(t)[0], default=50)
-    return ap
+    return bench_parser(__doc__.split("\n\n")[0], "a decode case of suite h100-anchors with f16 K and V", (
+        ("splits", "16,32,64,128", 1, "KV splits (workgroups per KV head)"),
+        ("wg", "128,256", 32, "threads per workgroup"),
+        ("unroll", "1,2,4,8", 1, "16-byte loads in flight per thread"),
+        ("combine", "0", 0, "1: also time the kernel with the split-k tail")), runs=50)
 
 
 def main() -> int:
     ap = parser()
     args = ap.parse_args()
     case = args.case
-    if case.k_type != "f16" or (case.v_type != "f16" and not case.mla):
-        ap.error(f"{case.name}: the floor kernel reads f16 K and V only")
+    require_f16_kv(ap, case, "floor")
     if case.n_q != 1:
         ap.error(f"{case.name}: a decode case (Nq 1) only; prefill_floor.py times prefill tilings")
     from kgen.runtime import open_device

@@ -27,7 +27,7 @@ import numpy as np
 
 from kgen import abi
 from kgen.compile import compile_source
-from kgen.suites import case_arg, int_list_arg
+from kgen.suites import bench_parser, require_f16_kv
 
 L2_BYTES = 50 << 20  # H100's L2; the rotation covers several times this
 WARM_SECONDS = 0.3
@@ -108,25 +108,19 @@ def time_kernel(dev, src: str, name: str, inputs: list, out, grid: tuple, runs: 
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("case", type=case_arg("h100-anchors"), help="a prefill case of suite h100-anchors with f16 K and V")
-    for name, default, least, text in (
-            ("br", "64", 1, "query rows per workgroup"), ("bc", "32", 1, "keys per tile"),
-            ("wg", "256", 1, "threads per workgroup"),
-            ("q", "0,1", 0, "1: the workgroup's Q rows read again every tile"),
-            ("stage", "0,1", 0, "1: each tile stored to shared memory between two barriers"),
-            ("stagger", "0,1", 0, "1: row tiles start at different key tiles")):
-        ap.add_argument("--" + name, default=default, type=int_list_arg(least), help=text)
-    ap.add_argument("--runs", type=lambda t: int_list_arg(1)(t)[0], default=20)
-    return ap
+    return bench_parser(__doc__.split("\n\n")[0], "a prefill case of suite h100-anchors with f16 K and V", (
+        ("br", "64", 1, "query rows per workgroup"), ("bc", "32", 1, "keys per tile"),
+        ("wg", "256", 1, "threads per workgroup"),
+        ("q", "0,1", 0, "1: the workgroup's Q rows read again every tile"),
+        ("stage", "0,1", 0, "1: each tile stored to shared memory between two barriers"),
+        ("stagger", "0,1", 0, "1: row tiles start at different key tiles")), runs=20)
 
 
 def main() -> int:
     ap = parser()
     args = ap.parse_args()
     case = args.case
-    if case.k_type != "f16" or (case.v_type != "f16" and not case.mla):
-        ap.error(f"{case.name}: the floor kernel reads f16 K and V only")
+    require_f16_kv(ap, case, "floor")
     from kgen.runtime import open_device
     dev = open_device()
     k_vec4 = case.head_k * 2 // 16

@@ -149,6 +149,25 @@ def int_list_arg(least: int):
     return parse
 
 
+def bench_parser(description: str, case_help: str, lists: tuple, runs: int) -> argparse.ArgumentParser:
+    """The parser of a benchmark script over one h100-anchors case: the case, list options given
+    as (name, default, least, help) (comma-separated integers, each at least `least`), and
+    --runs (at least 1)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("case", type=case_arg("h100-anchors"), help=case_help)
+    for name, default, least, text in lists:
+        ap.add_argument("--" + name, default=default, type=int_list_arg(least), help=text)
+    ap.add_argument("--runs", type=lambda t: int_list_arg(1)(t)[0], default=runs, help="timed runs per kernel")
+    return ap
+
+
+def require_f16_kv(ap: argparse.ArgumentParser, case: Case, script: str) -> None:
+    """Refuse (through argparse, naming the case) a case whose K or V is not f16: the benchmark
+    scripts' own kernels read f16 K and V (MLA's V is K's)."""
+    if case.k_type != "f16" or (case.v_type != "f16" and not case.mla):
+        ap.error(f"{case.name}: the {script} kernel reads f16 K and V only")
+
+
 def case_arg(suite_name: str):
     """The argparse type of a script's case argument: the first case of `suite_name` whose name
     contains the text; anything else is refused with suite()'s message."""

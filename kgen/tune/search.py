@@ -1,7 +1,8 @@
 """Search strategies and the winner rule, free of Vulkan: they see candidates only through an
 `Evaluator` (check once, time on request), so tests drive them with injected timings.
 
-The winner rule is the noise guard: candidates whose timing overlaps the best one's spread are
+The winner rule is the noise guard: the best few are first timed with the full runs (a budget can
+end a search with short timings), then candidates whose timing overlaps the best one's spread are
 re-timed with more runs; whatever still overlaps is a tie, and ties go to the heuristic default
 if it is among them, else to the earliest candidate in enumeration order. Reruns thus pick the
 same winner even though every timing differs a little.
@@ -125,7 +126,7 @@ def run_search(strategy: str, cands: list[Candidate], default: Candidate, ev: Ev
                clock: Callable[[], float] = time.monotonic) -> tuple[Outcome | None, Outcome | None, list[Outcome]]:
     """Check and time candidates under `limits`; returns (winner, runner-up, all outcomes).
     `known` holds outcomes measured earlier (resume): they are not measured again unless
-    they end up in a near-tie. `on_outcome` sees each new outcome as soon as it exists."""
+    they end up among the best CONFIRM_TOP with fewer than `limits.runs` runs, or in a near-tie. `on_outcome` sees each new outcome as soon as it exists."""
     known = known or {}
     start = clock()
     # The last CONFIRM_SHARE of a budget is left to the confirm step (_confirm).

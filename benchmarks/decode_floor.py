@@ -25,7 +25,7 @@ import numpy as np
 
 from kgen import abi
 from kgen.compile import compile_source
-from kgen.suites import bench_parser, require_f16_kv
+from kgen.suites import bench_parser, require_f16_kv, require_workgroups_fit
 
 L2_BYTES = 50 << 20  # H100's L2; the rotation covers several times this
 WARM_SECONDS = 0.3
@@ -182,6 +182,7 @@ def main() -> int:
         ap.error(f"{case.name}: a decode case (Nq 1) only; prefill_floor.py times prefill tilings")
     from kgen.runtime import open_device
     dev = open_device()
+    require_workgroups_fit(ap, dev.caps, args.wg)
     row_vec4 = case.head_k * 2 // 16
     heads, n_kv = case.heads_kv * case.batch, case.n_kv
     q_rows = case.n_q * case.heads_q // case.heads_kv

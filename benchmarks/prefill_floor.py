@@ -27,7 +27,7 @@ import numpy as np
 
 from kgen import abi
 from kgen.compile import compile_source
-from kgen.suites import bench_parser, require_f16_kv
+from kgen.suites import bench_parser, require_f16_kv, require_workgroups_fit
 
 L2_BYTES = 50 << 20  # H100's L2; the rotation covers several times this
 WARM_SECONDS = 0.3
@@ -123,6 +123,7 @@ def main() -> int:
     require_f16_kv(ap, case, "floor")
     from kgen.runtime import open_device
     dev = open_device()
+    require_workgroups_fit(ap, dev.caps, args.wg)
     k_vec4 = case.head_k * 2 // 16
     v_vec4 = 0 if case.mla else case.head_v * 2 // 16
     heads = case.batch * case.heads_kv

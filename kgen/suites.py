@@ -168,6 +168,12 @@ def require_f16_kv(ap: argparse.ArgumentParser, case: Case, script: str) -> None
         ap.error(f"{case.name}: the {script} kernel reads f16 K and V only")
 
 
+def require_workgroups_fit(ap: argparse.ArgumentParser, caps, wgs: list[int]) -> None:
+    """Refuse (through argparse) a --wg the device cannot run, before any kernel is built."""
+    if max(wgs) > caps.max_workgroup_invocations:
+        ap.error(f"--wg {max(wgs)}: {caps.name} runs at most {caps.max_workgroup_invocations} threads per workgroup")
+
+
 def case_arg(suite_name: str):
     """The argparse type of a script's case argument: the first case of `suite_name` whose name
     contains the text; anything else is refused with suite()'s message."""

@@ -82,6 +82,7 @@ def test_the_tail_combines_every_split_and_leaves_the_counters_zero(floor, split
     (["P3 ", "--splits", "0"], "--splits"),
     (["P3 ", "--wg", "16"], "--wg"),
     (["P3 ", "--combine", "x"], "--combine"),
+    (["P3 ", "--wg", "64,100000"], "--wg 100000"),
     (["P1 "], "decode case (Nq 1)"),
     (["nonesuch"], "nonesuch"),
 ])

@@ -56,6 +56,7 @@ def test_a_kernel_runs_and_is_timed(floor):
 @pytest.mark.parametrize("argv, words", [
     (["P1 ", "--bc", "32,x"], "--bc"),
     (["P1 ", "--wg", "0"], "--wg"),
+    (["P1 ", "--wg", "100000"], "--wg 100000"),
     (["P5 "], "f16 K and V only"),
     (["nonesuch"], "nonesuch"),
 ])

@@ -11,11 +11,10 @@ from .api import PRECISIONS, Shapes, fold_gqa
 from .compile import compile_source, compile_variant
 from .errors import UnsupportedVariant
 from .kvtensor import KVTensor, KvLayout, layout_of, views_k
-from .paths.coopmat1 import direct_reason, layout
-from .render import (MASK_FRAG_WG, REDUCE_WG, kv_to_f16_groups, mask_frag_groups, mask_tiles_groups,
-                     reduce_groups,
-                     q_frag_groups, render_kv_to_f16, render_mask_frag, render_mask_tiles, render_q_frag,
-                     render_split_k_reduce)
+from .paths.coopmat1 import direct_reason
+from .extent import evaluate
+from .prepasses import converted, passes_before
+from .render import REDUCE_WG, reduce_groups, render_split_k_reduce
 from .paths.shared import FUSED_STATS_SLOTS
 from .space import default_variant, why_invalid
 from .variant import PathKind, Variant
@@ -151,11 +150,6 @@ def _autotune(shapes: Shapes, device) -> None:
     tune(shapes, open_default(), device=device)
 
 
-def uses_frag_mask(v: Variant) -> bool:
-    """Whether a pass rewrites the mask in reg_softmax's fragment order before variant `v`."""
-    return bool(v.path is PathKind.COOPMAT1 and v.reg_softmax and v.mask and layout(v).mask_frag)
-
-
 class Plan:
     def __init__(self, shapes: Shapes, *, path: PathKind | None = None, device=None,
                  split_k: int | None = None, variant: Variant | None = None,
@@ -226,16 +220,11 @@ class Plan:
         if v.aligned and s.n_kv % v.bc:
             raise ValueError(f"variant {v.uri} is aligned (Nkv % {v.bc} == 0) but Nkv={s.n_kv}")
 
-    def _converted(self, v: Variant) -> tuple[str, ...]:
-        """The tensors ("k", "v") a kv_f16 variant converts to f16 before the kernel."""
-        s = self.kernel_shapes
-        return tuple(t for t in "kv" if v.kv_f16 and getattr(s, f"{t}_type").quantized)
-
     def _kernel_layouts(self, v: Variant) -> dict[str, KvLayout]:
         """Where the attention kernel reads K and V: the caller's layouts, or for tensors that
         kv_f16 converts, the dense f16 copy."""
         s, out = self.kernel_shapes, dict(self.kv_layouts)
-        for t in self._converted(v):
+        for t in converted(v):
             d = getattr(s, f"head_{t}")
             out[t] = KvLayout((d, d * s.n_kv, d * s.n_kv * s.heads_kv), 0, 2 * d * s.n_kv * s.heads_kv * s.batch)
         return out
@@ -263,19 +252,11 @@ class Plan:
             sizes["reduced"] = rows * s.head_v * 4
         if v.fused_reduce:
             sizes["split_arrivals"] = rows * 4
-        converted = self._converted(v)
-        for t in converted:
-            sizes[f"{t}_f16"] = kernel_layouts[t].nbytes
-        if v.mask_tiles:
-            tile_groups = mask_tiles_groups(s.mask_shape, v.br, v.bc)
-            sizes["mask_tiles"] = 4 * math.prod(tile_groups)
-        frag_mask = uses_frag_mask(v)
-        if frag_mask:
-            frag_groups = mask_frag_groups(s.mask_shape, v.bc, v.subgroup)
-            sizes["mask_frag"] = 16 * MASK_FRAG_WG * math.prod(frag_groups)
-        if v.o_split:
-            q_groups = q_frag_groups(s.n_q, s.heads_q, s.batch, s.head_k)
-            sizes["q_frag"] = 16 * v.subgroup * layout(v).ks_steps * q_groups[1] * q_groups[2]
+        passes = passes_before(v)
+        dims = self._dims()
+        pass_groups = [p.groups(dims) for p in passes]
+        for p in passes:
+            sizes[p.buffer] = evaluate(p.nbytes, dims)
         self.kernel = fa
         self._buffers = {name: dev.buffer(n) for name, n in sizes.items()}
         if v.fused_reduce:
@@ -283,35 +264,16 @@ class Plan:
         binds = {abi.BINDING[name]: buf for name, buf in self._buffers.items() if name in abi.BINDING}
         if self.v_in_k:
             binds[abi.BINDING["v"]] = self._buffers["k"]
-        steps = []
-        for t in converted:
-            # The pass reads the cache as stored (binding t) and writes its f16 copy as `out`.
-            d, kv_type = getattr(s, f"head_{t}"), getattr(s, f"{t}_type")
-            name = f"kv_to_f16_{t}_{kv_type}_d{d}"
-            convert = dev.pipeline(compile_source(render_kv_to_f16(t, kv_type, d), name=name).spirv, name=name)
-            steps.append((convert, {abi.BINDING[t]: self._stored(t), abi.BINDING["out"]: self._buffers[f"{t}_f16"]},
-                          self._push(self.kv_layouts), kv_to_f16_groups(s.n_kv, d, s.heads_kv, s.batch)))
-            binds[abi.BINDING[t]] = self._buffers[f"{t}_f16"]
         push = self._push(kernel_layouts)
-        if v.mask_tiles:
-            name = f"mask_tiles_br{v.br}_bc{v.bc}"
-            classify = dev.pipeline(compile_source(render_mask_tiles(v.br, v.bc), name=name).spirv, name=name)
-            steps.append((classify, {abi.BINDING["mask"]: self._buffers["mask"],
-                                     abi.BINDING["mask_tiles"]: self._buffers["mask_tiles"]}, push, tile_groups))
-        if frag_mask:
-            # The mask in the order the kernel's lanes hold S (every call: the mask may change).
-            name = f"mask_frag_regs{v.reg_softmax}_m{v.mat_m}n{v.mat_n}k{v.mat_k}_bc{v.bc}"
-            reorder = dev.pipeline(compile_source(render_mask_frag(v), name=name).spirv, name=name)
-            steps.append((reorder, {abi.BINDING["mask"]: self._buffers["mask"],
-                                    abi.BINDING["out"]: self._buffers["mask_frag"]}, push, frag_groups))
-            binds[abi.BINDING["mask"]] = self._buffers["mask_frag"]
-        if v.o_split:
-            # Q in the order the kernel's lanes hold their A operands (every call: Q changes).
-            name = f"q_frag_regs{v.reg_softmax}_k{v.head_k}"
-            reorder = dev.pipeline(compile_source(render_q_frag(v), name=name).spirv, name=name)
-            steps.append((reorder, {abi.BINDING["q"]: self._buffers["q"],
-                                    abi.BINDING["out"]: self._buffers["q_frag"]}, push, q_groups))
-            binds[abi.BINDING["q"]] = self._buffers["q_frag"]
+        steps = []
+        for p, groups in zip(passes, pass_groups):
+            # Each reads the caller's buffer (a converted V inside K's bytes: K's buffer) and
+            # writes its own, which the kernel then takes at p.kernel_binding.
+            source = self._stored(p.reads) if p.reads in ("k", "v") else self._buffers[p.reads]
+            pipeline = dev.pipeline(p.spirv(), name=p.name)
+            steps.append((pipeline, {abi.BINDING[p.reads]: source, abi.BINDING[p.writes]: self._buffers[p.buffer]},
+                          self._push(self.kv_layouts) if p.caller_push else push, groups))
+            binds[abi.BINDING[p.kernel_binding]] = self._buffers[p.buffer]
         # The passes before the kernel read only the caller's inputs and each writes its own
         # buffer: they join each other (no barrier between them, so the GPU may overlap them);
         # one barrier before the kernel.
@@ -326,6 +288,13 @@ class Plan:
             steps.append((reduce, binds, push, reduce_groups(s.n_q, s.heads_q, s.batch, s.head_v)))
         self._steps = steps
         self._sequence = dev.sequence(steps)
+
+    def _dims(self) -> dict[str, int]:
+        """The call's dimensions the passes before the kernel are sized by (kgen.extent)."""
+        s = self.kernel_shapes
+        mb, mh, mq, _ = s.mask_shape or (1, 1, 1, s.n_kv)
+        return dict(n_q=s.n_q, n_kv=s.n_kv, n_head_q=s.heads_q, n_head_kv=s.heads_kv, n_batch=s.batch,
+                    mask_rows=mq, mask_planes=mb * mh)
 
     def _stored(self, t: str):
         """The device buffer holding tensor `t` ("k" or "v") as the caller stores it."""

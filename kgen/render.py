@@ -8,6 +8,7 @@ from pathlib import Path
 import jinja2
 
 from . import abi
+from .extent import Expr, ceil_div, evaluate, mul
 from .fragments import MASK_FRAG_CHUNK, SCHEMES, expected, mask_frag_tiles, reg_layout
 from .paths import path_spec
 from .paths.shared import fused_reduce_shared
@@ -107,14 +108,30 @@ def render_kv_to_f16(tensor: str, t: KvType, head: int, wg: int = KV_TO_F16_WG) 
                                  push_fields=abi.PUSH_FIELDS, binding=abi.BINDING))
 
 
+def kv_to_f16_grid(head: int, wg: int = KV_TO_F16_WG) -> tuple[Expr, Expr, Expr]:
+    """Grid of render_kv_to_f16(..., head, wg) over a call's dimensions (kgen.extent):
+    (row chunks of 8 / wg, KV heads, batch)."""
+    return ceil_div(mul("n_kv", head // 8), wg), "n_head_kv", "n_batch"
+
+
 def kv_to_f16_groups(n_kv: int, head: int, heads_kv: int, batch: int,
                      wg: int = KV_TO_F16_WG) -> tuple[int, int, int]:
     """Dispatch grid of render_kv_to_f16(..., head, wg): (row chunks of 8 / wg, heads, batch)."""
     for name, value in (("n_kv", n_kv), ("head", head), ("heads_kv", heads_kv), ("batch", batch), ("wg", wg)):
         if value < 1:
             raise ValueError(f"{name}={value}: must be >= 1")
-    return _within_group_limit((-(-n_kv * (head // 8) // wg), heads_kv, batch), "kv_to_f16",
+    groups = _evaluate(kv_to_f16_grid(head, wg), n_kv=n_kv, n_head_kv=heads_kv, n_batch=batch)
+    return _within_group_limit(groups, "kv_to_f16",
                                f"n_kv={n_kv}, head={head}, heads_kv={heads_kv}, batch={batch}, wg={wg}")
+
+
+def _evaluate(grid: tuple[Expr, Expr, Expr], **dims: int) -> tuple[int, int, int]:
+    return tuple(evaluate(e, dims) for e in grid)
+
+
+def mask_dims(mask_shape: tuple[int, int, int, int]) -> dict[str, int]:
+    """The call dimensions (kgen.extent) a stored (B, H, rows, Nkv) mask gives the mask passes."""
+    return {"mask_planes": mask_shape[0] * mask_shape[1], "mask_rows": mask_shape[2], "n_kv": mask_shape[3]}
 
 
 def _within_group_limit(groups: tuple[int, int, int], what: str, inputs: str) -> tuple[int, int, int]:
@@ -144,11 +161,16 @@ def render_mask_tiles(br: int, bc: int, wg: int = MASK_TILES_WG) -> str:
     return _tidy(template.render(br=br, bc=bc, wg=wg, push_fields=abi.PUSH_FIELDS, binding=abi.BINDING))
 
 
+def mask_tiles_grid(br: int, bc: int) -> tuple[Expr, Expr, Expr]:
+    """Grid of the mask-tile pass over a call's dimensions (kgen.extent), one workgroup per
+    tile: (KV tiles, row tiles, planes); also the shape of the class array the kernel reads."""
+    return ceil_div("n_kv", bc), ceil_div("mask_rows", br), "mask_planes"
+
+
 def mask_tiles_groups(mask_shape: tuple[int, int, int, int], br: int, bc: int) -> tuple[int, int, int]:
     """Grid of the mask-tile pass, one workgroup per tile: (KV tiles, row tiles, planes) of a
     stored (B, H, rows, Nkv) mask; also the shape of the class array the kernel reads."""
-    planes, rows, n_kv = mask_shape[0] * mask_shape[1], mask_shape[2], mask_shape[3]
-    return _within_group_limit((-(-n_kv // bc), -(-rows // br), planes), "mask_tiles",
+    return _within_group_limit(_evaluate(mask_tiles_grid(br, bc), **mask_dims(mask_shape)), "mask_tiles",
                                f"mask {mask_shape}, br={br}, bc={bc}")
 
 
@@ -173,13 +195,18 @@ def render_mask_frag(v: Variant, wg: int = MASK_FRAG_WG) -> str:
                                  push_fields=abi.PUSH_FIELDS, binding=abi.BINDING))
 
 
+def mask_frag_grid(bc: int, lanes: int = 32, wg: int = MASK_FRAG_WG) -> tuple[Expr, Expr, Expr]:
+    """Grid of the mask-fragment pass over a call's dimensions (kgen.extent): (chunk groups,
+    row tiles of 16, planes); its output holds wg 16-byte elements per workgroup."""
+    chunks = mul(ceil_div("n_kv", bc), bc // MASK_FRAG_CHUNK)
+    return ceil_div(chunks, wg // lanes), ceil_div("mask_rows", 16), "mask_planes"
+
+
 def mask_frag_groups(mask_shape: tuple[int, int, int, int], bc: int, lanes: int = 32,
                      wg: int = MASK_FRAG_WG) -> tuple[int, int, int]:
     """Grid of the mask-fragment pass: (chunk groups, row tiles of 16, planes) of a stored
     (B, H, rows, Nkv) mask; the output holds prod(grid) * wg 16-byte elements."""
-    planes, rows, n_kv = mask_shape[0] * mask_shape[1], mask_shape[2], mask_shape[3]
-    chunks = -(-n_kv // bc) * (bc // MASK_FRAG_CHUNK)
-    return _within_group_limit((-(-chunks // (wg // lanes)), -(-rows // 16), planes), "mask_frag",
+    return _within_group_limit(_evaluate(mask_frag_grid(bc, lanes, wg), **mask_dims(mask_shape)), "mask_frag",
                                f"mask {mask_shape}, bc={bc}")
 
 
@@ -204,14 +231,20 @@ def render_q_frag(v: Variant, wg: int = Q_FRAG_WG) -> str:
                                  push_fields=abi.PUSH_FIELDS, binding=abi.BINDING))
 
 
+def q_frag_grid(head_k: int) -> tuple[Expr, Expr, Expr]:
+    """Grid of the Q-fragment pass over a call's dimensions (kgen.extent): (chunks of 64 head
+    columns, row tiles of 16, batch x heads)."""
+    return ceil_div(head_k, 64), ceil_div("n_q", 16), mul("n_batch", "n_head_q")
+
+
 def q_frag_groups(n_q: int, heads_q: int, batch: int, head_k: int) -> tuple[int, int, int]:
     """Grid of the Q-fragment pass: (chunks of 64 head columns, row tiles of 16, batch x heads);
     its output holds 32 lanes x ceil(head_k / 16) depth steps of 16 bytes per row tile and head."""
     for name, value in (("n_q", n_q), ("heads_q", heads_q), ("batch", batch), ("head_k", head_k)):
         if value < 1:
             raise ValueError(f"{name}={value}: must be >= 1")
-    return _within_group_limit((-(-head_k // 64), -(-n_q // 16), batch * heads_q), "q_frag",
-                               f"n_q={n_q}, heads_q={heads_q}, batch={batch}, head_k={head_k}")
+    return _within_group_limit(_evaluate(q_frag_grid(head_k), n_q=n_q, n_head_q=heads_q, n_batch=batch),
+                               "q_frag", f"n_q={n_q}, heads_q={heads_q}, batch={batch}, head_k={head_k}")
 
 
 def _tidy(text: str) -> str:

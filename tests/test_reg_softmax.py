@@ -233,7 +233,7 @@ def test_fragment_ordered_mask_pass(mat_n, bc, shape):
     from kgen import abi
     from kgen.fragments import mask_frag_tiles, reg_layout
     from kgen.render import MASK_FRAG_WG, mask_frag_groups, render_mask_frag
-    from kgen.planning import uses_frag_mask
+    from kgen.prepasses import uses_frag_mask
     v = Variant(**dict(BASE, mat_n=mat_n, bc=bc, mask=True, aligned=False))
     tiles = mask_frag_tiles(1, 16, mat_n, 16)
     assert tiles * mat_n == 16 and coopmat1.layout(v).mask_frag == tiles

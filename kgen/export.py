@@ -20,9 +20,10 @@ from pathlib import Path
 
 import jinja2
 
-from . import abi
+from . import abi, extent
 from .compile import compile_source, compile_variant
 from .errors import KgenError
+from .prepasses import PrePass, kernel_push, passes_before
 from .paths.shared import FUSED_STATS_SLOTS
 from .identity import BuildIdentity, DeviceIdentity
 from .problem import GQA_BUCKETS, NKV_BUCKETS, NQ_BUCKETS, bucket_range
@@ -32,7 +33,8 @@ from .types import KV_TYPES
 from .variant import FEATURES, Variant
 
 FORMAT_NAME = "kgen-fa-dispatch"
-FORMAT_VERSION = 3  # 2: a grid axis has a scale (the reduce pass's column chunks); 3: fused_reduce entries
+FORMAT_VERSION = 4  # 2: a grid axis has a scale (the reduce pass's column chunks); 3: fused_reduce entries;
+                    # 4: passes before the kernel (kgen.prepasses), formulas as kgen.extent expressions
 FORMATS = ("json", "c-header")
 JSON_FILE, HEADER_FILE, SPIRV_DIR = "kgen_dispatch.json", "kgen_fa.h", "spirv"
 SPIRV_MAGIC = 0x07230203
@@ -79,6 +81,18 @@ NOTES = (
     "(B * Hq * Nq * Dv f32: the result, also with one split) and `split_arrivals` (B * Hq * Nq "
     "u32). Zero `split_arrivals` once when you create it: every dispatch leaves it zero again, so "
     "two dispatches must not use one buffer at the same time.",
+    "passes_before (may be empty): run each before the FA pass, side by side (no barrier between "
+    "them), then one compute-to-compute barrier. A pass binds the caller's buffer at `reads` and "
+    "its own buffer `buffer` (buffer_bytes bytes, allocated by you, kept between calls) at "
+    "`writes`, nothing else; it takes the caller's push constants when push is \"caller\", else "
+    "the kernel's; no required subgroup size. The FA pass (and the reduce pass) then bind each "
+    "pass's buffer at its kernel_binding instead of the caller's buffer there. Run them at every "
+    "call: they read Q, the mask or the cache as they are now.",
+    "kernel_push (may be empty): push-constant fields the FA pass and the reduce pass take "
+    "instead of the caller's values (the f16 copy's layout after a kv_to_f16 pass).",
+    "Formulas (grids and buffer_bytes of passes_before, kernel_push values) are expressions: an "
+    "int, a dimension name (a push-constant field, or one of `dims`), or [op, operand...] with op "
+    "\"mul\" (the product) or \"ceil_div\" (ceil(a / b)). Each comes with its text.",
 )
 
 
@@ -119,6 +133,7 @@ class Row:
     variant: Variant
     shader: Shader
     reduce: Shader | None
+    passes: tuple[tuple[PrePass, Shader], ...] = ()   # run before the kernel, in this order
 
 
 def eval_grid(grid: dict, push: dict) -> tuple[int, int, int]:
@@ -149,11 +164,6 @@ def collect(entries) -> list[Row]:
             raise ExportError(f"winner {w.variant} with {w.splits} splits: its fused reduce combines at most "
                               f"{FUSED_STATS_SLOTS} (row, split) pairs per row tile, and br {v.br} x {w.splits} "
                               "splits can exceed that on a larger Nq of the bucket")
-        if v.kv_f16 or v.mask_tiles or (v.reg_softmax and v.mask) or v.o_split:
-            raise NotImplementedError(
-                f"export of {v.uri} (class {w.problem.key}): the passes that run before the kernel "
-                "(kv_f16's K/V conversion, mask_tiles' classification, reg_softmax's fragment-ordered "
-                "mask, o_split's fragment-ordered Q) have no dispatch-table form yet")
         fa = shader(("fa", v.uri), lambda: Shader(
             v.uri, compile_variant(v).spirv, v.wg, v.subgroup))
         red = None
@@ -162,8 +172,13 @@ def collect(entries) -> list[Row]:
             red = shader(("reduce", name), lambda: Shader(
                 name, compile_source(render_split_k_reduce(v.head_v, v.sinks), name=name).spirv,
                 REDUCE_WG, None))
-        rows.append(Row(device, build, w, v, fa, red))
+        passes = tuple((p, shader(("pass", p.name), functools.partial(_pass_shader, p))) for p in passes_before(v))
+        rows.append(Row(device, build, w, v, fa, red, passes))
     return rows
+
+
+def _pass_shader(p: PrePass) -> Shader:
+    return Shader(p.name, p.spirv(), p.local_size_x, None)
 
 
 def _checked_variant(w: Winner) -> Variant:
@@ -235,7 +250,17 @@ def dispatch_table(rows: list[Row]) -> dict:
                 "features": list(p.features), "acc": p.acc, **_buckets(p),
                 "variant": v.uri, **shader(r.shader, FA_GRID, v.br), "br": v.br, "bc": v.bc,
                 "splits": w.splits, "aligned": v.aligned, "fused_reduce": v.fused_reduce, "median_us": w.median_us,
-                "reduce": shader(r.reduce, REDUCE_GRID, 1, reduce_chunks(v.head_v))}
+                "reduce": shader(r.reduce, REDUCE_GRID, 1, reduce_chunks(v.head_v)),
+                "passes_before": [pass_entry(p, s) for p, s in r.passes],
+                "kernel_push": {name: formula(e) for name, e in kernel_push(v).items()}}
+
+    def pass_entry(p: PrePass, s: Shader) -> dict:
+        return {"shader": s.name, "spv": s.file, "sha256": s.sha256, "bytes": len(s.spirv),
+                "local_size_x": s.local_size_x, "reads": p.reads, "writes": p.writes, "buffer": p.buffer,
+                "buffer_bytes": formula(p.nbytes), "kernel_binding": p.kernel_binding,
+                "push": "caller" if p.caller_push else "kernel",
+                "grid": {**{axis: formula(e) for axis, e in zip("xyz", p.grid)},
+                         "text": ", ".join(f"{axis} = {extent.text(e)}" for axis, e in zip("xyz", p.grid))}}
 
     return {
         "format": FORMAT_NAME, "version": FORMAT_VERSION,
@@ -249,9 +274,14 @@ def dispatch_table(rows: list[Row]) -> dict:
         "buckets": {name: list(edges) for name, edges, _ in BUCKETS},
         "split_values": "split_kv = ceil(ceil(n_kv / splits) / bc) * bc; split_count = ceil(n_kv / split_kv)",
         "grid_schema": "per axis: ceil(push[field] / divide_by) * (push[times] if times else 1) * scale",
+        "dims": {**{f.name: "push constant" for f in abi.PUSH_FIELDS if f.glsl == "uint"}, **extent.DIMS},
         "notes": list(NOTES),
         "entries": [entry(r) for r in rows],
     }
+
+
+def formula(e: extent.Expr) -> dict:
+    return {"expr": extent.to_json(e), "text": extent.text(e)}
 
 
 def _unique(items) -> list[dict]:
@@ -269,7 +299,8 @@ def _write_json(rows: list[Row], out: Path) -> list[Path]:
 
 
 def _shaders(rows: list[Row]) -> list[Shader]:
-    return list({s.sha256: s for r in rows for s in (r.shader, r.reduce) if s is not None}.values())
+    return list({s.sha256: s for r in rows for s in (r.shader, r.reduce, *(s for _, s in r.passes))
+                 if s is not None}.values())
 
 
 # --- c-header ------------------------------------------------------------------------------------
@@ -312,7 +343,22 @@ def render_header(rows: list[Row]) -> str:
         fa_grid=[_c_axis(a, "e->br") for a in FA_GRID], reduce_grid=[_c_axis(a, "1u", "e->reduce_chunks") for a in REDUCE_GRID],
         fa_grid_text=grid(FA_GRID, "br")["text"], reduce_grid_text=grid(REDUCE_GRID, 1, "chunks")["text"],
         buckets=[(name, [e for e in edges if e is not None]) for name, edges, _ in BUCKETS],
-        kv_types=KV_TYPES, features=FEATURES, push_fields=push_layout())
+        kv_types=KV_TYPES, features=FEATURES, push_fields=push_layout(),
+        passes={i: [_c_pass(p) for p, _ in r.passes] for i, r in enumerate(rows) if r.passes},
+        kernel_push={i: [(name, extent.c_expr(e, _c_dim)) for name, e in kernel_push(r.variant).items()]
+                     for i, r in enumerate(rows) if kernel_push(r.variant)},
+        extra_dims=extent.DIMS)
+
+
+def _c_dim(name: str, cast: str = "") -> str:
+    return f"{cast}pc->{name}" if name in _PUSH_NAMES else f"{cast}d->{name}"
+
+
+def _c_pass(p: PrePass) -> dict:
+    return {"groups": [extent.c_expr(e, _c_dim) for e in p.grid],
+            "bytes": extent.c_expr(p.nbytes, lambda n: _c_dim(n, "(uint64_t)"), "ull"),
+            "text": ", ".join(f"{a} = {extent.text(e)}" for a, e in zip("xyz", p.grid)),
+            "bytes_text": extent.text(p.nbytes)}
 
 
 def _uuid_bytes(device: DeviceIdentity) -> bytes:

@@ -229,21 +229,120 @@ def test_cli_exports_the_current_builds_winners(entries, tmp_path, monkeypatch, 
     assert "no tuning DB" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("uri", [
-    "fa_cm1_k576_v512_f16f16_acc32_br64_bc32_wg256_sg32_regs1_osplit_vink_m16n8k16",
-    "fa_cm1_k128_v128_f16f16_acc32_br64_bc64_wg128_sg32_regs1_m16n16k16_mask",
-    "fa_cm2_k128_v128_q8_0q8_0_acc32_br64_bc32_wg128_sg32_kvf16",
-])
-def test_variants_with_passes_before_the_kernel_are_not_exported_yet(uri):
-    """Their passes (Q or mask in fragment order, K/V to f16) have no dispatch-table form: the
-    export says so by name instead of writing a table that would run the kernel alone."""
+PASS_URIS = [
+    # o_split (P2's winner's form): the mask and Q in fragment order
+    "fa_cm1_k576_v512_f16f16_acc32_br64_bc32_wg256_sg32_regs1_osplit_vink_m16n8k16_mask_aligned",
+    # reg_softmax on a q8_0 cache (P5's): K and V to f16, the mask in fragment order
+    "fa_cm1_k128_v128_q8_0q8_0_acc32_br128_bc64_wg256_sg32_regs1_kvf16_m16n8k16_mask_aligned",
+    # coopmat2: K and V to f16, the mask's tiles classified
+    "fa_cm2_k128_v128_q8_0q8_0_acc32_br64_bc32_wg128_sg32_kvf16_mtiles_mask",
+]
+
+
+def _winner_for(uri: str, splits: int = 1) -> Winner:
     from kgen.variant import Variant
     v = Variant.parse(uri)
     problem = ProblemClass(head_k=v.head_k, head_v=v.head_v, k_type=v.k_type, v_type=v.v_type,
-                           features=v.features, v_in_k=v.v_in_k)
-    winner = Winner(problem, uri, 1, median_us=10.0, spread_us=1.0)
-    with pytest.raises(NotImplementedError, match="passes that run before the kernel"):
-        ex.collect([(DEVICE, BuildIdentity.current(), winner)])
+                           features=tuple(f for f in v.features if f != "split_k"), v_in_k=v.v_in_k)
+    return Winner(problem, uri, splits, median_us=10.0, spread_us=1.0)
+
+
+@pytest.mark.parametrize("uri", PASS_URIS)
+def test_passes_before_the_kernel_are_exported(uri, tmp_path):
+    """Each pass a plan runs before the kernel is in the entry, in the plan's order, with its
+    SPIR-V, bindings, push source and formulas, which give the plan's own grids and sizes."""
+    from kgen.extent import evaluate
+    from kgen.prepasses import kernel_push, passes_before
+    from kgen.variant import Variant
+    v = Variant.parse(uri)
+    ex.export([(DEVICE, BuildIdentity.current(), _winner_for(uri))], tmp_path / "fa", "json")
+    table = json.loads((tmp_path / "fa" / "kgen_dispatch.json").read_text())
+    (e,) = table["entries"]
+    want = passes_before(v)
+    assert [p["shader"] for p in e["passes_before"]] == [p.name for p in want] and want
+    for p, w in zip(e["passes_before"], want):
+        spv = (tmp_path / "fa" / p["spv"]).read_bytes()
+        assert hashlib.sha256(spv).hexdigest() == p["sha256"] and len(spv) == p["bytes"]
+        assert (p["reads"], p["writes"], p["buffer"], p["kernel_binding"]) == (w.reads, w.writes, w.buffer, w.kernel_binding)
+        assert p["push"] == ("caller" if w.caller_push else "kernel")
+        assert {p["reads"], p["writes"], p["kernel_binding"]} <= {b["name"] for b in table["bindings"]}
+        for dims in ({"n_q": 512, "n_kv": 16384, "n_head_q": 16, "n_head_kv": 1, "n_batch": 1, "mask_rows": 512,
+                      "mask_planes": 1},
+                     {"n_q": 37, "n_kv": 1000, "n_head_q": 8, "n_head_kv": 2, "n_batch": 3, "mask_rows": 1,
+                      "mask_planes": 3}):
+            assert tuple(evaluate(p["grid"][a]["expr"], dims) for a in "xyz") == w.groups(dims)
+            assert evaluate(p["buffer_bytes"]["expr"], dims) == evaluate(w.nbytes, dims) > 0
+    assert set(e["kernel_push"]) == set(kernel_push(v))
+    assert bool(e["kernel_push"]) == v.kv_f16
+    names = {f["name"] for f in table["push_constants"]["fields"]}
+    assert set(e["kernel_push"]) <= names and set(table["dims"]) >= {"n_head_kv", "mask_rows", "mask_planes"}
+
+
+PASS_PROGRAM = r"""
+#include <stdio.h>
+#include <string.h>
+#include "kgen_fa.h"
+
+int main(void) {
+    unsigned i, j;
+    for (i = 0; i < KGEN_FA_ENTRY_COUNT; ++i) {
+        const kgen_fa_entry *e = &kgen_fa_entries[i];
+        kgen_fa_push pc;
+        kgen_fa_dims d;
+        memset(&pc, 0, sizeof pc);
+        memset(&d, 0, sizeof d);
+        pc.n_q = 37; pc.n_kv = 1000; pc.n_head_q = 8; pc.gqa_ratio = 4; pc.n_batch = 3;
+        pc.k_stride_row = 160; pc.k_offset = 32;
+        d.n_head_kv = 2; d.mask_rows = 37; d.mask_planes = 3;
+        for (j = 0; j < e->pass_count; ++j) {
+            const kgen_fa_pass *p = &e->passes[j];
+            uint32_t g[3];
+            p->groups(&pc, &d, g);
+            printf("%s %s %u %u %u %u %u %u %u %u %llu %u\n", e->variant, p->name, (unsigned)p->reads,
+                   (unsigned)p->writes, (unsigned)p->kernel_binding, (unsigned)p->caller_push, (unsigned)g[0],
+                   (unsigned)g[1], (unsigned)g[2], (unsigned)p->local_size_x,
+                   (unsigned long long)p->buffer_bytes(&pc, &d), (unsigned)(p->spv[0] == KGEN_FA_SPIRV_MAGIC));
+        }
+        if (e->kernel_push != NULL) e->kernel_push(&d, &pc);
+        printf("%s push %u %u %u\n", e->variant, (unsigned)pc.k_stride_row, (unsigned)pc.k_stride_batch,
+               (unsigned)pc.k_offset);
+    }
+    return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("compiler, flags, source", [
+    ("cc", ["-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror"], "main.c"),
+    ("c++", ["-std=c++17", "-Wall", "-Wextra", "-Werror"], "main.cpp"),
+])
+def test_c_header_carries_the_passes_before_the_kernel(tmp_path, compiler, flags, source):
+    """The header's pass table and formulas, compiled and called from C, give what the plan's
+    own description gives; kernel_push rewrites the K layout of a kv_f16 entry only."""
+    if shutil.which(compiler) is None:
+        pytest.skip(f"no {compiler} on PATH")
+    from kgen.extent import evaluate
+    from kgen.prepasses import kernel_push, passes_before
+    from kgen.variant import Variant
+    ex.export([(DEVICE, BuildIdentity.current(), _winner_for(u)) for u in PASS_URIS], tmp_path / "h", "c-header")
+    (tmp_path / source).write_text(PASS_PROGRAM)
+    build = subprocess.run([compiler, *flags, "-I", str(tmp_path / "h"), str(tmp_path / source), "-o", str(tmp_path / "p")],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    got = subprocess.run([str(tmp_path / "p")], capture_output=True, text=True, check=True).stdout.splitlines()
+    dims = {"n_q": 37, "n_kv": 1000, "n_head_q": 8, "gqa_ratio": 4, "n_batch": 3, "n_head_kv": 2, "mask_rows": 37,
+            "mask_planes": 3}
+    want = []
+    for uri in sorted(PASS_URIS, key=lambda u: _winner_for(u).problem.key):
+        v = Variant.parse(uri)
+        for p in passes_before(v):
+            g = p.groups(dims)
+            want.append(f"{uri} {p.name} {abi.BINDING[p.reads]} {abi.BINDING[p.writes]} {abi.BINDING[p.kernel_binding]} "
+                        f"{int(p.caller_push)} {g[0]} {g[1]} {g[2]} {p.local_size_x} {evaluate(p.nbytes, dims)} 1")
+        push = {"k_stride_row": 160, "k_stride_batch": 0, "k_offset": 32}
+        push |= {name: evaluate(e, dims) for name, e in kernel_push(v).items() if name in push}
+        want.append(f"{uri} push {push['k_stride_row']} {push['k_stride_batch']} {push['k_offset']}")
+    assert got == want
 
 
 FUSED_PROGRAM = r"""
@@ -287,40 +386,88 @@ def test_fused_reduce_winners_export_without_a_reduce_pass(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def _run_as_the_table_says(table: dict, spirv_dir, e: dict, q, k, v) -> tuple[np.ndarray, np.ndarray]:
+@dataclasses.dataclass
+class Cache:
+    """A K or V cache as an engine stores it: raw bytes of `type` with strides (row, head,
+    batch) and offset in elements."""
+    raw: bytes
+    type: str
+    strides: tuple[int, int, int]
+    offset: int = 0
+
+
+def _cache(x: np.ndarray, t: str, pad_blocks: int = 0, lead_blocks: int = 0) -> Cache:
+    """x (B, H, N, D) stored as `t`, each row padded by `pad_blocks` blocks and the whole
+    preceded by `lead_blocks` blocks of garbage (the offset): a layout unlike a dense copy's."""
+    from kgen.kvtensor import KVTensor
+    from kgen.types import KvType
+    kt = KvType.parse(t)
+    b, h, n, d = x.shape
+    pad = pad_blocks * kt.block_size
+    wide = np.concatenate([x, np.full((b, h, n, pad), 7.0)], axis=-1) if pad else x
+    raw = KVTensor.from_array(wide, kt).raw
+    row = d + pad
+    return Cache(b"\x11" * kt.block_bytes * lead_blocks + raw, t, (row, row * n, row * n * h),
+                 kt.block_size * lead_blocks)
+
+
+def _run_as_the_table_says(table: dict, spirv_dir, e: dict, q, k: Cache, v: Cache, *, shape, mask=None):
     """Dispatch one exported entry the way its notes tell an engine to (no kgen planning): the
-    entry's SPIR-V, the push constants from the table's fields, the split values from its
-    formula, its grids; twice, to see that a fused entry leaves its arrival counts zero.
-    Returns the result rows and the arrival counts after the second run."""
+    passes before the kernel from their SPIR-V, bindings and formulas, the entry's SPIR-V with
+    the push constants from the table's fields (and the entry's kernel_push), the split values
+    from its formula, its grids; twice, to see that a fused entry leaves its arrival counts zero.
+    v is the same Cache object as k when V is read inside K's rows. Returns the result rows and
+    the arrival counts after the second run."""
+    from kgen.extent import evaluate
     from kgen.runtime import open_device
     dev = open_device()
-    b, hq, nq, dk = q.shape
-    _, hkv, nkv, dv = v.shape
+    b, hq, hkv, nq, nkv, dk, dv = shape
     split_kv, split_count = split_values(nkv, e["splits"], e["bc"])
+    mask_b, mask_h, mask_rows = (1, 1, 1) if mask is None else mask.shape[:3]
     push = {f["name"]: 0 for f in table["push_constants"]["fields"]} | dict(
         n_q=nq, n_kv=nkv, n_head_q=hq, gqa_ratio=hq // hkv, n_batch=b,
         q_stride_row=dk, q_stride_head=nq * dk, q_stride_batch=hq * nq * dk,
-        k_stride_row=dk, k_stride_head=nkv * dk, k_stride_batch=hkv * nkv * dk,
-        v_stride_row=dv, v_stride_head=nkv * dv, v_stride_batch=hkv * nkv * dv,
+        k_stride_row=k.strides[0], k_stride_head=k.strides[1], k_stride_batch=k.strides[2], k_offset=k.offset,
+        v_stride_row=v.strides[0], v_stride_head=v.strides[1], v_stride_batch=v.strides[2], v_offset=v.offset,
+        mask_stride_row=nkv if mask_rows > 1 else 0, mask_stride_head=mask_rows * nkv if mask_h > 1 else 0,
+        mask_stride_batch=mask_h * mask_rows * nkv if mask_b > 1 else 0,
         scale=1.0 / np.sqrt(dk), split_kv=split_kv, split_count=split_count)
+    dims = {name: value for name, value in push.items() if isinstance(value, int)} | dict(
+        n_head_kv=hkv, mask_rows=mask_rows, mask_planes=mask_b * mask_h)
+    kernel_push = push | {name: evaluate(f["expr"], dims) for name, f in e["kernel_push"].items()}
     rows = b * hq * nq
-    data = {"q": q.astype(np.float32), "k": k.astype(np.float16), "v": v.astype(np.float16),
+    data = {"q": q.astype(np.float32), "k": np.frombuffer(k.raw, np.uint8), "v": np.frombuffer(v.raw, np.uint8),
             "out": np.zeros(split_count * rows * dv, np.float32), "stats": np.zeros(2 * split_count * rows, np.float32),
             "reduced": np.zeros(rows * dv, np.float32), "split_arrivals": np.zeros(rows, np.uint32),
-            "mask": np.zeros(4, np.uint32), "sinks": np.zeros(4, np.uint32), "mask_tiles": np.zeros(4, np.uint32)}
+            "mask": np.zeros(4, np.uint32) if mask is None else mask.astype(np.float16),
+            "sinks": np.zeros(4, np.uint32), "mask_tiles": np.zeros(4, np.uint32)}
+    data |= {p["buffer"]: np.zeros(evaluate(p["buffer_bytes"]["expr"], dims), np.uint8) for p in e["passes_before"]}
     bufs = {name: dev.buffer(max(16, x.nbytes)) for name, x in data.items()}
+    if v is k:
+        bufs["v"] = bufs["k"]   # V inside K's rows: the engine binds K's buffer for both
     kernels = []
     try:
         for name, x in data.items():
             bufs[name].write(np.ascontiguousarray(x))
-        binds = {abi.BINDING[name]: buf for name, buf in bufs.items()}
-        packed = abi.pack(**push)
         steps = []
-        for shader in (e, e["reduce"]) if e["reduce"] else (e,):
+
+        def pipeline(shader: dict, subgroup=None):
             kernel = dev.pipeline((spirv_dir / shader["spv"]).read_bytes(), name=shader["shader"],
-                                  required_subgroup_size=shader["required_subgroup_size"])
+                                  required_subgroup_size=subgroup)
             kernels.append(kernel)
-            steps.append((kernel, binds, packed, ex.eval_grid(shader["grid"], push)))
+            return kernel
+
+        for i, p in enumerate(e["passes_before"]):
+            binds = {abi.BINDING[p["reads"]]: bufs[p["reads"]], abi.BINDING[p["writes"]]: bufs[p["buffer"]]}
+            groups = tuple(evaluate(p["grid"][a]["expr"], dims) for a in "xyz")
+            steps.append((pipeline(p), binds, abi.pack(**(push if p["push"] == "caller" else kernel_push)), groups,
+                          i > 0))   # side by side: no barrier between the passes
+        binds = {abi.BINDING[name]: bufs[name] for name in abi.BINDING}
+        binds |= {abi.BINDING[p["kernel_binding"]]: bufs[p["buffer"]] for p in e["passes_before"]}
+        packed = abi.pack(**kernel_push)
+        for shader in (e, e["reduce"]) if e["reduce"] else (e,):
+            steps.append((pipeline(shader, shader["required_subgroup_size"]), binds, packed,
+                          ex.eval_grid(shader["grid"], kernel_push)))
         with dev.sequence(steps, timed=False) as seq:
             seq.run(wait=True)
             bufs["reduced"].write(np.full(rows * dv, np.nan, np.float32))
@@ -331,8 +478,9 @@ def _run_as_the_table_says(table: dict, spirv_dir, e: dict, q, k, v) -> tuple[np
     finally:
         for kernel in kernels:
             dev.drop_pipeline(kernel)
-        for buf in bufs.values():
-            buf.close()
+        for name, buf in bufs.items():
+            if not (name == "v" and v is k):
+                buf.close()
 
 
 @pytest.mark.parametrize("fused", [False, True])
@@ -357,7 +505,66 @@ def test_an_engine_following_the_table_gets_the_reference_result(tmp_path, fused
     q = rng.standard_normal((1, 4, 1, 64))
     k = rng.standard_normal((1, 2, 300, 64)).astype(np.float16).astype(np.float64)
     vv = rng.standard_normal((1, 2, 300, 64)).astype(np.float16).astype(np.float64)
-    out, arrivals = _run_as_the_table_says(table, tmp_path / "fa", e, q, k, vv)
+    out, arrivals = _run_as_the_table_says(table, tmp_path / "fa", e, q, _cache(k, "f16"), _cache(vv, "f16"),
+                                           shape=(1, 4, 2, 1, 300, 64, 64))
     ref = reference.attention(q, k, vv, causal=True)
     assert np.isfinite(out).all() and reference.nmse(out, ref) <= 5e-4
     assert not arrivals.any()
+
+
+def _pass_cases():
+    """(id, uri or None, shape (B, Hq, Hkv, Nq, Nkv, Dk, Dv), cache type): the scalar path's
+    kv_f16 variant runs on every device (lavapipe too); the matrix ones where the device has
+    their extension."""
+    return [("scalar-kvf16", None, (2, 4, 2, 33, 200, 64, 64), "q8_0"),
+            ("osplit", PASS_URIS[0], (1, 4, 1, 40, 256, 576, 512), "f16"),
+            ("regs-kvf16", PASS_URIS[1], (1, 4, 2, 70, 256, 128, 128), "q8_0"),
+            ("cm2-kvf16-mtiles", PASS_URIS[2], (1, 4, 2, 70, 200, 128, 128), "q8_0")]
+
+
+@pytest.mark.parametrize("case", _pass_cases(), ids=[c[0] for c in _pass_cases()])
+def test_an_engine_runs_the_passes_before_the_kernel_as_the_table_says(tmp_path, case):
+    """An entry with passes before the kernel (K/V to f16 on a padded, offset cache; the mask and
+    Q in fragment order; mask tiles), run from the JSON alone: right to NMSE 5e-4 against the
+    float64 reference. Where the device lacks the variant's matrix extension, the plan's rules
+    name it (the scalar case still runs its passes here)."""
+    from kgen import quant, reference
+    from kgen.runtime import open_device
+    from kgen.variant import Variant
+    name, uri, shape, cache_type = case
+    caps = open_device().caps
+    b, hq, hkv, nq, nkv, dk, dv = shape
+    if uri is None:
+        problem = ProblemClass(head_k=dk, head_v=dv, k_type=cache_type, v_type=cache_type, features=("mask",),
+                               nq_bucket=2, nkv_bucket=0)
+        v = default_variant(problem, caps, PathKind.SCALAR).replace(kv_f16=True, aligned=False)
+    else:
+        v = Variant.parse(uri)
+    reason = why_invalid(v, caps)
+    if reason is not None:
+        assert uri is not None and "cooperative" in reason.lower(), reason
+        return
+    v_in_k = v.v_in_k
+    winner = _winner_for(v.uri)
+    ex.export([(DeviceIdentity.of(caps), BuildIdentity.current(), winner)], tmp_path / "fa", "json")
+    table = json.loads((tmp_path / "fa" / "kgen_dispatch.json").read_text())
+    (e,) = table["entries"]
+    assert e["passes_before"]
+    rng = np.random.default_rng(len(name))
+    q = rng.standard_normal((b, hq, nq, dk))
+    k = rng.standard_normal((b, hkv, nkv, dk))
+    mask = rng.standard_normal((1, 1, nq, nkv))
+    mask[..., 5:40] = -np.inf
+    quantized = cache_type != "f16"
+    k_cache = _cache(k, cache_type, pad_blocks=int(quantized), lead_blocks=int(quantized))
+    if v_in_k:
+        vv, v_cache = k[..., :dv], k_cache
+    else:
+        vv = rng.standard_normal((b, hkv, nkv, dv))
+        v_cache = _cache(vv, cache_type, pad_blocks=int(quantized), lead_blocks=2 * int(quantized))
+    out, _ = _run_as_the_table_says(table, tmp_path / "fa", e, q, k_cache, v_cache,
+                                    shape=shape, mask=mask.astype(np.float16))
+    ref = reference.attention(q, quant.roundtrip(k, cache_type), quant.roundtrip(vv, cache_type),
+                              mask=mask.astype(np.float16).astype(np.float64))
+    assert np.isfinite(out).all()
+    assert reference.nmse(out, ref) <= 5e-4, reference.nmse(out, ref)

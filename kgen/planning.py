@@ -13,7 +13,7 @@ from .errors import UnsupportedVariant
 from .kvtensor import KVTensor, KvLayout, layout_of, views_k
 from .paths.coopmat1 import direct_reason
 from .extent import evaluate
-from .prepasses import converted, passes_before
+from .prepasses import converted, kernel_push, passes_before
 from .render import REDUCE_WG, reduce_groups, render_split_k_reduce
 from .paths.shared import FUSED_STATS_SLOTS
 from .space import default_variant, why_invalid
@@ -223,10 +223,13 @@ class Plan:
     def _kernel_layouts(self, v: Variant) -> dict[str, KvLayout]:
         """Where the attention kernel reads K and V: the caller's layouts, or for tensors that
         kv_f16 converts, the dense f16 copy."""
-        s, out = self.kernel_shapes, dict(self.kv_layouts)
+        out, dims = dict(self.kv_layouts), self._dims()
+        # The copy's layout and size as kgen export writes them (kernel_push, the pass's buffer).
+        push = {name: evaluate(e, dims) for name, e in kernel_push(v).items()}
+        sizes = {p.kernel_binding: evaluate(p.nbytes, dims) for p in passes_before(v) if p.kernel_binding in ("k", "v")}
         for t in converted(v):
-            d = getattr(s, f"head_{t}")
-            out[t] = KvLayout((d, d * s.n_kv, d * s.n_kv * s.heads_kv), 0, 2 * d * s.n_kv * s.heads_kv * s.batch)
+            out[t] = KvLayout(tuple(push[f"{t}_stride_{axis}"] for axis in ("row", "head", "batch")),
+                              push[f"{t}_offset"], sizes[t])
         return out
 
     # --- construction ----------------------------------------------------------------------

@@ -345,8 +345,8 @@ def render_header(rows: list[Row]) -> str:
         buckets=[(name, [e for e in edges if e is not None]) for name, edges, _ in BUCKETS],
         kv_types=KV_TYPES, features=FEATURES, push_fields=push_layout(),
         passes={i: [_c_pass(p) for p, _ in r.passes] for i, r in enumerate(rows) if r.passes},
-        kernel_push={i: [(name, extent.c_expr(e, _c_dim)) for name, e in kernel_push(r.variant).items()]
-                     for i, r in enumerate(rows) if kernel_push(r.variant)},
+        kernel_push={i: fields for i, r in enumerate(rows)
+                     if (fields := [(name, extent.c_expr(e, _c_dim)) for name, e in kernel_push(r.variant).items()])},
         extra_dims=extent.DIMS)
 
 
@@ -356,9 +356,7 @@ def _c_dim(name: str, cast: str = "") -> str:
 
 def _c_pass(p: PrePass) -> dict:
     return {"groups": [extent.c_expr(e, _c_dim) for e in p.grid],
-            "bytes": extent.c_expr(p.nbytes, lambda n: _c_dim(n, "(uint64_t)"), "ull"),
-            "text": ", ".join(f"{a} = {extent.text(e)}" for a, e in zip("xyz", p.grid)),
-            "bytes_text": extent.text(p.nbytes)}
+            "bytes": extent.c_expr(p.nbytes, lambda n: _c_dim(n, "(uint64_t)"), "ull")}
 
 
 def _uuid_bytes(device: DeviceIdentity) -> bytes:

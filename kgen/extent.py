@@ -89,11 +89,3 @@ def to_json(e: Expr):
     """Tuples as lists (JSON arrays): [op, operand, ...]."""
     return [to_json(x) for x in e] if isinstance(e, tuple) else e
 
-
-def names(e: Expr) -> set[str]:
-    """The dimensions `e` reads."""
-    if isinstance(e, str):
-        return {e}
-    if isinstance(e, tuple):
-        return set().union(*(names(x) for x in e[1:]))
-    return set()

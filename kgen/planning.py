@@ -14,7 +14,7 @@ from .kvtensor import KVTensor, KvLayout, layout_of, views_k
 from .paths.coopmat1 import direct_reason
 from .extent import evaluate
 from .prepasses import converted, kernel_push, passes_before
-from .render import REDUCE_WG, reduce_groups, render_split_k_reduce
+from .render import REDUCE_WG, mask_dims, reduce_groups, render_split_k_reduce
 from .paths.shared import FUSED_STATS_SLOTS
 from .space import default_variant, why_invalid
 from .variant import PathKind, Variant
@@ -295,9 +295,8 @@ class Plan:
     def _dims(self) -> dict[str, int]:
         """The call's dimensions the passes before the kernel are sized by (kgen.extent)."""
         s = self.kernel_shapes
-        mb, mh, mq, _ = s.mask_shape or (1, 1, 1, s.n_kv)
-        return dict(n_q=s.n_q, n_kv=s.n_kv, n_head_q=s.heads_q, n_head_kv=s.heads_kv, n_batch=s.batch,
-                    mask_rows=mq, mask_planes=mb * mh)
+        return dict(mask_dims(s.mask_shape or (1, 1, 1, s.n_kv)), n_q=s.n_q, n_kv=s.n_kv, n_head_q=s.heads_q,
+                    n_head_kv=s.heads_kv, n_batch=s.batch)
 
     def _stored(self, t: str):
         """The device buffer holding tensor `t` ("k" or "v") as the caller stores it."""

@@ -17,6 +17,7 @@ const uint O_N = HSV_PAD / MN;        // O tiles per row tile
 const uint RT = {{ L.row_tiles }}u;   // tiles of MM rows per subgroup
 {% include "coopmat1/frag.glsl" %}
 {% include "coopmat1/k_tile.glsl" %}
+{% from "coopmat1/tile_rows.glsl" import load_rows, store_rows %}
 
 {% if v.split_sync %}
 // split_sync: counts of subgroup arrivals per event, never reset within a call; tile t's event
@@ -69,30 +70,11 @@ void stage_q_rows(uint q_base, uint row0, uint q0, uint rows) {
 }
 
 void load_v(uint v_base, uint kv0, uint kv_end) {
-    [[unroll]] for (uint n = 0u; n < V_STEP; ++n) {
-        const uint e = tid + n * WG, j = e / V_VECS;
-        bool in_tile = true;
-{% if ragged_v %}
-        in_tile = e < BC * V_VECS;
-{% endif %}
-{% if not v.aligned %}
-        in_tile = in_tile && kv0 + j < kv_end;
-{% endif %}
-        kv_staged[n] = uvec4(0u);
-        if (in_tile) {
-            kv_staged[n] = v_direct[(v_base + (kv0 + j) * pc.v_stride_row) / 8u + e % V_VECS];
-        }
-    }
+{{ load_rows("kv_staged", "v_direct", "v_base", "v_stride_row", "V_STEP", "V_VECS", ragged_v, v.aligned) }}
 }
 
 void store_v() {
-    [[unroll]] for (uint n = 0u; n < V_STEP; ++n) {
-        const uint e = tid + n * WG;
-{% if ragged_v %}
-        if (e < BC * V_VECS)
-{% endif %}
-        Vsh[e / V_VECS * VSH_ROW + e % V_VECS] = kv_staged[n];
-    }
+{{ store_rows("kv_staged", "Vsh", "V_STEP", "V_VECS", "VSH_ROW", ragged_v) }}
 }
 {% if v.mask %}
 

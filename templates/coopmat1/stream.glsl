@@ -3,6 +3,7 @@
     registers: load_tile issues the loads before the current tile's products, store_tile puts
     them in shared memory once that tile is done. With v_in_k (MLA) V is the first HSV columns
     of the K tile: nothing of V is loaded or staged. -#}
+{% from "coopmat1/tile_rows.glsl" import load_rows, store_rows %}
 {% set ragged_k = L.k_step * v.wg != v.bc * v.head_k // 8 %}
 {% set ragged_v = L.v_step * v.wg != v.bc * v.head_v // 8 %}
 const uint K_VECS = HSK / 8u;      // 16-byte elements per K row (head sizes are multiples of 8)
@@ -54,35 +55,9 @@ void stage_q_stream(uint q_base, uint row0) {
 
 // The tile of keys kv0..kv0+BC-1 -> registers. Keys past kv_end load as zeros (and are masked).
 void load_tile(uint k_base, uint v_base, uint kv0, uint kv_end, uint b, uint h, uint row0) {
-    [[unroll]] for (uint n = 0u; n < K_STEP; ++n) {
-        const uint e = tid + n * WG, j = e / K_VECS;
-        bool in_tile = true;
-{% if ragged_k %}
-        in_tile = e < BC * K_VECS;
-{% endif %}
-{% if not v.aligned %}
-        in_tile = in_tile && kv0 + j < kv_end;
-{% endif %}
-        k_staged[n] = uvec4(0u);
-        if (in_tile) {
-            k_staged[n] = k_direct[(k_base + (kv0 + j) * pc.k_stride_row) / 8u + e % K_VECS];
-        }
-    }
+{{ load_rows("k_staged", "k_direct", "k_base", "k_stride_row", "K_STEP", "K_VECS", ragged_k, v.aligned) }}
 {% if not v.v_in_k %}
-    [[unroll]] for (uint n = 0u; n < V_STEP; ++n) {
-        const uint e = tid + n * WG, j = e / V_VECS;
-        bool in_tile = true;
-{% if ragged_v %}
-        in_tile = e < BC * V_VECS;
-{% endif %}
-{% if not v.aligned %}
-        in_tile = in_tile && kv0 + j < kv_end;
-{% endif %}
-        v_staged[n] = uvec4(0u);
-        if (in_tile) {
-            v_staged[n] = v_direct[(v_base + (kv0 + j) * pc.v_stride_row) / 8u + e % V_VECS];
-        }
-    }
+{{ load_rows("v_staged", "v_direct", "v_base", "v_stride_row", "V_STEP", "V_VECS", ragged_v, v.aligned) }}
 {% endif %}
 {% if v.mask %}
     [[unroll]] for (uint n = 0u; n < M_STEP; ++n) {
@@ -96,21 +71,9 @@ void load_tile(uint k_base, uint v_base, uint kv0, uint kv_end, uint b, uint h, 
 }
 
 void store_tile() {
-    [[unroll]] for (uint n = 0u; n < K_STEP; ++n) {
-        const uint e = tid + n * WG;
-{% if ragged_k %}
-        if (e < BC * K_VECS)
-{% endif %}
-        Ksh[e / K_VECS * KSH_ROW + e % K_VECS] = k_staged[n];
-    }
+{{ store_rows("k_staged", "Ksh", "K_STEP", "K_VECS", "KSH_ROW", ragged_k) }}
 {% if not v.v_in_k %}
-    [[unroll]] for (uint n = 0u; n < V_STEP; ++n) {
-        const uint e = tid + n * WG;
-{% if ragged_v %}
-        if (e < BC * V_VECS)
-{% endif %}
-        Vsh[e / V_VECS * VSH_ROW + e % V_VECS] = v_staged[n];
-    }
+{{ store_rows("v_staged", "Vsh", "V_STEP", "V_VECS", "VSH_ROW", ragged_v) }}
 {% endif %}
 {% if v.mask %}
     [[unroll]] for (uint n = 0u; n < M_STEP; ++n) {

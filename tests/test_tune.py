@@ -447,3 +447,27 @@ def test_a_budget_spent_in_the_first_round_still_times_the_finalists_in_full(spa
     ev2 = LuckyEvaluator(costs, lucky.name, 90.0, full_runs=9)
     again, _, _ = search(ev2, known={o.candidate.name: o for o in outcomes})
     assert again.candidate == best and best.name not in ev2.runs_of
+
+
+def test_the_best_of_a_cut_search_has_its_nearest_neighbours_timed():
+    """A budget gone after the first check (no sample polish, no halving round): the best still has
+    its one-knob neighbours timed (fused reduce switched, next split counts), and the fused one
+    wins; a kernel two knobs away is not timed."""
+    from kgen.tune import Candidate
+    from kgen.tune.search import nearest
+    from kgen.variant import Variant
+    base = dict(path="scalar", head_k=64, head_v=64, k_type="f16", v_type="f16", wg=32, subgroup=8, row_split=1)
+    kernel = Variant(**base, br=4, bc=16, d_split=8, split_k=True)
+    head = Candidate(kernel, 4)
+    near = [Candidate(kernel.replace(fused_reduce=True), 4), Candidate(kernel, 2), Candidate(kernel, 8)]
+    far = [Candidate(kernel, 16), Candidate(kernel.replace(fused_reduce=True), 8)]
+    others = [Candidate(Variant(**base, br=br, bc=bc, d_split=8)) for br in (1, 2) for bc in (16, 32)]
+    cands = [head, *others, *far, *near]
+    assert {c.name for c in nearest(head, cands)} == {c.name for c in near}
+    costs = {c.name: 200.0 + i for i, c in enumerate(others)} | {c.name: 50.0 for c in far}
+    costs |= {head.name: 100.0, near[0].name: 90.0, near[1].name: 110.0, near[2].name: 105.0}
+    ev = FakeEvaluator(costs)
+    winner, _, _ = run_search("halving", cands, head, ev, Limits(budget_s=60, runs=9), seed="k",
+                              clock=lambda: 0 if len(ev.checked) < 1 else 1000)
+    assert winner.candidate == near[0]
+    assert not {c.name for c in far} & set(ev.checked)

@@ -18,17 +18,15 @@ decomposition's; the combine kernel is the floor of a whole split-k decode.
 """
 import argparse
 import math
-import statistics
 import sys
 
 import numpy as np
 
 from kgen import abi
 from kgen.compile import compile_source
-from kgen.suites import bench_parser, require_f16_kv, require_workgroups_fit
+from kgen.suites import bench_parser, require_f16_kv, require_workgroups_fit, warm_median
 
 L2_BYTES = 50 << 20  # H100's L2; the rotation covers several times this
-WARM_SECONDS = 0.3
 KINDS = ("empty", "read", "combine")
 COMBINE_ROUND = 16  # partial rows a lane of the combine has in flight at most
 
@@ -230,11 +228,7 @@ def main() -> int:
                                    abi.BINDING["split_arrivals"]: arrivals},
                           abi.pack_some(), (splits, heads, 1)) for k, v in bufs]
                 with dev.sequence(steps * math.ceil(args.runs / copies)) as seq:
-                    # Compiling idles the GPU and its clock drops: warm up before every kernel.
-                    spent = 0.0
-                    while spent < WARM_SECONDS * 1e6:
-                        spent += sum(seq.run(wait=True))
-                    us = statistics.median(seq.run(wait=True))
+                    us = warm_median(seq)
                 dev.drop_pipeline(kernel)
                 gbps = 0.0 if kind == "empty" else kv_bytes / us / 1e3
                 print(f"{kind}\t{splits}\t{wg}\t{unroll if kind != 'empty' else 0}\t{us:.1f}\t{gbps:.0f}", flush=True)

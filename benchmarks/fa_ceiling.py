@@ -39,7 +39,6 @@ would take. Registers (and spilled bytes) come from the driver
 import argparse
 import itertools
 import math
-import statistics
 import sys
 
 import numpy as np
@@ -51,9 +50,8 @@ from kgen.roofline import unavailable
 from kgen.runtime.context import Device
 from kgen.runtime.pipeline_stats import statistics_problem
 from kgen.runtime.vk import VulkanError
-from kgen.suites import case_arg
+from kgen.suites import case_arg, warm_median
 
-WARM_SECONDS = 0.3
 SUBGROUP = 32  # NVIDIA's; the kernels require full subgroups of this size
 
 
@@ -379,10 +377,7 @@ def time_one(dev, s, c: dict, src, out, runs: int) -> tuple[str, float, int] | s
         steps = [(kernel, {abi.BINDING["k"]: src, abi.BINDING["out"]: out, abi.BINDING["mask"]: mask_buf},
                   abi.pack_some(n_kv=keys), (groups, 1, 1))]
         with dev.sequence(steps * runs) as seq:
-            spent = 0.0  # compiling idles the GPU and its clock drops: warm up every kernel
-            while spent < WARM_SECONDS * 1e6:
-                spent += sum(seq.run(wait=True))
-            us = statistics.median(seq.run(wait=True))
+            us = warm_median(seq)
     finally:
         dev.drop_pipeline(kernel)
         mask_buf.close()

@@ -20,17 +20,15 @@ go back to back over rotating input copies after a warm-up; medians of GPU micro
 import argparse
 import itertools
 import math
-import statistics
 import sys
 
 import numpy as np
 
 from kgen import abi
 from kgen.compile import compile_source
-from kgen.suites import bench_parser, require_f16_kv, require_workgroups_fit
+from kgen.suites import bench_parser, require_f16_kv, require_workgroups_fit, warm_median
 
 L2_BYTES = 50 << 20  # H100's L2; the rotation covers several times this
-WARM_SECONDS = 0.3
 
 
 def source(*, wg: int, bc: int, br: int, k_vec4: int, v_vec4: int, n_kv: int, row_tiles: int,
@@ -99,10 +97,7 @@ def time_kernel(dev, src: str, name: str, inputs: list, out, grid: tuple, runs: 
         steps = [(kernel, {abi.BINDING["q"]: q, abi.BINDING["k"]: k, abi.BINDING["v"]: v, abi.BINDING["out"]: out},
                   abi.pack_some(), grid) for q, k, v in inputs]
         with dev.sequence(steps * math.ceil(runs / len(inputs))) as seq:
-            spent = 0.0  # compiling idles the GPU and its clock drops: warm up before every kernel
-            while spent < WARM_SECONDS * 1e6:
-                spent += sum(seq.run(wait=True))
-            return statistics.median(seq.run(wait=True))
+            return warm_median(seq)
     finally:
         dev.drop_pipeline(kernel)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 from dataclasses import dataclass, field
 
 from .api import Shapes
@@ -159,6 +160,19 @@ def bench_parser(description: str, case_help: str, lists: tuple, runs: int) -> a
         ap.add_argument("--" + name, default=default, type=int_list_arg(least), help=text)
     ap.add_argument("--runs", type=lambda t: int_list_arg(1)(t)[0], default=runs, help="timed runs per kernel")
     return ap
+
+
+SCRIPT_WARM_US = 300_000  # GPU time a benchmark script's kernel runs before it is timed
+
+
+def warm_median(seq) -> float:
+    """Median GPU microseconds per step of recorded sequence `seq` (Device.sequence), after
+    running it back to back for SCRIPT_WARM_US of GPU time: compiling a kernel idles the GPU,
+    and its clock drops meanwhile."""
+    spent = 0.0
+    while spent < SCRIPT_WARM_US:
+        spent += sum(seq.run(wait=True))
+    return statistics.median(seq.run(wait=True))
 
 
 def require_f16_kv(ap: argparse.ArgumentParser, case: Case, script: str) -> None:

@@ -3,19 +3,23 @@ the loop reaches with its data already in shared memory, and what each piece of 
 costs when added back one at a time.
 
     python benchmarks/fa_ceiling.py [--case "P1 "] [--mat 16x8x16,16x16x16] [--rt 1,2] [--bc 32,64]
-        [--nsg 8] [--sync 0,2] [--stage 0,1] [--softmax 0,1,2,3,4,5] [--mask 0,1]
+        [--nsg 8] [--sync 0,2] [--stage 0,1,2] [--softmax 0,1,2,3,4,5] [--mask 0,1]
         [--pingpong 0,1] [--overlap 0,1] [--q-shared 0,1] [--splits 1,2,4]
+        [--heads 288/256 --row-copies 2]
 
 Each subgroup owns RT row tiles of MM query rows and keeps their Q operands in registers, as
 kgen's reg_softmax kernels do. Per KV tile of BC keys it computes S = Q K^T with each K^T
 operand loaded from shared memory once and used by its RT row tiles, then O += P V with each V
 operand loaded from shared memory once; P is a constant built from one S element. The K and V
-tiles are put in shared memory once, before the loop: no global memory traffic in the loop.
+tiles are put in shared memory once, before the loop: no global memory traffic in the loop
+(unless stage 2).
 Every option is a comma-separated list; the script times every combination. What they add:
 - sync 2: two workgroup barriers per tile (after S and after P V), the classic FA2 lockstep
   (1: the second one only);
 - stage 1: every thread stores its share of a K and a V tile into shared memory per tile
-  (from registers: still no global loads);
+  (from registers: still no global loads); stage 2: and loads the next tile's share from a
+  global K/V buffer of Nkv keys first, as a real kernel does (16-byte loads issued at the top
+  of the tile, stored where stage 1 stores them);
 - softmax: 1 a row max, exp2 of every S element and a row sum; 2 a row max and O scaled by
   one factor; 3 both; 4 both with exp2 on f16 pairs; 5 both with the max and the sum as
   pairwise trees. Per lane, no shuffles;
@@ -29,6 +33,11 @@ Every option is a comma-separated list; the script times every combination. What
 - q-shared 1: Q's operands are read from shared memory at every use instead of registers;
 - splits N: N workgroups per row block, each walking Nkv / N keys (more workgroups; the
   partial results' reduce is not included).
+Two options model a kernel that splits the head dimensions between subgroups (the case's FLOPs
+stay the same): --heads K/V gives each subgroup K and V columns instead of the case's, and
+--row-copies N has N subgroups work on every query row (e.g. "P2 " --heads 288/256 --row-copies
+2: two subgroups per row, each summing half of Q K^T's depth and owning half of O; the exchange
+of their partial sums is not included).
 
 The grid is the case's: its query rows (batch x heads x Nq) over BR = NSG x RT x MM rows per
 workgroup. FLOPs = 2 x rows x Nkv x (Dk + Dv), as the bench counts them; "case us" is the case's
@@ -50,13 +59,13 @@ from kgen.roofline import unavailable
 from kgen.runtime.context import Device
 from kgen.runtime.pipeline_stats import statistics_problem
 from kgen.runtime.vk import VulkanError
-from kgen.suites import case_arg, warm_median
+from kgen.suites import case_arg, int_list_arg, warm_median
 
 SUBGROUP = 32  # NVIDIA's; the kernels require full subgroups of this size
 
 
 def source(*, head_k: int, head_v: int, rt: int, bc: int, mat: tuple[int, int, int], nsg: int,
-           sync: int, stage: bool, softmax: int, pingpong: bool = False, overlap: int = 0,
+           sync: int, stage: int, softmax: int, pingpong: bool = False, overlap: int = 0,
            q_shared: bool = False, mask: bool = False, mask_blocks: int = 1) -> str:
     """The inner-loop kernel; pc.n_kv keys per workgroup, pc.n_q == 0 (its output store never
     runs); mask_blocks: row blocks of the mask plane the grid's workgroups take turns on."""
@@ -167,6 +176,12 @@ def source(*, head_k: int, head_v: int, rt: int, bc: int, mat: tuple[int, int, i
                 [[unroll]] for (uint t = 0u; t < RT; ++t) O[t][j] = coopMatMulAdd(pa[t], vb, O[t][j]);
             }
         }"""
+    load_next = f"""const uint next_kv = (kv0 + BC) % pc.n_kv;  // the last tile loads the first again
+        [[unroll]] for (uint n = 0u; n < {k_step}u; ++n)
+            k_reg[n] = kv4[next_kv * KSH_ROW + min(tid + n * WG, {bc * ksh_row - 1}u)];
+        [[unroll]] for (uint n = 0u; n < {v_step}u; ++n)
+            v_reg[n] = kv4[V_AT + next_kv * VSH_ROW + min(tid + n * WG, {bc * vsh_row - 1}u)];
+        """ if stage == 2 else ""
     # The overlap bodies end alike: the next tile's S becomes this one's, then its K and V go in.
     next_tile = f"""S = Sn;
         {barrier_after_pv}
@@ -245,6 +260,9 @@ layout(std430, binding = {abi.BINDING["k"]}) readonly buffer Src {{ float16_t sr
 layout(std430, binding = {abi.BINDING["k"]}) readonly buffer Src4 {{ uvec4 src4[]; }};
 layout(std430, binding = {abi.BINDING["out"]}) writeonly buffer Out {{ float dst[]; }};
 layout(std430, binding = {abi.BINDING["mask"]}) readonly buffer Mask {{ uvec4 mask4[]; }};
+// stage 2: K rows (KSH_ROW elements each) for pc.n_kv keys, then V rows from V_AT.
+layout(std430, binding = {abi.BINDING["v"]}) readonly buffer KV {{ uvec4 kv4[]; }};
+#define V_AT (pc.n_kv * KSH_ROW)
 const uint MASK_BLOCKS = {mask_blocks}u;  // row blocks of one mask plane
 const uint WG = {nsg * SUBGROUP}u, RT = {rt}u, MM = {mm}u, MN = {mn}u, MK = {mk}u;
 const uint KSTEPS = {ksteps}u, S_N = {s_n}u, O_N = {o_n}u, PSTEPS = {psteps}u;
@@ -275,7 +293,7 @@ void main() {{
     [[unroll]] for (uint t = 0u; t < RT; ++t)
         [[unroll]] for (uint c = 0u; c < S_N; ++c) S[t][c] = MatF32(0.0);
     for (uint kv0 = 0u; kv0 < pc.n_kv; kv0 += BC) {{
-        {body}
+        {load_next}{body}
     }}
     // Never true (pc.n_q is 0): the products stay, nothing is written.
     if (pc.n_q == 12345u) {{
@@ -301,7 +319,7 @@ OPTION_TABLE = (
     ("sync", "0,2", "workgroup barriers per tile (0, 1 or 2)"),
     ("pingpong", "0", "1 (with sync 2): two halves of the subgroups a phase apart"),
     ("overlap", "0", "1: the next tile's S beside this tile's softmax and P V; 2: interleaved in the source"),
-    ("stage", "0", "1: store a K and a V tile to shared memory per tile"),
+    ("stage", "0", "1: store a K and a V tile to shared memory per tile; 2: loaded from global memory a tile ahead"),
     ("softmax", "0", "0-5, see above"),
     ("mask", "0", "1 (with a softmax): add each lane's mask values, loaded per tile"),
     ("q_shared", "0", "1: Q's operands from shared memory at every use"),
@@ -330,8 +348,20 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--case", default="P1 ", type=case_arg("h100-anchors"), help="a case of suite h100-anchors (its grid and head sizes)")
     for name, default, text in OPTION_TABLE:
         ap.add_argument("--" + name.replace("_", "-"), default=default, type=value_list(name), help=text)
+    ap.add_argument("--heads", type=heads_arg, default=None,
+                    help="K/V head columns per subgroup instead of the case's (e.g. 288/256)")
+    ap.add_argument("--row-copies", type=lambda t: int_list_arg(1)(t)[0], default=1,
+                    help="subgroups working on each query row (with --heads: a split of the head dims)")
     ap.add_argument("--runs", type=int, default=30)
     return ap
+
+
+def heads_arg(text: str) -> tuple[int, int]:
+    """K/V as two multiples of 16 (the matrix shapes' depth)."""
+    k, sep, v = text.partition("/")
+    if not (sep and k.isdigit() and v.isdigit() and int(k) % 16 == 0 == int(v) % 16 and int(k) and int(v)):
+        raise argparse.ArgumentTypeError(f"--heads {text!r}: expected K/V, two positive multiples of 16")
+    return int(k), int(v)
 
 
 def combinations(args) -> list[dict]:
@@ -346,18 +376,26 @@ def combinations(args) -> list[dict]:
     return out
 
 
-def time_one(dev, s, c: dict, src, out, runs: int) -> tuple[str, float, int] | str:
-    """(registers, median us, rows done) of one combination on case shapes `s`, or why not run."""
-    mm = c["mat"][0]
-    br = c["nsg"] * c["rt"] * mm
+def grid(s, c: dict, row_copies: int = 1) -> tuple[int, int]:
+    """(workgroups, keys each walks) of combination `c` on case shapes `s`: the case's query rows,
+    each `row_copies` times, in blocks of NSG x RT x MM rows, times the KV splits."""
+    br = c["nsg"] * c["rt"] * c["mat"][0]
+    return math.ceil(s.batch * s.heads_q * s.n_q * row_copies / br) * c["splits"], s.n_kv // c["splits"]
+
+
+def time_one(dev, s, c: dict, src, out, runs: int, heads: tuple[int, int] | None = None,
+             row_copies: int = 1) -> tuple[str, float, int] | str:
+    """(registers, median us, rows done) of one combination on case shapes `s` (head sizes
+    `heads` if given; every row `row_copies` times), or why not run."""
+    head_k, head_v = heads or (s.head_k, s.head_v)
+    br = c["nsg"] * c["rt"] * c["mat"][0]
     mask_blocks = math.ceil(s.n_q / br)
-    groups = math.ceil(s.batch * s.heads_q * s.n_q / br) * c["splits"]
-    keys = s.n_kv // c["splits"]
+    groups, keys = grid(s, c, row_copies)
     q_rows = br if c["q_shared"] else 0
-    shared = 16 * (c["bc"] * (row_vecs(s.head_k) + row_vecs(s.head_v)) + q_rows * row_vecs(s.head_k))
+    shared = 16 * (c["bc"] * (row_vecs(head_k) + row_vecs(head_v)) + q_rows * row_vecs(head_k))
     if shared > dev.caps.max_shared_memory:
         return f"skipped: {shared} bytes of shared memory, over {dev.caps.max_shared_memory}"
-    text = source(head_k=s.head_k, head_v=s.head_v, mask_blocks=mask_blocks,
+    text = source(head_k=head_k, head_v=head_v, mask_blocks=mask_blocks,
                   **{k: v for k, v in c.items() if k != "splits"})
     name = "ceiling_" + "_".join(f"{k}{'x'.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in c.items())
     kernel = dev.pipeline(compile_source(text, name=name).spirv, name=name,
@@ -372,15 +410,21 @@ def time_one(dev, s, c: dict, src, out, runs: int) -> tuple[str, float, int] | s
     # The mask as the lanes load it: 16 bytes per 8 S elements of their row tiles, per tile.
     mask_bytes = max(16, mask_blocks * (keys // c["bc"]) * br * c["bc"] * 2)
     mask_buf = dev.buffer(mask_bytes)
+    # stage 2's K and V rows in global memory: every workgroup walks all `keys` of them.
+    kv_bytes = keys * (row_vecs(head_k) + row_vecs(head_v)) * 16 if c["stage"] == 2 else 16
+    kv_buf = dev.buffer(kv_bytes)
     try:
         mask_buf.write(-np.random.default_rng(1).random(mask_bytes // 2).astype(np.float16))
-        steps = [(kernel, {abi.BINDING["k"]: src, abi.BINDING["out"]: out, abi.BINDING["mask"]: mask_buf},
+        kv_buf.write((np.random.default_rng(2).standard_normal(kv_bytes // 2) * 0.1).astype(np.float16))
+        steps = [(kernel, {abi.BINDING["k"]: src, abi.BINDING["out"]: out, abi.BINDING["mask"]: mask_buf,
+                           abi.BINDING["v"]: kv_buf},
                   abi.pack_some(n_kv=keys), (groups, 1, 1))]
         with dev.sequence(steps * runs) as seq:
             us = warm_median(seq)
     finally:
         dev.drop_pipeline(kernel)
         mask_buf.close()
+        kv_buf.close()
     return regs, us, groups // c["splits"] * br
 
 
@@ -402,20 +446,22 @@ def main() -> int:
         src = dev.buffer(1 << 22)
         src.write((np.random.default_rng(0).standard_normal((1 << 21,)) * 0.1).astype(np.float16))
         out = dev.buffer(1 << 22)
-        print(f"{case.name}: {s.batch * s.heads_q * s.n_q} query rows, Nkv {s.n_kv}, {s.head_k}/{s.head_v}; "
+        head_k, head_v = args.heads or (s.head_k, s.head_v)
+        split = f" as {args.row_copies} subgroups of {head_k}/{head_v} per row" if args.heads or args.row_copies > 1 else ""
+        print(f"{case.name}: {s.batch * s.heads_q * s.n_q} query rows, Nkv {s.n_kv}, {s.head_k}/{s.head_v}{split}; "
               f"case FLOPs {flops / 1e9:.1f} G on {dev.caps.name}; {len(combos)} kernels", flush=True)
         print("\t".join(OPTIONS) + "\tregs\tus\tTFLOPS\tcase us", flush=True)
         for c in combos:
             label = "\t".join("x".join(map(str, v)) if isinstance(v, tuple) else str(v) for v in c.values())
             try:
-                result = time_one(dev, s, c, src, out, args.runs)
+                result = time_one(dev, s, c, src, out, args.runs, args.heads, args.row_copies)
             except (CompileError, VulkanError) as exc:
                 result = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
             if isinstance(result, str):
                 print(f"{label}\t{result}", flush=True)
                 continue
             regs, us, rows = result
-            tflops = 2.0 * rows * s.n_kv * (s.head_k + s.head_v) / us / 1e6
+            tflops = 2.0 * rows * s.n_kv * (head_k + head_v) / us / 1e6
             print(f"{label}\t{regs}\t{us:.1f}\t{tflops:.0f}\t{flops / tflops / 1e6:.0f}", flush=True)
         src.close()
         out.close()

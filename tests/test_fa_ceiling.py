@@ -48,11 +48,41 @@ def test_bad_option_lists_are_refused_naming_the_option(ceiling, option, text, c
     dict(overlap="1", stage="1", softmax="4", q_shared="1"),
     dict(overlap="2", softmax="3", sync="2", stage="1"),
     dict(softmax="5"),
+    dict(sync="1", stage="2", softmax="3", mask="1"),
 ])
 def test_every_kind_of_kernel_compiles(ceiling, given):
     (c,) = ceiling.combinations(options(ceiling, **given))
     text = ceiling.source(head_k=128, head_v=128, mask_blocks=4, **{k: v for k, v in c.items() if k != "splits"})
     assert len(compile_source(text, name="ceiling_test").spirv) > 1000
+
+
+def test_only_stage_2_loads_the_next_tile_from_global_memory(ceiling):
+    def text(stage):
+        (c,) = ceiling.combinations(options(ceiling, stage=str(stage), sync="2", softmax="3"))
+        return ceiling.source(head_k=144, head_v=128, **{k: v for k, v in c.items() if k != "splits"})
+    assert "kv4[next_kv" in text(2)
+    assert "kv4[" not in text(1).split("void main()")[1]
+
+
+def test_head_split_model_keeps_the_case_flops_on_more_subgroup_rows(ceiling):
+    args = ceiling.parser().parse_args(["--case", "P2 ", "--heads", "288/256", "--row-copies", "2", "--nsg", "8",
+                                        "--rt", "1", "--bc", "32", "--mat", "16x8x16", "--sync", "2",
+                                        "--softmax", "3"])
+    assert args.heads == (288, 256) and args.row_copies == 2
+    (c,) = ceiling.combinations(args)
+    s = args.case.shapes()
+    groups, keys = ceiling.grid(s, c, args.row_copies)
+    assert (groups, keys) == (128, 16384)      # 8192 rows x 2 subgroups, 128 subgroup rows a workgroup
+    rows = groups * 8 * 16
+    assert 2 * rows * keys * (288 + 256) == args.case.flops
+
+
+@pytest.mark.parametrize("argv, option", [(["--heads", "100/128"], "--heads"), (["--heads", "288"], "--heads"),
+                                          (["--row-copies", "0"], "--row-copies")])
+def test_bad_head_split_is_refused_naming_the_option(ceiling, argv, option, capsys):
+    with pytest.raises(SystemExit):
+        ceiling.parser().parse_args(argv)
+    assert option in capsys.readouterr().err
 
 
 def test_runs_on_coopmat1_devices_and_refuses_others(ceiling, monkeypatch, capsys):

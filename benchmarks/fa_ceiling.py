@@ -4,7 +4,7 @@ costs when added back one at a time.
 
     python benchmarks/fa_ceiling.py [--case "P1 "] [--mat 16x8x16,16x16x16] [--rt 1,2] [--bc 32,64]
         [--nsg 8] [--sync 0,2] [--stage 0,1,2] [--softmax 0,1,2,3,4,5] [--mask 0,1]
-        [--pingpong 0,1] [--overlap 0,1] [--q-shared 0,1] [--splits 1,2,4]
+        [--pingpong 0,1] [--overlap 0,1] [--q-shared 0,1,2] [--splits 1,2,4]
         [--heads 288/256 --row-copies 2]
 
 Each subgroup owns RT row tiles of MM query rows and keeps their Q operands in registers, as
@@ -30,7 +30,8 @@ Every option is a comma-separated list; the script times every combination. What
 - overlap 1: the next tile's S is computed beside this tile's softmax and P V (independent
   work the compiler may interleave); 2 (with rt 1, softmax 3): the softmax written between the
   next tile's depth steps in the source;
-- q-shared 1: Q's operands are read from shared memory at every use instead of registers;
+- q-shared 1: Q's operands are read from shared memory at every use instead of registers; 2:
+  from global memory (L1), as kgen's o_split kernel reads its Q fragments;
 - splits N: N workgroups per row block, each walking Nkv / N keys (more workgroups; the
   partial results' reduce is not included).
 Two options model a kernel that splits the head dimensions between subgroups (the case's FLOPs
@@ -66,7 +67,7 @@ SUBGROUP = 32  # NVIDIA's; the kernels require full subgroups of this size
 
 def source(*, head_k: int, head_v: int, rt: int, bc: int, mat: tuple[int, int, int], nsg: int,
            sync: int, stage: int, softmax: int, pingpong: bool = False, overlap: int = 0,
-           q_shared: bool = False, mask: bool = False, mask_blocks: int = 1) -> str:
+           q_shared: int = 0, mask: bool = False, mask_blocks: int = 1) -> str:
     """The inner-loop kernel; pc.n_kv keys per workgroup, pc.n_q == 0 (its output store never
     runs); mask_blocks: row blocks of the mask plane the grid's workgroups take turns on."""
     mm, mn, mk = mat
@@ -140,7 +141,13 @@ def source(*, head_k: int, head_v: int, rt: int, bc: int, mat: tuple[int, int, i
             """ + max_sum
     parts = {0: (), 1: (max_sum, elementwise), 2: (max_sum, rescale)}.get(softmax, (max_sum, elementwise, rescale))
     soft = ("[[unroll]] for (uint t = 0u; t < RT; ++t) {\n            " + "\n            ".join(parts) + "\n        }") if parts else ""
-    if q_shared:
+    if q_shared == 2:
+        # Q's operands loaded from global memory at every use (the workgroup's rows stay in L1).
+        q_decl, q_setup, q_op = "", "", "qs[t]"
+        q_load = f"""MatA qs[RT];
+            [[unroll]] for (uint t = 0u; t < RT; ++t)
+                coopMatLoad(qs[t], src, ((sg * RT + t) * MM) * {head_k}u + ks * MK + gl_WorkGroupID.x * 64u, {head_k}u, ROW_MAJOR);"""
+    elif q_shared:
         # Q's operands read from shared memory at every use (fewer registers, more reads).
         q_decl = f"shared uvec4 Qsh[{nsg * rt * mm * ksh_row}];"
         q_setup = f"""for (uint e = tid; e < {nsg * rt * mm * ksh_row}u; e += WG) Qsh[e] = src4[e + 11u];
@@ -322,7 +329,7 @@ OPTION_TABLE = (
     ("stage", "0", "1: store a K and a V tile to shared memory per tile; 2: loaded from global memory a tile ahead"),
     ("softmax", "0", "0-5, see above"),
     ("mask", "0", "1 (with a softmax): add each lane's mask values, loaded per tile"),
-    ("q_shared", "0", "1: Q's operands from shared memory at every use"),
+    ("q_shared", "0", "1: Q's operands from shared memory at every use; 2: from global memory (L1)"),
     ("splits", "1", "workgroups per row block, each walking Nkv / splits keys"),
 )
 OPTIONS = tuple(name for name, _, _ in OPTION_TABLE)
@@ -391,7 +398,7 @@ def time_one(dev, s, c: dict, src, out, runs: int, heads: tuple[int, int] | None
     br = c["nsg"] * c["rt"] * c["mat"][0]
     mask_blocks = math.ceil(s.n_q / br)
     groups, keys = grid(s, c, row_copies)
-    q_rows = br if c["q_shared"] else 0
+    q_rows = br if c["q_shared"] == 1 else 0
     shared = 16 * (c["bc"] * (row_vecs(head_k) + row_vecs(head_v)) + q_rows * row_vecs(head_k))
     if shared > dev.caps.max_shared_memory:
         return f"skipped: {shared} bytes of shared memory, over {dev.caps.max_shared_memory}"

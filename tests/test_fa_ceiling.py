@@ -49,6 +49,7 @@ def test_bad_option_lists_are_refused_naming_the_option(ceiling, option, text, c
     dict(overlap="2", softmax="3", sync="2", stage="1"),
     dict(softmax="5"),
     dict(sync="1", stage="2", softmax="3", mask="1"),
+    dict(sync="2", stage="2", softmax="3", q_shared="2"),
 ])
 def test_every_kind_of_kernel_compiles(ceiling, given):
     (c,) = ceiling.combinations(options(ceiling, **given))

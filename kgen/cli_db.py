@@ -5,11 +5,12 @@ import json
 import sys
 from pathlib import Path
 
-from .tunedb import TuningDB, TuningDBError
+from . import tunedb
+from .tunedb import TuningDBError
 
 
 def cmd_export(args) -> int:
-    with TuningDB() as db:
+    with tunedb.TuningDB() as db:
         text = json.dumps(db.export_json(), indent=1, sort_keys=True) + "\n"
     if args.output in (None, "-"):
         sys.stdout.write(text)
@@ -27,21 +28,25 @@ def cmd_import(args) -> int:
         raise TuningDBError(f"cannot read {args.file}: {exc}") from None
     except (ValueError, RecursionError) as exc:   # RecursionError: absurdly nested JSON
         raise TuningDBError(f"{args.file} is not JSON: {str(exc)[:200]}") from None
-    with TuningDB() as db:
+    with tunedb.TuningDB() as db:
         count = db.import_json(data)
         print(f"imported {count} record(s) from {args.file} into {db.path}")
     return 0
 
 
 def cmd_show(args) -> int:
-    with TuningDB() as db:
+    from .identity import is_current
+    with tunedb.TuningDB() as db:
         rows = [(d.name or d.key, w.problem.key, w.variant, str(w.splits), f"{w.median_us:.1f}",
+                 "current" if is_current(w.variant, w.kernel) else "changed",
                  f"{w.runner_up} {w.runner_up_us:.1f}" if w.runner_up else "-")
                 for d, _, w in db.winners() if args.device_key is None or d.key.startswith(args.device_key)]
         if not rows:
             print(f"no winners in {db.path}" + (f" for device {args.device_key}" if args.device_key else ""))
             return 0
-    header = ("device", "class", "variant", "splits", "median us", "runner-up@splits us")
+    # kernel: "changed" when a template edit changed the winner's source since it was timed (the
+    # dispatcher skips it until `kgen tune` times it again).
+    header = ("device", "class", "variant", "splits", "median us", "kernel", "runner-up@splits us")
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
     for row in (header, *rows):
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
@@ -51,7 +56,7 @@ def cmd_show(args) -> int:
 def cmd_reset(args) -> int:
     from . import knobs
     path = knobs.db_path()
-    aside = TuningDB.reset(path)
+    aside = tunedb.TuningDB.reset(path)
     print(f"moved {path} aside to {aside}; {path} is empty now" if aside else
           f"no tuning DB at {path}; {path} is empty now")
     return 0

@@ -1,6 +1,7 @@
 """`kgen export`: the tuning winners' SPIR-V and dispatch table, for a C/C++ Vulkan engine."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from . import knobs
@@ -31,7 +32,7 @@ def cmd_export(args) -> int:
 
 
 def read_winners(db_path: Path, *, device_key: str | None, all_builds: bool) -> list:
-    from .identity import BuildIdentity
+    from .identity import BuildIdentity, is_current
     from .tunedb import TuningDB
     if not db_path.is_file():
         raise ExportError(f"no tuning DB at {db_path}: run `kgen tune` first (or pass --db)")
@@ -41,6 +42,14 @@ def read_winners(db_path: Path, *, device_key: str | None, all_builds: bool) -> 
     finally:
         db.close()
     which = "" if all_builds else " for this kgen build (--all-builds for older ones)"
+    if not all_builds:
+        # A winner whose kernel a template edit has changed since it was timed: its timing says
+        # nothing about the SPIR-V this export would write.
+        current = [e for e in entries if is_current(e[2].variant, e[2].kernel)]
+        if len(current) < len(entries):
+            print(f"kgen export: left out {len(entries) - len(current)} winner(s) whose kernels changed since "
+                  "they were timed; `kgen tune` times them again", file=sys.stderr)
+        entries = current
     if not entries:
         raise ExportError(f"no tuning winners in {db_path}{which}: run `kgen tune` first")
     if device_key is not None:

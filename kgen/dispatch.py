@@ -2,8 +2,8 @@
 same head sizes, KV types, features and precision -> the heuristic default (space.default_variant).
 
 A stored decision is advice, never trusted blindly: it must parse, pass why_invalid on this
-device and compute this class's features, or it is skipped (a stale DB costs speed, never
-correctness). A DB that cannot be read gives one warning and the heuristic default.
+device, compute this class's features and name a kernel whose source is still the one it timed,
+or it is skipped (a stale DB costs speed, never correctness). A DB that cannot be read gives one warning and the heuristic default.
 """
 from __future__ import annotations
 
@@ -29,9 +29,11 @@ class Decision:
     source: str             # the class key the decision was tuned for, or "heuristic"
 
 
-def _usable(uri: str, problem: ProblemClass, caps: Caps) -> Variant | None:
+def _usable(w, problem: ProblemClass, caps: Caps) -> Variant | None:
+    """The variant of stored winner `w` if it may serve `problem` on `caps` today."""
+    from .identity import is_current
     try:
-        v = Variant.parse(uri)
+        v = Variant.parse(w.variant)
     except (KgenError, ValueError):
         return None
     if why_invalid(v, caps) is not None:
@@ -40,6 +42,8 @@ def _usable(uri: str, problem: ProblemClass, caps: Caps) -> Variant | None:
         return None
     if v.v_in_k and not problem.v_in_k:
         return None  # it reads V from K's tile
+    if not is_current(w.variant, w.kernel):
+        return None  # a template edit changed its kernel since it was timed
     return v
 
 
@@ -59,10 +63,10 @@ def lookup(caps: Caps, problem: ProblemClass) -> Decision | None:
         db = open_default(path)
         device, build = DeviceIdentity.of(caps), BuildIdentity.current()
         exact = db.winner(device, build, problem)
-        if exact is not None and (v := _usable(exact.variant, problem, caps)) is not None:
+        if exact is not None and (v := _usable(exact, problem, caps)) is not None:
             return Decision(v, exact.splits, "exact", problem.key)
         for w in sorted(db.winners_like(device, build, problem), key=lambda w: _distance(problem, w.problem)):
-            if (v := _usable(w.variant, problem, caps)) is not None:
+            if (v := _usable(w, problem, caps)) is not None:
                 return Decision(v, None, "nearest", w.problem.key)
     except TuningDBError as exc:
         if str(path) not in _warned:

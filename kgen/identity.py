@@ -44,17 +44,14 @@ class DeviceIdentity:
 @dataclass(frozen=True)
 class BuildIdentity:
     kgen_version: str
-    template_hash: str
     compiler: str
 
     @classmethod
     @functools.cache
     def current(cls) -> "BuildIdentity":
         from . import __version__
-        from .render import template_hash
         from .toolchain import find_compiler
-        return cls(kgen_version=__version__, template_hash=template_hash(),
-                   compiler=find_compiler().identity)
+        return cls(kgen_version=__version__, compiler=find_compiler().identity)
 
     @property
     def key(self) -> str:
@@ -62,3 +59,33 @@ class BuildIdentity:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@functools.lru_cache(maxsize=4096)
+def kernel_digest(uri: str) -> str:
+    """The source of everything a variant runs, digested: its GLSL, its passes before the kernel
+    and, with split_k and no fused reduce, the reduce pass. A measurement or winner holds the
+    digest it was timed with; it stands while the variant renders to the same one. "" for a
+    uri that no longer parses (a knob that is gone) or renders: it matches nothing."""
+    import jinja2
+
+    from .errors import KgenError
+    from .prepasses import passes_before
+    from .render import render, render_split_k_reduce
+    from .variant import Variant
+    try:
+        v = Variant.parse(uri)
+    except (KgenError, ValueError, ArithmeticError):
+        return ""
+    try:
+        sources = [render(v), *(p.render() for p in passes_before(v))]
+        if v.split_k and not v.fused_reduce:
+            sources.append(render_split_k_reduce(v.head_v, v.sinks))
+    except (KgenError, ValueError, ArithmeticError, jinja2.TemplateError):
+        return ""   # a variant today's templates cannot render: nothing stored for it stands
+    return _digest({"sources": sources})
+
+
+def is_current(uri: str, kernel: str) -> bool:
+    """Whether a stored timing of variant `uri` with kernel digest `kernel` is of today's kernel."""
+    return bool(kernel) and kernel == kernel_digest(uri)

@@ -259,7 +259,8 @@ def _tidy(text: str) -> str:
 
 
 def template_hash() -> str:
-    """sha256 over every template file: part of the tuning DB key (a template edit re-tunes)."""
+    """sha256 over every template file. Schema-1 tuning DBs keyed their builds by it; an upgrade
+    keeps their timings as current only where it equals today's (kgen.tunedb)."""
     h = hashlib.sha256()
     for path in sorted(TEMPLATE_DIR.rglob("*")):
         if path.is_file() and path.suffix in (".j2", ".glsl", ".comp"):

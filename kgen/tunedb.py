@@ -2,7 +2,13 @@
 
 SQLite (WAL, busy timeout, one transaction per write) so that several tuner processes can write
 at once and an interrupted tune keeps what it measured. Keys: DeviceIdentity.key,
-BuildIdentity.key, ProblemClass.key, and (variant uri, splits) for a candidate.
+BuildIdentity.key, ProblemClass.key, and (variant uri, splits) for a candidate. Each measurement
+and winner also holds the kernel digest it was timed with (identity.kernel_digest); its readers
+use it only while that is still the variant's (identity.is_current).
+
+Schema 1 (its builds keyed by a hash of every template file) is read and upgraded, as a DB file
+on open and as an export on import: a record whose build's template hash is today's gets its
+kernel's digest (its kernels render as they did then), any other an empty one (kept, never used).
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ from .errors import KgenError
 from .identity import BuildIdentity, DeviceIdentity
 from .problem import ProblemClass
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("ok", "wrong", "failed")  # timed; failed the reference check; compile/pipeline/run error
 EXPORT_FORMAT = "kgen-tuning-db"
 MAX_TEXT = 4096          # longest string stored or imported (a longer `reason` is cut on record)
@@ -47,6 +53,7 @@ class Measurement:
     nmse: float | None = None        # against kgen.reference on the check problem
     reason: str = ""                 # why "wrong" / "failed"
     shape: str = ""                  # the timed shape, for people (e.g. "B1 Hq32 Hkv8 Nq1 Nkv16384")
+    kernel: str = ""                 # identity.kernel_digest of the variant when it was timed
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,7 @@ class Winner:
     runner_up_us: float | None = None
     candidates: int = 0              # how many were timed
     strategy: str = ""
+    kernel: str = ""                 # identity.kernel_digest of the variant when it was timed
 
 
 # --- schema: the problem class is stored as its key and as columns, so winners_like is indexed ---
@@ -75,13 +83,13 @@ CREATE TABLE IF NOT EXISTS builds (key TEXT PRIMARY KEY, identity TEXT NOT NULL)
 CREATE TABLE IF NOT EXISTS measurements (
   device_key TEXT NOT NULL, build_key TEXT NOT NULL, problem TEXT NOT NULL, {_CLASS_SQL},
   variant TEXT NOT NULL, splits INTEGER NOT NULL, status TEXT NOT NULL, median_us REAL, spread_us REAL,
-  runs INTEGER NOT NULL, nmse REAL, reason TEXT NOT NULL, shape TEXT NOT NULL, created_at REAL NOT NULL,
-  UNIQUE (device_key, build_key, problem, variant, splits));
+  runs INTEGER NOT NULL, nmse REAL, reason TEXT NOT NULL, shape TEXT NOT NULL, kernel TEXT NOT NULL,
+  created_at REAL NOT NULL, UNIQUE (device_key, build_key, problem, variant, splits));
 CREATE TABLE IF NOT EXISTS winners (
   device_key TEXT NOT NULL, build_key TEXT NOT NULL, problem TEXT NOT NULL, {_CLASS_SQL},
   variant TEXT NOT NULL, splits INTEGER NOT NULL, median_us REAL NOT NULL, spread_us REAL NOT NULL,
   runner_up TEXT, runner_up_us REAL, candidates INTEGER NOT NULL, strategy TEXT NOT NULL,
-  created_at REAL NOT NULL, PRIMARY KEY (device_key, build_key, problem));
+  kernel TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (device_key, build_key, problem));
 CREATE INDEX IF NOT EXISTS winners_like ON winners
   (device_key, build_key, head_k, head_v, k_type, v_type, features, acc);
 """
@@ -102,6 +110,11 @@ def _expected_columns() -> dict[str, tuple[str, ...]]:
     conn = sqlite3.connect(":memory:")
     conn.executescript(_SCHEMA)
     return _columns(conn)
+
+
+def _v1_columns() -> dict[str, tuple[str, ...]]:
+    """Schema 1's tables: today's without the kernel digests."""
+    return {t: tuple(c for c in cols if c != "kernel") for t, cols in _expected_columns().items()}
 
 
 def _class_values(problem: ProblemClass) -> tuple:
@@ -228,18 +241,62 @@ def _to_record(device: DeviceIdentity, build: BuildIdentity, item) -> dict:
     return rec
 
 
+_TOP_HINTS = {"format": str, "schema": int, **{t: list for t in (*_IDENTITY_HINTS, *_RECORD_HINTS)}}
+_V1_BUILD_HINTS = {"key": str, "kgen_version": str, "template_hash": str, "compiler": str}
+
+
+def _check_top(data) -> None:
+    if type(data) is not dict or set(data) != set(_TOP_HINTS):
+        _fail("import", f"expected an object with exactly the fields {sorted(_TOP_HINTS)}")
+    if data["format"] != EXPORT_FORMAT or type(data["schema"]) is not int or data["schema"] not in (1, SCHEMA_VERSION):
+        _fail("import", f"format {_short(data['format'])} schema {_short(data['schema'])}: this kgen "
+                        f"reads format {EXPORT_FORMAT!r} schema 1 or {SCHEMA_VERSION}")
+    for name, hint in _TOP_HINTS.items():
+        if hint is list and type(data[name]) is not list:
+            _fail(f"import.{name}", f"expected a list, got {type(data[name]).__name__}")
+
+
+def _upgrade_v1(data: dict) -> dict:
+    """A schema-1 export as schema 2. Its builds lose the template hash (several may become one
+    build); records of a build whose template hash is today's get their kernel's digest, others
+    an empty one. Of records that now share a key, an adopted one wins, else the latest."""
+    from .identity import _digest, kernel_digest
+    from .render import template_hash
+    today = template_hash()
+    builds: dict[str, tuple[BuildIdentity, bool]] = {}
+    for i, record in enumerate(data["builds"]):
+        rec = _check_fields(f"builds[{i}]", record, _V1_BUILD_HINTS)
+        fields = {k: v for k, v in rec.items() if k != "key"}
+        if _digest(fields) != rec["key"] or rec["key"] in builds:
+            _fail(f"builds[{i}].key", f"{_short(rec['key'])} is a duplicate or not the key of its fields")
+        builds[rec["key"]] = (BuildIdentity(rec["kgen_version"], rec["compiler"]),
+                              rec["template_hash"] == today)
+    out = {**data, "schema": SCHEMA_VERSION,
+           "builds": list({b.key: {"key": b.key, **b.as_dict()} for b, _ in builds.values()}.values())}
+    for table, hints in _RECORD_HINTS.items():
+        v1_hints = {k: h for k, h in hints.items() if k != "kernel"}
+        chosen: dict[tuple, tuple[tuple, dict]] = {}
+        for i, record in enumerate(data[table]):
+            rec = _check_fields(f"{table}[{i}]", record, v1_hints)
+            if rec["build"] not in builds:
+                _fail(f"{table}[{i}].build", f"{_short(rec['build'])} is not in builds")
+            build, adopted = builds[rec["build"]]
+            rec = {**rec, "build": build.key, "kernel": kernel_digest(rec["variant"]) if adopted else ""}
+            key = (rec["device"], rec["build"], rec["problem"]) + \
+                ((rec["variant"], rec["splits"]) if table == "measurements" else ())
+            rank = (adopted, rec["created_at"])
+            if key not in chosen or rank > chosen[key][0]:
+                chosen[key] = (rank, rec)
+        out[table] = [rec for _, rec in chosen.values()]
+    return out
+
+
 def _parse_export(data) -> tuple[dict[str, dict], dict[str, list]]:
     """Check a whole export before anything is written: the identities by table and key, and each
     table's (index, record, problem class). Raises TuningDBError naming the record and field."""
-    top = {"format": str, "schema": int, **{t: list for t in (*_IDENTITY_HINTS, *_RECORD_HINTS)}}
-    if type(data) is not dict or set(data) != set(top):
-        _fail("import", f"expected an object with exactly the fields {sorted(top)}")
-    if data["format"] != EXPORT_FORMAT or type(data["schema"]) is not int or data["schema"] != SCHEMA_VERSION:
-        _fail("import", f"format {_short(data['format'])} schema {_short(data['schema'])}: this kgen "
-                        f"reads format {EXPORT_FORMAT!r} schema {SCHEMA_VERSION}")
-    for name in top:
-        if top[name] is list and type(data[name]) is not list:
-            _fail(f"import.{name}", f"expected a list, got {type(data[name]).__name__}")
+    _check_top(data)
+    if data["schema"] == 1:
+        data = _upgrade_v1(data)
     identities: dict[str, dict] = {"devices": {}, "builds": {}}
     for table, cls in (("devices", DeviceIdentity), ("builds", BuildIdentity)):
         for i, record in enumerate(data[table]):
@@ -341,9 +398,41 @@ class TuningDB:
             raise TuningDBError(f"the tuning DB {self.path} has schema version {version}, written by "
                                 f"a newer kgen; this kgen reads version {SCHEMA_VERSION}: upgrade kgen, "
                                 "set KGEN_DB to another file, or `kgen db reset` to move it aside")
+        if version == "1" and tables == _v1_columns():
+            self._upgrade_file()
+            return
         if version != str(SCHEMA_VERSION) or tables != _expected_columns():
             raise self._corrupt("does not hold kgen's tables (schema version "
                                 f"{version!r}, tables {sorted(tables)})")
+
+    def _upgrade_file(self) -> None:
+        """Schema 1 -> 2 in place, in one transaction (an interrupt leaves schema 1): the tables
+        are read as an export, upgraded as an import would be, and written back."""
+        with self._write() as conn:
+            if conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] != "1":
+                return   # a racing opener upgraded it first
+            data: dict = {"format": EXPORT_FORMAT, "schema": 1}
+            for table in ("devices", "builds"):
+                data[table] = [{"key": r["key"], **json.loads(r["identity"])}
+                               for r in conn.execute(f"SELECT key, identity FROM {table}")]
+            for table, hints in _RECORD_HINTS.items():
+                names = [n for n in hints if n != "kernel"]
+                data[table] = [{n: r[n + "_key" if n in ("device", "build") else n] for n in names}
+                               for r in conn.execute(f"SELECT * FROM {table}")]
+            try:
+                identities, records = _parse_export(data)
+            except TuningDBError as exc:
+                raise self._corrupt(f"holds schema-1 data this kgen cannot upgrade ({exc})") from None
+            for table in ("measurements", "winners", "builds"):
+                conn.execute(f"DROP TABLE {table}")
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+            for identity in identities["builds"].values():
+                self._put_identity(conn, identity)
+            for table, items in records.items():
+                for _, rec, problem in items:
+                    self._put(conn, table, rec, problem)
 
     def _use_wal(self) -> None:
         """WAL: readers never wait for the writer. It persists in the file, so this is a no-op once

@@ -12,7 +12,7 @@ import pytest
 from kgen import abi, export as ex, profiles
 from kgen.cli import main
 from kgen.errors import CompileError
-from kgen.identity import BuildIdentity, DeviceIdentity
+from kgen.identity import BuildIdentity, DeviceIdentity, kernel_digest
 from kgen.planning import split_values
 from kgen.problem import ProblemClass
 from kgen.render import reduce_groups
@@ -34,9 +34,10 @@ def entries():
     v1 = default_variant(plain, CAPS)
     v2 = default_variant(dataclasses.replace(decode, features=("causal", "split_k")), CAPS)
     assert v2.split_k and not v1.split_k
-    return [(DEVICE, build, Winner(plain, v1.uri, 1, median_us=100.0, spread_us=1.0)),
-            (DEVICE, build, Winner(dataclasses.replace(plain, nkv_bucket=4), v1.uri, 1, 300.0, 2.0)),
-            (DEVICE, build, Winner(decode, v2.uri, 4, median_us=50.0, spread_us=1.0))]
+    k1, k2 = kernel_digest(v1.uri), kernel_digest(v2.uri)
+    return [(DEVICE, build, Winner(plain, v1.uri, 1, median_us=100.0, spread_us=1.0, kernel=k1)),
+            (DEVICE, build, Winner(dataclasses.replace(plain, nkv_bucket=4), v1.uri, 1, 300.0, 2.0, kernel=k1)),
+            (DEVICE, build, Winner(decode, v2.uri, 4, median_us=50.0, spread_us=1.0, kernel=k2))]
 
 
 def test_json_export_writes_spirv_and_the_dispatch_table(entries, tmp_path):
@@ -209,11 +210,17 @@ def test_cli_exports_the_current_builds_winners(entries, tmp_path, monkeypatch, 
     monkeypatch.setattr(kgen.tunedb, "TuningDB", FakeDB)
     db = tmp_path / "tuning.sqlite"
     db.write_bytes(b"")
-    monkeypatch.setattr(FakeDB, "stored", entries)
+    # A fourth winner timed with a kernel source its variant no longer renders: left out, said so.
+    device, build, w = entries[0]
+    changed = (device, build, dataclasses.replace(w, problem=dataclasses.replace(w.problem, nkv_bucket=2),
+                                                  kernel="0" * 16))
+    monkeypatch.setattr(FakeDB, "stored", [*entries, changed])
     monkeypatch.setattr(FakeDB, "calls", [])
     assert main(["export", "--format", "c-header", "-o", str(tmp_path / "h"), "--db", str(db)]) == 0
     assert FakeDB.calls == [(None, BuildIdentity.current())]
-    assert (tmp_path / "h" / "kgen_fa.h").is_file() and "3 entries" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert (tmp_path / "h" / "kgen_fa.h").is_file() and "3 entries" in out
+    assert "left out 1 winner(s) whose kernels changed" in err
     # Both formats can share a folder.
     assert main(["export", "--format", "json", "-o", str(tmp_path / "h"), "--db", str(db),
                  "--device-key", DEVICE.key]) == 0

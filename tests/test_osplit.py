@@ -15,12 +15,13 @@ import kgen
 from kgen import dispatch
 from kgen.errors import InvalidVariant, KgenError
 from kgen.fragments import SCHEMES, expected
+from kgen.identity import kernel_digest
 from kgen.kvtensor import KvLayout
 from kgen.paths import coopmat1
 from kgen.problem import ProblemClass
 from kgen.profiles import H100
 from kgen.space import enumerate_space, why_invalid
-from kgen.tunedb import TuningDBError, _check_choice
+from kgen.tunedb import TuningDBError, Winner, _check_choice
 from kgen.variant import Variant
 from runtime import open_device
 
@@ -84,8 +85,9 @@ def test_v_in_k_is_part_of_the_class():
     _check_choice("w", mla, uri, 1)
     with pytest.raises(TuningDBError, match="v_in_k"):
         _check_choice("w", plain, uri, 1)
-    assert dispatch._usable(uri, mla, H100) is not None
-    assert dispatch._usable(uri, plain, H100) is None
+    winner = Winner(mla, uri, 1, 100.0, 1.0, kernel=kernel_digest(uri))
+    assert dispatch._usable(winner, mla, H100) is not None
+    assert dispatch._usable(winner, plain, H100) is None
 
 
 def test_shapes_carry_v_in_k_into_the_class():

@@ -12,7 +12,7 @@ import kgen
 from kgen import dispatch, reference
 from kgen.api import fold_gqa
 from kgen.cli import main
-from kgen.identity import BuildIdentity, DeviceIdentity
+from kgen.identity import BuildIdentity, DeviceIdentity, kernel_digest
 from kgen.planning import choose_variant
 from kgen.profiles import LAVAPIPE
 from kgen.runtime import open_device
@@ -187,9 +187,36 @@ def test_interrupted_tune_keeps_measurements_and_resumes(db, monkeypatch):
     assert (stored.variant, stored.splits) == (cands[2].variant.uri, cands[2].splits)
 
 
-def _store(db, caps, problem, variant, splits=1):
+def test_a_rerun_after_a_template_edit_times_only_the_kernels_it_changed(db, monkeypatch):
+    """Stored timings stand while their kernel renders to the digest they were timed with."""
+    cands, default = candidates(SHAPE, open_device(None).caps)
+    made = []
+
+    def fake(timed, **kw):
+        made.append(FakeEvaluator(costs_for(cands, [])))
+        return made[-1]
+
+    monkeypatch.setattr(driver, "GpuEvaluator", fake)
+    first = tune(SHAPE, db, strategy="exhaustive", limits=Limits(runs=3))
+    assert len(made[0].checked) == len(cands) and first.winner is not None
+    ident, build = DeviceIdentity.of(open_device(None).caps), BuildIdentity.current()
+    stored = db.measurements(ident, build, SHAPE.problem())
+    assert all(m.kernel == kernel_digest(m.variant) != "" for m in stored)
+    assert db.winner(ident, build, SHAPE.problem()).kernel == kernel_digest(first.winner.candidate.variant.uri)
+
+    edited = cands[1].variant.uri   # the edit changes this kernel's source only
+    monkeypatch.setattr(driver, "kernel_digest", lambda uri: "e" * 16 if uri == edited else kernel_digest(uri))
+    monkeypatch.setattr(driver, "is_current", lambda uri, k: k == driver.kernel_digest(uri))
+    second = tune(SHAPE, db, strategy="exhaustive", limits=Limits(runs=3))
+    assert second.resumed == len(cands) - sum(c.variant.uri == edited for c in cands)
+    assert {name.partition("@")[0] for name in made[1].checked} == {edited}
+    assert {m.kernel for m in db.measurements(ident, build, SHAPE.problem()) if m.variant == edited} == {"e" * 16}
+
+
+def _store(db, caps, problem, variant, splits=1, kernel=None):
     db.set_winner(DeviceIdentity.of(caps), BuildIdentity.current(),
-                  Winner(problem=problem, variant=variant.uri, splits=splits, median_us=1.0, spread_us=0.0))
+                  Winner(problem=problem, variant=variant.uri, splits=splits, median_us=1.0, spread_us=0.0,
+                         kernel=kernel_digest(variant.uri) if kernel is None else kernel))
 
 
 def test_dispatch_levels_exact_nearest_default(db):
@@ -222,6 +249,18 @@ def test_dispatch_skips_stale_decisions(db, monkeypatch):
     monkeypatch.setattr(dispatch, "why_invalid", lambda v, c: "no longer fits" if v == stale else None)
     v, _, how = choose_variant(SHAPE, caps, None, None)
     assert how == "heuristic default" and v == default.variant
+
+
+def test_dispatch_skips_a_decision_whose_kernel_changed_since_it_was_timed(db):
+    """A template edit that changes the winner's source makes its timing say nothing: skipped."""
+    caps = open_device(None).caps
+    cands, default = candidates(SHAPE, caps)
+    pick = next(c.variant for c in cands if c.variant.br != default.variant.br)
+    _store(db, caps, SHAPE.problem(), pick, kernel="0" * 16)   # timed with another source
+    v, _, how = choose_variant(SHAPE, caps, None, None)
+    assert how == "heuristic default" and v == default.variant
+    _store(db, caps, SHAPE.problem(), pick)
+    assert choose_variant(SHAPE, caps, None, None)[2].startswith("tuned, exact")
 
 
 def test_corrupt_db_warns_and_uses_the_default(tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ DEV = DeviceIdentity(vendor_id=0x10DE, device_id=0x2330, driver_id=14, driver_ve
                      pipeline_cache_uuid="0123456789abcdef0123456789abcdef", name="NVIDIA H100")
 DEV2 = DeviceIdentity(vendor_id=0x10005, device_id=0, driver_id=13, driver_version=1,
                       pipeline_cache_uuid="ff" * 16, name="llvmpipe")
-BUILD = BuildIdentity(kgen_version="0.1.0", template_hash="t" * 16, compiler="glslang 15.1.0")
+BUILD = BuildIdentity(kgen_version="0.1.0", compiler="glslang 15.1.0")
 MASK = ProblemClass(head_k=64, head_v=64, features=("mask",))
 SC = "fa_sc_k64_v64_f16f16_acc32_br8_bc32_wg128_sg32_ds8_rs1_stage_mask"
 CM2 = "fa_cm2_k64_v64_f16f16_acc32_br64_bc64_wg128_sg32_mask"
@@ -64,7 +64,7 @@ def test_record_and_winner_round_trip(tmp_path):
         assert db.measurements(DEV, BUILD, cls(nq_bucket=0)) == []
         assert db.winner(DEV, BUILD, MASK) == win()
         assert db.winner(DEV2, BUILD, MASK) is None
-        other_build = BuildIdentity(kgen_version="0.2.0", template_hash="t" * 16, compiler="glslang 15.1.0")
+        other_build = BuildIdentity(kgen_version="0.2.0", compiler="glslang 15.1.0")
         assert db.winner(DEV, other_build, MASK) is None
     with TuningDB(path) as db:   # survives reopening
         assert db.winner(DEV, BUILD, MASK) == win()
@@ -294,7 +294,7 @@ HOSTILE = {
     "record not object": (lambda d: d["winners"].append([1, 2]), "winners[2]"),
     "devices not list": (lambda d: d.update(devices={"a": 1}), "devices"),
     "format": (lambda d: d.update(format="other"), "format"),
-    "newer schema": (lambda d: d.update(schema=2), "schema"),
+    "newer schema": (lambda d: d.update(schema=3), "schema"),
     "schema bool": (lambda d: d.update(schema=True), "schema"),
     "extra top": (lambda d: d.update(more=[]), "exactly the fields"),
     "not a dict": (lambda d: d.clear() or d.update(format=[d]), "exactly the fields"),
@@ -328,6 +328,97 @@ def test_import_accepts_references_already_in_the_db(tmp_path):
         assert len(dst.measurements(DEV, BUILD, MASK)) == 3
 
 
+# --- schema 1 (builds keyed by a hash of every template file) ---------------------------------------
+V1_SCHEMA = tunedb._SCHEMA.replace("kernel TEXT NOT NULL, ", "").replace("kernel TEXT NOT NULL,", "")
+
+
+def _as_v1(data: dict, template_hashes: list[str]) -> dict:
+    """A schema-2 export as schema 1 would have written it: build i of `data` becomes one schema-1
+    build per template hash, the records of build i going to the first, copies to the others."""
+    from kgen.identity import _digest
+    out = {**data, "schema": 1, "builds": []}
+    keys = {}
+    for b in data["builds"]:
+        fields = [{"kgen_version": b["kgen_version"], "template_hash": t, "compiler": b["compiler"]}
+                  for t in template_hashes]
+        out["builds"] += [{"key": _digest(f), **f} for f in fields]
+        keys[b["key"]] = [_digest(f) for f in fields]
+    for table in ("measurements", "winners"):
+        out[table] = []
+        for n, rec in enumerate(data[table]):
+            for i, key in enumerate(keys[rec["build"]]):
+                old = {k: v for k, v in rec.items() if k != "kernel"}
+                out[table].append({**old, "build": key, "created_at": float(n + 10 * i)})
+    return out
+
+
+def test_schema_1_import_keeps_timings_only_of_kernels_that_still_render_the_same(tmp_path, monkeypatch):
+    from kgen import render
+    from kgen.identity import kernel_digest
+    monkeypatch.setattr(render, "template_hash", lambda: "today")
+    with filled(tmp_path / "src.sqlite") as src:
+        data = src.export_json()
+    with TuningDB(tmp_path / "dst.sqlite") as dst:
+        # Each record twice: from an older template set (later, so newer) and from today's.
+        assert dst.import_json(_as_v1(data, ["today", "older"])) == 2 + 1 + 4 + 2
+        got = dst.measurements(DEV, BUILD, MASK)
+        assert {(m.variant, m.kernel) for m in got} == {(v, kernel_digest(v)) for v in (SC, SPLIT, CM2)}
+        assert dst.winner(DEV, BUILD, MASK).kernel == kernel_digest(CM2) != ""
+    with TuningDB(tmp_path / "old.sqlite") as dst:
+        dst.import_json(_as_v1(data, ["older"]))
+        assert {m.kernel for m in dst.measurements(DEV, BUILD, MASK)} == {""}   # kept, never used
+        assert dst.winner(DEV, BUILD, MASK).kernel == ""
+
+
+def test_schema_1_file_is_upgraded_in_place_on_open(tmp_path, monkeypatch):
+    from kgen import render
+    from kgen.identity import kernel_digest
+    monkeypatch.setattr(render, "template_hash", lambda: "today")
+    with filled(tmp_path / "src.sqlite") as src:
+        v1 = _as_v1(src.export_json(), ["today"])
+    path = tmp_path / "v1.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(V1_SCHEMA)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    for d in v1["devices"]:
+        conn.execute("INSERT INTO devices VALUES (?, ?, ?)",
+                     (d["key"], d["name"], json.dumps({k: v for k, v in d.items() if k != "key"})))
+    for b in v1["builds"]:
+        conn.execute("INSERT INTO builds VALUES (?, ?)", (b["key"], json.dumps({k: v for k, v in b.items() if k != "key"})))
+    for table in ("measurements", "winners"):
+        for rec in v1[table]:
+            problem = ProblemClass.parse(rec["problem"])
+            cols = {"device_key": rec["device"], "build_key": rec["build"],
+                    **dict(zip(tunedb._CLASS_COLUMNS, tunedb._class_values(problem))),
+                    **{k: v for k, v in rec.items() if k not in ("device", "build")}}
+            conn.execute(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                         list(cols.values()))
+    conn.commit()
+    conn.close()
+    assert tunedb._columns(sqlite3.connect(path)) == tunedb._v1_columns()
+    with TuningDB(path) as db:
+        assert db.winner(DEV, BUILD, MASK).kernel == kernel_digest(CM2)
+        assert len(db.measurements(DEV, BUILD, MASK)) == 3 and db.export_json()["schema"] == 2
+    with TuningDB(path) as db:   # upgraded once: opens as schema 2
+        assert len(db.winners()) == 2
+
+
+def test_schema_1_of_the_session_18_h100_tune_imports(tmp_path):
+    """The filed H100 DB (schema 1) imports; its records are adopted or not by the template hash."""
+    from pathlib import Path
+
+    from kgen.render import template_hash
+    path = Path(__file__).parents[1] / "benchmarks/results/2026-11-25-h100-tuning-session18.json"
+    data = json.loads(path.read_text())
+    adopted = {b["key"] for b in data["builds"] if b["template_hash"] == template_hash()}
+    with TuningDB(tmp_path / "t.sqlite") as db:
+        db.import_json(data)
+        out = db.export_json()
+    assert out["schema"] == 2 and len(out["winners"]) == len(data["winners"])
+    kept = sum(m["build"] in adopted for m in data["measurements"])
+    assert sum(m["kernel"] != "" for m in out["measurements"]) == kept
+
+
 # --- kgen db ------------------------------------------------------------------------------------
 def test_cli_export_import_show_reset_path(tmp_path, monkeypatch, capsys):
     src, dst = tmp_path / "src.sqlite", tmp_path / "dst" / "dst.sqlite"
@@ -347,6 +438,9 @@ def test_cli_export_import_show_reset_path(tmp_path, monkeypatch, capsys):
     assert main(["db", "show", "--device-key", DEV.key[:6]]) == 0
     table = capsys.readouterr().out
     assert "NVIDIA H100" in table and MASK.key in table and CM2 in table and f"{SPLIT}@4 9.5" in table
+    # filled()'s winners hold no kernel digest: shown as changed (the dispatcher skips them).
+    rows = [line for line in table.splitlines() if MASK.key in line]
+    assert rows and all(" changed " in line for line in rows)
     assert main(["db", "show", "--device-key", DEV2.key]) == 0
     assert "no winners" in capsys.readouterr().out
 

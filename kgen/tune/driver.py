@@ -11,7 +11,7 @@ from typing import Callable
 from ..api import Shapes, fold_gqa
 from ..compile import compile_iter
 from ..errors import CompileError
-from ..identity import BuildIdentity, DeviceIdentity
+from ..identity import BuildIdentity, DeviceIdentity, is_current, kernel_digest
 from ..problem import ProblemClass
 from ..tunedb import Measurement, TuningDB, Winner
 from ..variant import PathKind
@@ -115,10 +115,11 @@ class _Evaluator:
 
 def _known(db: TuningDB, device: DeviceIdentity, build: BuildIdentity, problem: ProblemClass,
            shape: str) -> dict[str, Outcome]:
-    """Outcomes stored by an earlier run on the same timing shape (resume)."""
+    """Outcomes stored by an earlier run on the same timing shape, of kernels whose source has
+    not changed since (resume; after a template edit only the kernels it changed are timed)."""
     known = {}
     for m in db.measurements(device, build, problem):
-        if m.shape != shape:
+        if m.shape != shape or not is_current(m.variant, m.kernel):
             continue
         c = Candidate.parse(f"{m.variant}@{m.splits}")
         known[c.name] = Outcome(c, m.status, nmse=m.nmse, reason=m.reason, median=m.median_us,
@@ -129,7 +130,7 @@ def _known(db: TuningDB, device: DeviceIdentity, build: BuildIdentity, problem: 
 def _measurement(problem: ProblemClass, shape: str, o: Outcome) -> Measurement:
     return Measurement(problem=problem, variant=o.candidate.variant.uri, splits=o.candidate.splits,
                        status=o.status, median_us=o.median, spread_us=o.spread, runs=o.runs,
-                       nmse=o.nmse, reason=o.reason, shape=shape)
+                       nmse=o.nmse, reason=o.reason, shape=shape, kernel=kernel_digest(o.candidate.variant.uri))
 
 
 def tune(timed: Shapes, db: TuningDB, *, device=None, strategy: str = "auto", limits: Limits | None = None,
@@ -178,5 +179,6 @@ def tune(timed: Shapes, db: TuningDB, *, device=None, strategy: str = "auto", li
             problem=problem, variant=w.candidate.variant.uri, splits=w.candidate.splits,
             median_us=w.median, spread_us=w.spread, runner_up=r.candidate.name if r else None,
             runner_up_us=r.median if r else None,
-            candidates=sum(o.status == "ok" for o in result.outcomes), strategy=strategy))
+            candidates=sum(o.status == "ok" for o in result.outcomes), strategy=strategy,
+            kernel=kernel_digest(w.candidate.variant.uri)))
     return result

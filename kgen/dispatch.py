@@ -3,7 +3,8 @@ same head sizes, KV types, features and precision -> the heuristic default (spac
 
 A stored decision is advice, never trusted blindly: it must parse, pass why_invalid on this
 device, compute this class's features and name a kernel whose source is still the one it timed,
-or it is skipped (a stale DB costs speed, never correctness). A DB that cannot be read gives one warning and the heuristic default.
+or it is skipped (a stale DB costs speed, never correctness). A DB that cannot be read gives one
+warning and the heuristic default.
 """
 from __future__ import annotations
 

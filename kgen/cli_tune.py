@@ -81,11 +81,14 @@ def cmd_tune(args) -> int:
     err.print(f"kgen tune --suite {args.suite}: {len(cases)} case(s) on {dev.caps.name}; "
               f"DB {knobs.db_path()}")
     ceilings = None
+    measured_at = time.monotonic()
     try:
         from .roofline import ceilings as measure_ceilings
         ceilings = measure_ceilings(dev)
     except ImportError:
         pass
+    if (spent := time.monotonic() - measured_at) >= 1.0:   # measured now, cached per device after
+        err.print(f"measured the device's roofline in {spent:.0f} s")
     start = time.monotonic()
     table = Table(title=f"winners on {dev.caps.name}")
     for column in ("class", "timed shape", "winner", "us (median ±IQR)", "TFLOPS", "GB/s K+V",
@@ -104,6 +107,7 @@ def cmd_tune(args) -> int:
                 err.print(f"  rejected {o.candidate.name}: {o.status}: {o.reason.splitlines()[0] if o.reason else ''}")
             if result.resumed:
                 err.print(f"  resumed {result.resumed} stored measurement(s)")
+            err.print(f"  {case.name}: {result.seconds:.0f} s, {len(result.outcomes)} candidate(s)")
             table.add_row(*_winner_row(timed, result, ceilings))
             if result.interrupted:
                 interrupted = True

@@ -1,8 +1,8 @@
 """The tuner: winner rule under noise, wrong candidates never win, budgets, resume after Ctrl-C,
 the dispatcher's fallback levels, and a real (small) tune on the default device."""
 import dataclasses
-import re
 import random
+import re
 import warnings
 
 import numpy as np
@@ -279,6 +279,10 @@ def test_quick_tune_then_dispatch_uses_the_winner(tmp_path, monkeypatch, capsys)
     assert main(["tune", "--suite", "quick", "--max-evals", "2", "--runs", "3"]) == 0
     out = capsys.readouterr()
     assert "winners on" in out.out and "rejected" not in out.err
+    # Each case says what it took: its seconds and candidates timed (at most --max-evals).
+    per_case = re.findall(r"^  (.+): (\d+) s, (\d+) candidate\(s\)$", out.err, re.M)
+    assert [name for name, _, _ in per_case] == [c.name for c in kgen.suites.SUITES["quick"]]
+    assert all(1 <= int(n) <= 2 for _, _, n in per_case)
     caps = open_device(None).caps
     with TuningDB(tmp_path / "q.sqlite") as db:
         winners = db.winners(DeviceIdentity.of(caps), BuildIdentity.current())

@@ -60,7 +60,7 @@ from kgen.roofline import unavailable
 from kgen.runtime.context import Device
 from kgen.runtime.pipeline_stats import statistics_problem
 from kgen.runtime.vk import VulkanError
-from kgen.suites import case_arg, int_list_arg, warm_median
+from kgen.suites import case_arg, warm_median
 
 SUBGROUP = 32  # NVIDIA's; the kernels require full subgroups of this size
 
@@ -357,10 +357,17 @@ def parser() -> argparse.ArgumentParser:
         ap.add_argument("--" + name.replace("_", "-"), default=default, type=value_list(name), help=text)
     ap.add_argument("--heads", type=heads_arg, default=None,
                     help="K/V head columns per subgroup instead of the case's (e.g. 288/256)")
-    ap.add_argument("--row-copies", type=lambda t: int_list_arg(1)(t)[0], default=1,
+    ap.add_argument("--row-copies", type=row_copies_arg, default=1,
                     help="subgroups working on each query row (with --heads: a split of the head dims)")
     ap.add_argument("--runs", type=int, default=30)
     return ap
+
+
+def row_copies_arg(text: str) -> int:
+    """One whole number of subgroups per query row, at least 1."""
+    if not (text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError(f"--row-copies {text!r}: expected one whole number >= 1")
+    return int(text)
 
 
 def heads_arg(text: str) -> tuple[int, int]:

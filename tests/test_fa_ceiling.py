@@ -79,7 +79,8 @@ def test_head_split_model_keeps_the_case_flops_on_more_subgroup_rows(ceiling):
 
 
 @pytest.mark.parametrize("argv, option", [(["--heads", "100/128"], "--heads"), (["--heads", "288"], "--heads"),
-                                          (["--row-copies", "0"], "--row-copies")])
+                                          (["--row-copies", "0"], "--row-copies"),
+                                          (["--row-copies", "2,4"], "--row-copies")])
 def test_bad_head_split_is_refused_naming_the_option(ceiling, argv, option, capsys):
     with pytest.raises(SystemExit):
         ceiling.parser().parse_args(argv)

@@ -73,11 +73,15 @@ def rotation_sets(nbytes: int) -> int:
     return min(ROTATE_MAX, max(2, math.ceil(ROTATE_SPAN / max(nbytes, 1))))
 
 
+def _run_steps(plans: list["Plan"], runs: int) -> list:
+    """The steps of `runs` runs, taking the plans in turn."""
+    return [step for i in range(runs) for step in plans[i % len(plans)]._steps]
+
+
 def step_times(plans: list["Plan"], runs: int, tail: tuple = ()) -> list[float]:
     """GPU microseconds of every step of `runs` runs recorded into one submission, taking the
     plans in turn, followed by those of the `tail` steps."""
-    steps = [step for i in range(runs) for step in plans[i % len(plans)]._steps]
-    with plans[0].device.sequence(steps + list(tail)) as seq:
+    with plans[0].device.sequence(_run_steps(plans, runs) + list(tail)) as seq:
         return seq.run(wait=True)
 
 
@@ -108,9 +112,16 @@ WARM_MAX_US = 2_000_000
 WARM_FIRST_US = 500_000  # the first warm-up of a process: long enough to reach the full clock
 
 
-def _warm_batch(plans: list["Plan"], runs: int, probe) -> tuple[list[float], float | None]:
-    """GPU us of `runs` back-to-back runs' steps, and of the clock probe right after them (or None)."""
-    times = step_times(plans, runs, (probe.step,) if probe is not None else ())
+def _warm_batch(plans: list["Plan"], runs: int, probe, recorded: dict) -> tuple[list[float], float | None]:
+    """GPU us of `runs` back-to-back runs' steps, and of the clock probe right after them (or None).
+    `recorded` (batch size -> Sequence) keeps each size's recording to resubmit: recording a
+    batch of a fast decode's 2000 runs took longer than running it (a tune's warm-ups spent
+    most of their time recording)."""
+    seq = recorded.get(runs)
+    if seq is None:
+        tail = [probe.step] if probe is not None else []
+        seq = recorded[runs] = plans[0].device.sequence(_run_steps(plans, runs) + tail)
+    times = seq.run(wait=True)
     return times, (times.pop() if probe is not None else None)
 
 
@@ -126,19 +137,26 @@ def warm_up(plans: list["Plan"], gpu_us: float, *, min_runs: int = 2, max_batch:
         gpu_us = max(gpu_us, WARM_FIRST_US)  # no full-clock reference yet: make one
     runs = min_runs * len(plans)
     spent, last_us = 0.0, float("inf")
-    while True:
-        times, probe_us = _warm_batch(plans, runs, probe)
-        spent += sum(times)
-        up = True
-        if probe_us is not None:
-            probe.saw(probe_us)
-            climbing = probe_us < last_us * (1 - CLOCK_TOLERANCE)
-            up = probe_us <= probe.best_us * (1 + CLOCK_TOLERANCE) and not climbing
-            last_us = probe_us
-        if spent >= WARM_MAX_US or (spent >= gpu_us and up):
-            return spent
-        per_run = max(statistics.median(times), 1e-3)
-        runs = max(len(plans), min(max_batch, int(WARM_BATCH_US / per_run) + 1))
+    recorded: dict = {}
+    try:
+        while True:
+            times, probe_us = _warm_batch(plans, runs, probe, recorded)
+            spent += sum(times)
+            up = True
+            if probe_us is not None:
+                probe.saw(probe_us)
+                climbing = probe_us < last_us * (1 - CLOCK_TOLERANCE)
+                up = probe_us <= probe.best_us * (1 + CLOCK_TOLERANCE) and not climbing
+                last_us = probe_us
+            if spent >= WARM_MAX_US or (spent >= gpu_us and up):
+                return spent
+            per_run = max(statistics.median(times), 1e-3)
+            wanted = max(len(plans), min(max_batch, int(WARM_BATCH_US / per_run) + 1))
+            if not wanted / 2 <= runs <= 2 * wanted:   # a new recording only when 2x off
+                runs = wanted
+    finally:
+        for seq in recorded.values():
+            seq.close()
 
 
 def _autotune(shapes: Shapes, device) -> None:

@@ -21,7 +21,7 @@ def fake(monkeypatch, device_type, per_run_us, clock_at):
     monkeypatch.setattr(clocks, "probe_for", lambda d: probe)
     calls = []
 
-    def batch(plans, runs, probe_):
+    def batch(plans, runs, probe_, recorded):
         clock = clock_at(len(calls))
         calls.append(runs)
         times = [per_run_us / clock] * runs
@@ -47,7 +47,7 @@ def test_later_warm_ups_compare_with_the_fastest_probe(monkeypatch):
     # Now the clock has dropped to a third and takes 4 batches to come back.
     clock = iter([1 / 3, 0.5, 0.7, 0.9, 1.0, 1.0, 1.0])
     monkeypatch.setattr(planning, "_warm_batch",
-                        lambda p, runs, probe: (calls.append(runs) or [100.0] * runs, 10.0 / next(clock)))
+                        lambda p, runs, probe, recorded: (calls.append(runs) or [100.0] * runs, 10.0 / next(clock)))
     planning.warm_up(plans, 1.0)
     assert len(calls) - first == 6
 
@@ -73,3 +73,31 @@ def test_cpu_devices_only_wait_for_the_floor(monkeypatch):
     # 2 runs, then batches of 6 (5 ms at 1 ms a run) until 10 ms.
     assert calls == [2, 6, 6] and spent == 14_000
 
+
+
+def test_a_batch_size_is_recorded_once_and_resubmitted(monkeypatch):
+    """Recording a batch cost more than running it: warm-up keeps each size's recording, and
+    takes a new size only when the per-run time says the batch is 2x off."""
+    monkeypatch.setattr(planning, "WARM_FIRST_US", 0)
+    recordings = []
+
+    class Seq:
+        def __init__(self, steps):
+            self.steps, self.closed = steps, False
+            recordings.append(self)
+
+        def run(self, wait=True):
+            return [100.0] * (len(self.steps) - 1) + [10.0]   # each run 100 us, then the probe
+
+        def close(self):
+            self.closed = True
+
+    dev = SimpleNamespace(caps=SimpleNamespace(device_type="discrete"), sequence=Seq)
+    monkeypatch.setattr(clocks, "probe_for", lambda d: SimpleNamespace(
+        step="probe", best_us=10.0, saw=lambda us: None))
+    plans = [SimpleNamespace(device=dev, _steps=["run"])]
+    spent = planning.warm_up(plans, 200_000)
+    assert spent >= 200_000
+    # The first batch (2 runs), then one size for the rest: 51 runs of 100 us, about 40 batches.
+    assert [len(r.steps) - 1 for r in recordings] == [2, 51]
+    assert all(r.closed for r in recordings)

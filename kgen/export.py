@@ -33,8 +33,10 @@ from .types import KV_TYPES
 from .variant import FEATURES, Variant
 
 FORMAT_NAME = "kgen-fa-dispatch"
-FORMAT_VERSION = 4  # 2: a grid axis has a scale (the reduce pass's column chunks); 3: fused_reduce entries;
-                    # 4: passes before the kernel (kgen.prepasses), formulas as kgen.extent expressions
+FORMAT_VERSION = 5  # 2: a grid axis has a scale (the reduce pass's column chunks); 3: fused_reduce entries;
+                    # 4: passes before the kernel (kgen.prepasses), formulas as kgen.extent expressions;
+                    # 5: builds are kgen version + compiler (no template hash); entries carry the
+                    # kernel digest their timing was taken with (kgen.identity.kernel_digest)
 FORMATS = ("json", "c-header")
 JSON_FILE, HEADER_FILE, SPIRV_DIR = "kgen_dispatch.json", "kgen_fa.h", "spirv"
 SPIRV_MAGIC = 0x07230203
@@ -250,6 +252,7 @@ def dispatch_table(rows: list[Row]) -> dict:
                 "features": list(p.features), "acc": p.acc, **_buckets(p),
                 "variant": v.uri, **shader(r.shader, FA_GRID, v.br), "br": v.br, "bc": v.bc,
                 "splits": w.splits, "aligned": v.aligned, "fused_reduce": v.fused_reduce, "median_us": w.median_us,
+                "kernel": w.kernel,
                 "reduce": shader(r.reduce, REDUCE_GRID, 1, reduce_chunks(v.head_v)),
                 "passes_before": [pass_entry(p, s) for p, s in r.passes],
                 "kernel_push": {name: formula(e) for name, e in kernel_push(v).items()}}

@@ -60,6 +60,7 @@ def test_json_export_writes_spirv_and_the_dispatch_table(entries, tmp_path):
     assert set(by_class) == {w.problem.key for _, _, w in entries}
     decode = by_class["64/64 f16/f16 acc32 causal nq0 nkv3 gqa0"]
     assert decode["splits"] == 4 and decode["features"] == ["causal"] and decode["reduce"]
+    assert decode["kernel"] == kernel_digest(decode["variant"]) != ""   # what its timing was taken with
     assert decode["n_kv"] == {"bucket": 3, "min": 4097, "max": 16384, "range": "4097-16384"}
     assert decode["n_q"]["max"] == 1 and decode["required_subgroup_size"] == CAPS.subgroup_size
     big = by_class["64/64 f16/f16 acc32 - nq3 nkv4 gqa0"]

@@ -112,6 +112,18 @@ def _expected_columns() -> dict[str, tuple[str, ...]]:
     return _columns(conn)
 
 
+def _create_tables(conn: sqlite3.Connection) -> None:
+    """_SCHEMA's tables, statement by statement inside the caller's transaction (executescript
+    would COMMIT it)."""
+    for statement in filter(str.strip, _SCHEMA.split(";")):
+        conn.execute(statement)
+
+
+def _record_of(row: sqlite3.Row, names) -> dict:
+    """A measurement or winner row as its export record (fields `names`)."""
+    return {n: row[n + "_key" if n in ("device", "build") else n] for n in names}
+
+
 def _v1_columns() -> dict[str, tuple[str, ...]]:
     """Schema 1's tables: today's without the kernel digests."""
     return {t: tuple(c for c in cols if c != "kernel") for t, cols in _expected_columns().items()}
@@ -385,8 +397,7 @@ class TuningDB:
         tables = _columns(self._conn)
         if not tables:   # a new (or empty) file: create the schema; a racing opener may too
             with self._write() as conn:
-                for statement in filter(str.strip, _SCHEMA.split(";")):  # executescript would COMMIT
-                    conn.execute(statement)
+                _create_tables(conn)
                 conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                              (str(SCHEMA_VERSION),))
             tables = _columns(self._conn)
@@ -417,22 +428,16 @@ class TuningDB:
                                for r in conn.execute(f"SELECT key, identity FROM {table}")]
             for table, hints in _RECORD_HINTS.items():
                 names = [n for n in hints if n != "kernel"]
-                data[table] = [{n: r[n + "_key" if n in ("device", "build") else n] for n in names}
-                               for r in conn.execute(f"SELECT * FROM {table}")]
+                data[table] = [_record_of(r, names) for r in conn.execute(f"SELECT * FROM {table}")]
             try:
                 identities, records = _parse_export(data)
             except TuningDBError as exc:
                 raise self._corrupt(f"holds schema-1 data this kgen cannot upgrade ({exc})") from None
             for table in ("measurements", "winners", "builds"):
                 conn.execute(f"DROP TABLE {table}")
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                conn.execute(statement)
+            _create_tables(conn)
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
-            for identity in identities["builds"].values():
-                self._put_identity(conn, identity)
-            for table, items in records.items():
-                for _, rec, problem in items:
-                    self._put(conn, table, rec, problem)
+            self._put_export(conn, identities, records)
 
     def _use_wal(self) -> None:
         """WAL: readers never wait for the writer. It persists in the file, so this is a no-op once
@@ -464,6 +469,16 @@ class TuningDB:
                   *(rec[n] for n in names)]
         conn.execute(f"INSERT OR REPLACE INTO {table} ({', '.join(columns)}) "
                      f"VALUES ({', '.join('?' * len(columns))})", values)
+
+    @classmethod
+    def _put_export(cls, conn, identities: dict[str, dict], records: dict[str, list]) -> None:
+        """Write what _parse_export checked: its identities, then its records."""
+        for found in identities.values():
+            for identity in found.values():
+                cls._put_identity(conn, identity)
+        for table, items in records.items():
+            for _, rec, problem in items:
+                cls._put(conn, table, rec, problem)
 
     def _item(self, cls, row: sqlite3.Row):
         values = {f.name: row[f.name] for f in dataclasses.fields(cls)}
@@ -541,7 +556,7 @@ class TuningDB:
                           for r in self._query(f"SELECT key, identity FROM {table} ORDER BY key")]
         for table, hints in _RECORD_HINTS.items():
             rows = self._query(f"SELECT * FROM {table} ORDER BY device_key, build_key, problem, variant, splits")
-            out[table] = [{n: r[n + "_key" if n in ("device", "build") else n] for n in hints} for r in rows]
+            out[table] = [_record_of(r, hints) for r in rows]
         return out
 
     def import_json(self, data: dict) -> int:
@@ -555,12 +570,7 @@ class TuningDB:
                         if rec[field] not in identities[ref] and not conn.execute(
                                 f"SELECT 1 FROM {ref} WHERE key = ?", (rec[field],)).fetchone():
                             _fail(f"{table}[{i}].{field}", f"{_short(rec[field])} is not in {ref}")
-            for found in identities.values():
-                for identity in found.values():
-                    self._put_identity(conn, identity)
-            for table, items in records.items():
-                for _, rec, problem in items:
-                    self._put(conn, table, rec, problem)
+            self._put_export(conn, identities, records)
         return sum(map(len, identities.values())) + sum(map(len, records.values()))
 
     # --- lifetime ----------------------------------------------------------------------------

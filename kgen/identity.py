@@ -75,14 +75,11 @@ def kernel_digest(uri: str) -> str:
     from .variant import Variant
     try:
         v = Variant.parse(uri)
-    except (KgenError, ValueError, ArithmeticError):
-        return ""
-    try:
         sources = [render(v), *(p.render() for p in passes_before(v))]
         if v.split_k and not v.fused_reduce:
             sources.append(render_split_k_reduce(v.head_v, v.sinks))
     except (KgenError, ValueError, ArithmeticError, jinja2.TemplateError):
-        return ""   # a variant today's templates cannot render: nothing stored for it stands
+        return ""   # gone or unrenderable today: nothing stored for it stands
     return _digest({"sources": sources})
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
-
+from .version import __version__  # noqa: F401
+from . import paths  # noqa: E402,F401  (registers each path's variant rules)
 from .api import attention, plan  # noqa: E402  (no Vulkan import until a plan is made)
 from .kvtensor import KVTensor  # noqa: E402
 from .types import KvType  # noqa: E402

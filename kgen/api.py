@@ -5,142 +5,25 @@ upload, one recorded submission and a download per call.
 """
 from __future__ import annotations
 
-import dataclasses
-import math
-from dataclasses import dataclass
-
 import numpy as np
 
 from . import knobs
-from .kvtensor import KVTensor, views_k
-from .problem import ProblemClass
-from .types import KvType
-from .variant import HEAD_MAX, HEAD_MIN, HEAD_STEP, PathKind
-
-PRECISIONS = {"f32": 32, "f16": 16}
+from .shapes import Shapes, fold_gqa, shapes_of
+from .variant import PathKind
 
 
-@dataclass(frozen=True)
-class Shapes:
-    """Everything a plan is specialized on (arrays excluded)."""
-
-    batch: int
-    heads_q: int
-    heads_kv: int
-    n_q: int
-    n_kv: int
-    head_k: int
-    head_v: int
-    k_type: KvType = KvType.F16
-    v_type: KvType = KvType.F16
-    mask_shape: tuple[int, int, int, int] | None = None   # as stored: each dim 1 or full
-    causal: bool = False
-    window: int = 0
-    scale: float | None = None
-    softcap: float = 0.0
-    alibi_max_bias: float = 0.0
-    sinks: bool = False
-    precision: str = "f32"
-    v_in_k: bool = False   # V is the first head_v columns of K's rows, in K's bytes (DeepSeek MLA)
-
-    def validate(self) -> None:
-        for name in ("batch", "heads_q", "heads_kv", "n_q", "n_kv"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
-        if self.heads_q % self.heads_kv:
-            raise ValueError(f"Hq={self.heads_q} must be a multiple of Hkv={self.heads_kv} (GQA/MQA)")
-        for name in ("head_k", "head_v"):
-            h = getattr(self, name)
-            if not (HEAD_MIN <= h <= HEAD_MAX and h % HEAD_STEP == 0):
-                raise ValueError(f"{name}={h}: kgen supports multiples of {HEAD_STEP} from {HEAD_MIN} to {HEAD_MAX}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision={self.precision!r}: one of {', '.join(PRECISIONS)}")
-        if self.window < 0:
-            raise ValueError(f"window={self.window}: must be >= 1 (or None)")
-        if not (math.isfinite(self.softcap) and self.softcap >= 0):
-            raise ValueError(f"softcap={self.softcap}: must be finite and >= 0")
-        if not (math.isfinite(self.alibi_max_bias) and self.alibi_max_bias >= 0):
-            raise ValueError(f"alibi_max_bias={self.alibi_max_bias}: must be finite and >= 0")
-        if self.alibi_max_bias > 0 and self.mask_shape is None:
-            raise ValueError("alibi_max_bias > 0 scales the mask (score + slope * mask): pass a mask")
-        if self.scale is not None and not math.isfinite(self.scale):
-            raise ValueError(f"scale={self.scale}: must be finite")
-        if self.v_in_k and (self.head_v > self.head_k or self.k_type != self.v_type):
-            raise ValueError(f"v_in_k: V ({self.head_v} {self.v_type}) must be the first columns of "
-                             f"K's rows ({self.head_k} {self.k_type}): head_v <= head_k, one type")
-
-    def problem(self) -> ProblemClass:
-        """The tuning class these shapes fall in."""
-        return ProblemClass.of(head_k=self.head_k, head_v=self.head_v, k_type=self.k_type,
-                               v_type=self.v_type, features=self.features, acc=PRECISIONS[self.precision],
-                               n_q=self.n_q, n_kv=self.n_kv, gqa=self.heads_q // self.heads_kv,
-                               v_in_k=self.v_in_k)
-
-    @property
-    def features(self) -> tuple[str, ...]:
-        on = {"mask": self.mask_shape is not None, "causal": self.causal or self.window > 0,
-              "alibi": self.alibi_max_bias > 0, "softcap": self.softcap > 0, "sinks": self.sinks}
-        return tuple(f for f, enabled in on.items() if enabled)
-
-
-def fold_gqa(s: Shapes) -> Shapes:
-    """The same attention with each GQA group's query heads stacked as rows of one head, when
-    nothing in a row depends on which head or query index it is: a (B, Hq, Nq, D) layout holds
-    a group's Nq-row blocks back to back, so Q, the output and the split-k rows keep their
-    bytes, and each KV head is read once per group instead of once per query head (decode
-    reads Hq/Hkv times fewer bytes). Needs: no ALiBi (slope per head), no sinks (per head), no
-    window, no causal bound unless Nq = 1 (one query row sees every key), and a mask that is
-    one row for all heads and queries. Otherwise `s` itself."""
-    gqa = s.heads_q // s.heads_kv
-    if gqa == 1 or s.alibi_max_bias > 0 or s.sinks or s.window > 0 or (s.causal and s.n_q > 1):
-        return s
-    if s.mask_shape is not None and s.mask_shape[1:3] != (1, 1):
-        return s
-    mask = None if s.mask_shape is None else (s.mask_shape[0], 1, 1, s.n_kv)
-    return dataclasses.replace(s, heads_q=s.heads_kv, n_q=gqa * s.n_q, causal=False, mask_shape=mask)
-
-
-def _dims4(a, name: str) -> tuple[int, int, int, int]:
-    shape = tuple(a.shape)
-    if len(shape) != 4:
-        raise ValueError(f"{name} has shape {shape}: expected 4 dims (B, H, N, D)")
-    return shape
-
-
-def _mask_shape(mask, full: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
-    if mask is None:
-        return None
-    m = np.asarray(mask)
-    if m.ndim > 4:
-        raise ValueError(f"mask has {m.ndim} dims: at most 4, broadcastable to (B, Hq, Nq, Nkv)={full}")
-    shape = (1,) * (4 - m.ndim) + m.shape
-    for have, want in zip(shape, full):
-        if have not in (1, want):
-            raise ValueError(f"mask shape {m.shape} does not broadcast to (B, Hq, Nq, Nkv)={full}")
-    # Columns are always stored in full: the kernels read a mask row as a contiguous run.
-    return shape[:3] + (full[3],)
-
-
-def shapes_of(q, k, v, *, mask=None, causal=False, window=None, scale=None, softcap=0.0,
-              alibi_max_bias=0.0, sinks=None, k_type=None, v_type=None, precision="f32") -> Shapes:
-    b, hq, nq, dk = _dims4(q, "q")
-    bk, hkv, nkv, dk2 = _dims4(k, "k")
-    bv, hkv2, nkv2, dv = _dims4(v, "v")
-    if (bk, dk2) != (b, dk) or (bv, hkv2, nkv2) != (b, hkv, nkv):
-        raise ValueError(f"shapes disagree: q {tuple(q.shape)} (B, Hq, Nq, Dk), k {tuple(k.shape)} "
-                         f"(B, Hkv, Nkv, Dk), v {tuple(v.shape)} (B, Hkv, Nkv, Dv)")
-    if sinks is not None and np.shape(sinks) != (hq,):
-        raise ValueError(f"sinks has shape {np.shape(sinks)}: expected (Hq,) = ({hq},)")
-    if window is not None and window < 1:
-        raise ValueError(f"window={window}: must be >= 1 (or None)")
-    k_type = KvType.parse(k.type if isinstance(k, KVTensor) else (k_type or "f16"))
-    v_type = KvType.parse(v.type if isinstance(v, KVTensor) else (v_type or "f16"))
-    shapes = Shapes(b, hq, hkv, nq, nkv, dk, dv, k_type, v_type, _mask_shape(mask, (b, hq, nq, nkv)),
-                    bool(causal), int(window or 0), scale, float(softcap), float(alibi_max_bias),
-                    sinks is not None, precision,
-                    v_in_k=views_k(k, v))
-    shapes.validate()
-    return shapes
+def _tune_if_untuned(kernel_shapes: Shapes, device) -> None:
+    """Tune the class of `kernel_shapes` now, timing these very shapes, and store the decision,
+    unless the tuning DB holds one for the exact class."""
+    from .planning import dispatch
+    from .tune import tune
+    from .tunedb import open_default
+    decision = dispatch.lookup(device.caps, kernel_shapes.problem())
+    if decision is not None and decision.level == "exact":
+        return
+    if knobs.get("KGEN_DEBUG") >= 1:
+        print(f"kgen: no tuned decision for {kernel_shapes.problem().key}: tuning it now")
+    tune(kernel_shapes, open_default(), device=device)
 
 
 def resolve_path(path: "str | PathKind | None") -> PathKind | None:
@@ -161,14 +44,18 @@ def plan(q, k, v, *, mask=None, causal=False, window=None, scale=None, softcap=0
     (or use it as a context manager). The variant is the tuned decision for the shapes' class
     (see `kgen tune`), else the heuristic default; `autotune=True` (or KGEN_AUTOTUNE=1) tunes
     a class with no exact decision first, on these shapes, and stores the result."""
-    from .planning import Plan
+    from .planning.plan import Plan
     shapes = shapes_of(q, k, v, mask=mask, causal=causal, window=window, scale=scale, softcap=softcap,
                        alibi_max_bias=alibi_max_bias, sinks=sinks, k_type=k_type, v_type=v_type,
                        precision=precision)
     from .kvtensor import layout_of
     kv_layouts = {"k": layout_of(k, shapes.k_type, tuple(k.shape)), "v": layout_of(v, shapes.v_type, tuple(v.shape))}
-    return Plan(shapes, path=resolve_path(path), device=device, split_k=split_k, variant=variant,
-                kv_layouts=kv_layouts, autotune=autotune)
+    path = resolve_path(path)
+    if path is None and variant is None and (autotune if autotune is not None else knobs.get("KGEN_AUTOTUNE")):
+        from .planning.probe import open_for_kernels
+        device = open_for_kernels(device)
+        _tune_if_untuned(fold_gqa(shapes), device)
+    return Plan(shapes, path=path, device=device, split_k=split_k, variant=variant, kv_layouts=kv_layouts)
 
 
 def attention(q, k, v, *, mask=None, causal=False, window=None, scale=None, softcap=0.0,

@@ -9,7 +9,24 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from .fragments import Fragment
+
+@dataclass(frozen=True)
+class Fragment:
+    """One matrix's mapping as probed: rows[lane][i], cols[lane][i] of lane's element i.
+    use "acc": the f32 m x n accumulator; use "a": the f16 m x k A operand."""
+
+    m: int
+    n: int
+    k: int
+    use: str
+    rows: tuple[tuple[int, ...], ...]
+    cols: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Fragment":
+        return cls(m=d["m"], n=d["n"], k=d["k"], use=d["use"],
+                   rows=tuple(tuple(r) for r in d["rows"]), cols=tuple(tuple(c) for c in d["cols"]))
+
 
 # VkComponentTypeKHR values (Vulkan spec, VK_KHR_cooperative_matrix) -> short names.
 COMPONENT_TYPES = {
@@ -93,7 +110,7 @@ class Caps:
     coopmat2_max_workgroup_size: int = 0
     coopmat2_flexible_max_dimension: int = 0
     coopmat2_reserved_shared_memory: int = 0
-    # Where coopmat1 fragments' elements live (kgen.fragments.probe, run when a Device opens);
+    # Where coopmat1 fragments' elements live (kgen.planning.probe, run when a plan opens a device);
     # empty when not probed.
     coopmat1_fragments: tuple[Fragment, ...] = ()
 

@@ -3,8 +3,8 @@ plan runs, written once and used three ways: evaluated by the plan, written into
 dispatch table (JSON), and rendered as C for the exported header.
 
 An expression is an int (a constant), a str (a dimension of the call, by name) or a tuple
-(op, *operands) with op "mul" (product of the operands) or "ceil_div" (ceil(a / b), b a
-positive constant). The dimensions are the push-constant fields of kgen/abi.py plus DIMS.
+(op, *operands) with op "mul" (product of the operands) or "ceil_div" (ceil(a / b), b at
+least 1). The dimensions are the push-constant fields of kgen/abi.py plus DIMS.
 """
 from __future__ import annotations
 
@@ -34,10 +34,11 @@ def mul(*terms: Expr) -> Expr:
     return ("mul",) + ((const,) if const != 1 else ()) + rest
 
 
-def ceil_div(a: Expr, b: int) -> Expr:
-    if not isinstance(b, int) or b < 1:
-        raise ValueError(f"ceil_div divisor {b!r}: must be a positive int")
-    if isinstance(a, int):
+def ceil_div(a: Expr, b: Expr) -> Expr:
+    """ceil(a / b); a constant divisor must be positive, any other must evaluate to >= 1."""
+    if isinstance(b, bool) or (isinstance(b, int) and b < 1):
+        raise ValueError(f"ceil_div divisor {b!r}: must be a positive int or a dimension")
+    if isinstance(b, int) and isinstance(a, int):
         return -(-a // b)
     return a if b == 1 else ("ceil_div", a, b)
 

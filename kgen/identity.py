@@ -49,7 +49,7 @@ class BuildIdentity:
     @classmethod
     @functools.cache
     def current(cls) -> "BuildIdentity":
-        from . import __version__
+        from .version import __version__
         from .toolchain import find_compiler
         return cls(kgen_version=__version__, compiler=find_compiler().identity)
 
@@ -70,7 +70,7 @@ def kernel_digest(uri: str) -> str:
     import jinja2
 
     from .errors import KgenError
-    from .prepasses import passes_before
+    from .passes import passes_before
     from .render import render, render_split_k_reduce
     from .variant import Variant
     try:

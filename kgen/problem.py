@@ -131,3 +131,25 @@ class ProblemClass:
     def feature_flags(self) -> dict[str, bool]:
         """Variant keyword arguments for this class's features."""
         return {f: f in self.features for f in FEATURES}
+
+
+def mismatch(v, problem: ProblemClass, splits: int | None = None) -> str | None:
+    """Why variant `v` (run with `splits` KV splits; None: any count) does not compute `problem`,
+    or None. The one statement of that rule: the dispatcher, Plan, the tuning DB's import check
+    and the export all ask it. Same head sizes, KV types, accumulator and features (split_k
+    aside: it follows the split count), and a kernel reading V from K's tile only where V is
+    inside K."""
+    wrong = [name for name, ok in (
+        ("head_k", v.head_k == problem.head_k), ("head_v", v.head_v == problem.head_v),
+        ("k_type", v.k_type == problem.k_type), ("v_type", v.v_type == problem.v_type),
+        ("acc", v.acc == problem.acc),
+        ("features", {*v.features} - {"split_k"} == {*problem.features} - {"split_k"}),
+        ("v_in_k", problem.v_in_k or not v.v_in_k)) if not ok]
+    if wrong:
+        reason = f"{v.uri} does not compute class {problem.key!r}: its {', '.join(wrong)} differ"
+        if "v_in_k" in wrong:
+            reason += " (it reads V from K's tile; the class's V is its own)"
+        return reason
+    if splits is not None and (splits < 1 or v.split_k != (splits > 1)):
+        return f"splits={splits} with {v.uri}: splits >= 1, and > 1 exactly for split_k variants"
+    return None

@@ -9,7 +9,7 @@ import jinja2
 
 from . import abi
 from .extent import Expr, ceil_div, evaluate, mul
-from .fragments import MASK_FRAG_CHUNK, SCHEMES, expected, mask_frag_tiles, reg_layout
+from .paths.fragments import MASK_FRAG_CHUNK, SCHEMES, expected, mask_frag_tiles, reg_layout
 from .paths import path_spec
 from .paths.shared import fused_reduce_shared
 from .types import KvType

@@ -95,8 +95,7 @@ class Variant:
         object.__setattr__(self, "v_type", KvType.parse(self.v_type))
         reason = _intrinsic_reason(self)
         if reason is None:
-            from .paths import path_spec  # the path modules import this one
-            reason = path_spec(self.path).check(self.kernel)
+            reason = _path_check(self.path)(self.kernel)
         if reason:
             raise InvalidVariant(self._label(), reason)
 
@@ -144,6 +143,22 @@ class Variant:
             return self.uri
         except Exception:  # the fields may be too broken to name; show them instead
             return repr(self)
+
+
+# Each path's structural rules (kgen/paths/<path>.py `check`), registered by kgen.paths: the
+# paths build on this module, so it names their rules without importing them.
+_PATH_CHECKS: dict[PathKind, Callable[[Variant], "str | None"]] = {}
+
+
+def register_path_check(kind: PathKind, check: Callable[[Variant], "str | None"]) -> None:
+    _PATH_CHECKS[kind] = check
+
+
+def _path_check(kind: PathKind) -> Callable[[Variant], "str | None"]:
+    try:
+        return _PATH_CHECKS[kind]
+    except KeyError:  # only a kgen.variant loaded without the kgen package around it
+        raise RuntimeError(f"path {kind}: its variant rules are not registered (import kgen.paths)") from None
 
 
 def _intrinsic_reason(v: Variant) -> str | None:

@@ -8,13 +8,11 @@ weak link back, so closing them afterwards is harmless. Nothing relies on __del_
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
 import vulkan
 
-from kgen import fragments
 from kgen.caps import Caps
 from kgen.select import default_index
 
@@ -101,9 +99,6 @@ class Device:
         self.dummy = self.buffer(DUMMY_BYTES)
         self.launcher = Launcher(self)
         self.dummy.write(bytes(DUMMY_BYTES))
-        if self.caps.has_coopmat1 and self.caps.subgroup_size_control:
-            # The register-softmax coopmat1 kernel needs the device's fragment layout.
-            self.caps = dataclasses.replace(self.caps, coopmat1_fragments=fragments.probe_or_warn(self))
 
     def _create_device(self) -> None:
         requested = frozenset({PIPELINE_STATISTICS} if self.capture_statistics else ())

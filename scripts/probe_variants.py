@@ -15,7 +15,7 @@ import sys
 CHILD = """
 import faulthandler, sys
 faulthandler.enable()
-from kgen.suites import suite
+from kgen.tools.suites import suite
 from kgen.tune import Candidate
 from kgen.tune.measure import GpuEvaluator
 case = suite(sys.argv[1])[int(sys.argv[2])]
@@ -37,7 +37,7 @@ def probe(suite_name: str, index: int, name: str) -> tuple[str, str]:
 
 def main() -> int:
     from kgen.runtime import open_device
-    from kgen.suites import suite
+    from kgen.tools.suites import suite
     from kgen.tune import candidates
     from kgen.variant import PathKind
     p = argparse.ArgumentParser()

@@ -9,6 +9,7 @@ settings.load_profile("kgen")
 
 import importlib.util  # noqa: E402
 import os  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -22,8 +23,11 @@ os.environ["KGEN_DB"] = os.path.join(tempfile.mkdtemp(prefix="kgen-test-db-"), "
 
 
 def load_benchmark(name: str):
-    """benchmarks/NAME.py as a module: the benchmarks are scripts, not a package."""
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    """lab/NAME.py as a module: the lab scripts are scripts, not a package."""
+    lab = Path(__file__).resolve().parent.parent / "lab"
+    if str(lab) not in sys.path:
+        sys.path.insert(0, str(lab))  # as when run: the script's folder first (lab/harness.py)
+    path = lab / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -252,7 +252,7 @@ def test_gqa_folding_keeps_the_answer(n_q, causal, mask_rows):
     """Decode-like calls stack a GQA group's query heads as rows of one head (kgen.api.fold_gqa):
     same bytes in and out, K/V read once per group. Where a row depends on its query index
     (a mask with Nq rows), nothing is folded."""
-    from kgen.api import fold_gqa, shapes_of
+    from kgen.shapes import fold_gqa, shapes_of
     rng = np.random.default_rng(11 + n_q + mask_rows)
     q, k, v = make_inputs(rng, 2, 8, 2, n_q, 90, 64, 64)
     mask = rng.uniform(-2, 0, (mask_rows, 90)).astype(np.float32)

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 
 import kgen.runtime
-from kgen import bench, planning, reference
+from kgen.tools import bench
+from kgen import timing
+from kgen import reference
 from kgen.cli import main
-from kgen.roofline import Roofline
-from kgen.suites import P1, P3, P4, P5, Case, case_arg
+from kgen.timing.roofline import Roofline
+from kgen.tools.suites import P1, P3, P4, P5, Case, case_arg
 
 FAKE_ROOFLINE = Roofline(device_key="test", device_name="test", copy_gbps=10.0,
                          matrix_tflops={"scalar_f32": 0.1, "scalar_f16": 0.05, "coopmat1": 1.0, "coopmat2": 1.0},
@@ -82,19 +84,19 @@ def test_mla_case_reads_v_from_k(no_torch):
 
 
 def test_nan_output_reports_no_time(monkeypatch):
-    from kgen.planning import Plan
+    from kgen.planning.plan import Plan
     monkeypatch.setattr(Plan, "result", lambda self: np.full((1, 2, 16, 128), np.nan, np.float32))
     r = bench.bench_case(TINY, repeats=1, warmup=0, roofline="n/a", torch=False)
     assert r.gpu is None and r.tflops is None and "NaN" in r.error
 
 
 def test_a_named_failure_is_that_case_s_error(monkeypatch):
-    import kgen
+    import kgen.api
     from kgen.errors import UnsupportedVariant
 
     def unsupported(*a, **k):
         raise UnsupportedVariant("fa_x", "no such path here")
-    monkeypatch.setattr(kgen, "plan", unsupported)
+    monkeypatch.setattr(kgen.api, "plan", unsupported)
     r = bench.bench_case(TINY, repeats=1, warmup=0, roofline="n/a", torch=False)
     assert r.gpu is None and r.error.startswith("UnsupportedVariant: fa_x")
 
@@ -132,8 +134,8 @@ def test_reference_figures_only_on_an_h100():
 def test_rotation_only_for_inputs_that_fit_the_l2():
     assert bench.rotation_sets(bench.working_bytes(P1)) == 1       # 268 MB of K+V
     assert bench.rotation_sets(bench.working_bytes(P4)) >= 4       # 19 MB: L2-resident
-    assert bench.rotation_sets(1024) == planning.ROTATE_MAX
-    assert bench.rotation_sets(40 << 20) == math.ceil(planning.ROTATE_SPAN / (40 << 20))
+    assert bench.rotation_sets(1024) == timing.ROTATE_MAX
+    assert bench.rotation_sets(40 << 20) == math.ceil(timing.ROTATE_SPAN / (40 << 20))
 
 
 def test_torch_is_na_when_missing_or_without_cuda(monkeypatch, no_torch):

@@ -1,4 +1,4 @@
-"""benchmarks/decode_floor.py (the load-only floor of a decode's split-k grid, and that floor with
+"""lab/decode_floor.py (the load-only floor of a decode's split-k grid, and that floor with
 the split-k tail): its kernels compile, the tail combines the splits right, and bad arguments
 are refused naming them."""
 import sys

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from kgen.caps import Caps, CoopMat2Features, CoopMatShape
-from kgen.devices_report import format_caps, format_devices, format_shape
+from kgen.tools.devices_report import format_caps, format_devices, format_shape
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,12 @@ import subprocess
 import numpy as np
 import pytest
 
-from kgen import abi, export as ex, profiles
+from kgen import abi, profiles
+from kgen.tools import export as ex
 from kgen.cli import main
 from kgen.errors import CompileError
 from kgen.identity import BuildIdentity, DeviceIdentity, kernel_digest
-from kgen.planning import split_values
+from kgen.planning.choose import split_values
 from kgen.problem import ProblemClass
 from kgen.render import reduce_groups
 from kgen.space import default_variant, why_invalid
@@ -45,8 +46,9 @@ def test_json_export_writes_spirv_and_the_dispatch_table(entries, tmp_path):
     written = ex.export(entries, out, "json")
     table = json.loads((out / "kgen_dispatch.json").read_text())
     assert set(written) == {out / "kgen_dispatch.json"} | {out / e["spv"] for e in table["entries"]} \
+        | {out / e["twin"]["spv"] for e in table["entries"]} \
         | {out / e["reduce"]["spv"] for e in table["entries"] if e["reduce"]}
-    assert len(list((out / "spirv").iterdir())) == 3   # two FA variants + one reduce, deduplicated
+    assert len(list((out / "spirv").iterdir())) == 5   # two FA variants, their twins, one reduce: deduplicated
     assert table["format"] == ex.FORMAT_NAME and table["version"] == ex.FORMAT_VERSION
     assert table["build"]["key"] == BuildIdentity.current().key
     assert [d["key"] for d in table["devices"]] == [DEVICE.key]
@@ -65,7 +67,10 @@ def test_json_export_writes_spirv_and_the_dispatch_table(entries, tmp_path):
     assert decode["n_q"]["max"] == 1 and decode["required_subgroup_size"] == CAPS.subgroup_size
     big = by_class["64/64 f16/f16 acc32 - nq3 nkv4 gqa0"]
     assert big["n_kv"]["max"] is None and big["reduce"] is None and big["sha256"] != decode["sha256"]
-    assert table["notes"] and "ceil(n_q / br)" in ex.grid(ex.FA_GRID, "br")["text"]
+    assert table["notes"] and ex.eval_grid(big["grid"], {"n_q": 77, "n_head_q": 3, "n_batch": 2, "split_count": 1}) == (-(-77 // big["br"]), 3, 2)
+    assert big["twin"]["shader"] == big["variant"].replace("_aligned", "") if big["aligned"] else \
+        big["twin"]["shader"] == big["variant"] + "_aligned"
+    assert [st["role"] for st in decode["recipe"]["steps"]] == ["fa", "reduce"] and decode["recipe"]["result"] == "reduced"
 
 
 def test_json_layout_and_grid_follow_abi_and_the_kernel_contract(entries, tmp_path):
@@ -101,15 +106,15 @@ int main(void) {
     uint32_t split_kv, split_count, groups[3];
     const kgen_fa_entry *e;
     printf("push %u %u\n", (unsigned)sizeof(kgen_fa_push), (unsigned)offsetof(kgen_fa_push, split_count));
-    show("exact", kgen_fa_lookup(&dev, 64, 64, KGEN_FA_KV_F16, KGEN_FA_KV_F16, 0, 32, 300, 8000, 1));
-    show("exact_big", kgen_fa_lookup(&dev, 64, 64, KGEN_FA_KV_F16, KGEN_FA_KV_F16, 0, 32, 300, 100000, 1));
-    show("nearest", kgen_fa_lookup(&dev, 64, 64, KGEN_FA_KV_F16, KGEN_FA_KV_F16, 0, 32, 300, 8000, 4));
-    e = kgen_fa_lookup(&dev, 64, 64, KGEN_FA_KV_F16, KGEN_FA_KV_F16, KGEN_FA_FEATURE_CAUSAL, 32, 1, 100000, 1);
+    show("exact", kgen_fa_lookup(&dev, 64, 64, KGEN_FA_KV_F16, KGEN_FA_KV_F16, 0, 32, 0, 300, 8000, 1));
+    show("exact_big", kgen_fa_lookup(&dev, 64, 64, KGEN_FA_KV_F16, KGEN_FA_KV_F16, 0, 32, 0, 300, 100000, 1));
+    show("nearest", kgen_fa_lookup(&dev, 64, 64, KGEN_FA_KV_F16, KGEN_FA_KV_F16, 0, 32, 0, 300, 8000, 4));
+    e = kgen_fa_lookup(&dev, 64, 64, KGEN_FA_KV_F16, KGEN_FA_KV_F16, KGEN_FA_FEATURE_CAUSAL, 32, 0, 1, 100000, 1);
     show("decode", e);
-    show("unknown_head", kgen_fa_lookup(&dev, 96, 96, KGEN_FA_KV_F16, KGEN_FA_KV_F16, 0, 32, 300, 3000, 1));
-    show("unknown_type", kgen_fa_lookup(&dev, 64, 64, KGEN_FA_KV_Q8_0, KGEN_FA_KV_Q8_0, 0, 32, 300, 3000, 1));
+    show("unknown_head", kgen_fa_lookup(&dev, 96, 96, KGEN_FA_KV_F16, KGEN_FA_KV_F16, 0, 32, 0, 300, 3000, 1));
+    show("unknown_type", kgen_fa_lookup(&dev, 64, 64, KGEN_FA_KV_Q8_0, KGEN_FA_KV_Q8_0, 0, 32, 0, 300, 3000, 1));
     dev.pipeline_cache_uuid[0] ^= 1;
-    show("other_device", kgen_fa_lookup(&dev, 64, 64, KGEN_FA_KV_F16, KGEN_FA_KV_F16, 0, 32, 300, 3000, 1));
+    show("other_device", kgen_fa_lookup(&dev, 64, 64, KGEN_FA_KV_F16, KGEN_FA_KV_F16, 0, 32, 0, 300, 3000, 1));
     kgen_fa_splits(e, 1000, &split_kv, &split_count);
     pc.n_q = 1; pc.n_head_q = 8; pc.n_batch = 2; pc.split_count = split_count;
     kgen_fa_groups(e, &pc, groups);
@@ -160,7 +165,8 @@ def test_c_header_compiles_and_looks_up(entries, header, tmp_path, compiler, fla
 def test_a_failed_export_leaves_nothing(entries, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise CompileError("fa_reduce_v64", "simulated failure")
-    monkeypatch.setattr(ex, "compile_source", broken)
+    from kgen.planning import recipe
+    monkeypatch.setattr(recipe, "_compiled", broken)   # every shader of a recipe compiles through it
     for fmt in ex.FORMATS:
         with pytest.raises(CompileError):
             ex.export(entries, tmp_path / "fa", fmt)
@@ -185,7 +191,7 @@ def test_export_refuses_no_winners_and_inconsistent_ones(entries, tmp_path):
     with pytest.raises(ex.ExportError, match="kgen tune"):
         ex.export([], tmp_path / "fa", "json")
     device, build, w = entries[2]
-    with pytest.raises(ex.ExportError, match="does not compute"):   # split-k variant with 1 split
+    with pytest.raises(ex.ExportError, match="exactly for split_k variants"):   # split-k variant with 1 split
         ex.export([(device, build, dataclasses.replace(w, splits=1))], tmp_path / "fa", "json")
     assert not (tmp_path / "fa").exists()
 
@@ -260,7 +266,7 @@ def test_passes_before_the_kernel_are_exported(uri, tmp_path):
     """Each pass a plan runs before the kernel is in the entry, in the plan's order, with its
     SPIR-V, bindings, push source and formulas, which give the plan's own grids and sizes."""
     from kgen.extent import evaluate
-    from kgen.prepasses import kernel_push, passes_before
+    from kgen.passes import kernel_push, passes_before
     from kgen.variant import Variant
     v = Variant.parse(uri)
     ex.export([(DEVICE, BuildIdentity.current(), _winner_for(uri))], tmp_path / "fa", "json")
@@ -330,7 +336,7 @@ def test_c_header_carries_the_passes_before_the_kernel(tmp_path, compiler, flags
     if shutil.which(compiler) is None:
         pytest.skip(f"no {compiler} on PATH")
     from kgen.extent import evaluate
-    from kgen.prepasses import kernel_push, passes_before
+    from kgen.passes import kernel_push, passes_before
     from kgen.variant import Variant
     ex.export([(DEVICE, BuildIdentity.current(), _winner_for(u)) for u in PASS_URIS], tmp_path / "h", "c-header")
     (tmp_path / source).write_text(PASS_PROGRAM)
@@ -377,7 +383,8 @@ def test_fused_reduce_winners_export_without_a_reduce_pass(tmp_path):
     table = json.loads((tmp_path / "fa" / "kgen_dispatch.json").read_text())
     (e,) = table["entries"]
     assert e["fused_reduce"] is True and e["reduce"] is None and e["splits"] == 4
-    assert [p.name for p in (tmp_path / "fa" / "spirv").iterdir()] == [f"{v.uri}.spv"]
+    twin = v.replace(aligned=not v.aligned)
+    assert sorted(p.name for p in (tmp_path / "fa" / "spirv").iterdir()) == sorted([f"{v.uri}.spv", f"{twin.uri}.spv"])
     assert any("split_arrivals" in note and "Zero" in note for note in table["notes"])
     ex.export(entries, tmp_path / "h", "c-header")
     if shutil.which("cc") is not None:
@@ -421,16 +428,18 @@ def _cache(x: np.ndarray, t: str, pad_blocks: int = 0, lead_blocks: int = 0) -> 
 
 def _run_as_the_table_says(table: dict, spirv_dir, e: dict, q, k: Cache, v: Cache, *, shape, mask=None):
     """Dispatch one exported entry the way its notes tell an engine to (no kgen planning): the
-    passes before the kernel from their SPIR-V, bindings and formulas, the entry's SPIR-V with
-    the push constants from the table's fields (and the entry's kernel_push), the split values
-    from its formula, its grids; twice, to see that a fused entry leaves its arrival counts zero.
-    v is the same Cache object as k when V is read inside K's rows. Returns the result rows and
-    the arrival counts after the second run."""
+    split values from the table's formulas, the push constants from its fields (and the entry's
+    kernel_push), the kernel twin for this Nkv, then the entry's recipe step by step (bindings,
+    scratch sizes, grids, barriers); twice, to see that a fused entry leaves its arrival counts
+    zero. v is the same Cache object as k when V is read inside K's rows. Returns the result
+    rows and the arrival counts after the second run."""
     from kgen.extent import evaluate
     from kgen.runtime import open_device
     dev = open_device()
     b, hq, hkv, nq, nkv, dk, dv = shape
-    split_kv, split_count = split_values(nkv, e["splits"], e["bc"])
+    entry_values = {"bc": e["bc"], "br": e["br"], "splits": e["splits"], "n_kv": nkv}
+    split_kv = evaluate(table["split_values"]["split_kv"]["expr"], entry_values)
+    split_count = evaluate(table["split_values"]["split_count"]["expr"], entry_values | {"split_kv": split_kv})
     mask_b, mask_h, mask_rows = (1, 1, 1) if mask is None else mask.shape[:3]
     push = {f["name"]: 0 for f in table["push_constants"]["fields"]} | dict(
         n_q=nq, n_kv=nkv, n_head_q=hq, gqa_ratio=hq // hkv, n_batch=b,
@@ -442,50 +451,40 @@ def _run_as_the_table_says(table: dict, spirv_dir, e: dict, q, k: Cache, v: Cach
         scale=1.0 / np.sqrt(dk), split_kv=split_kv, split_count=split_count)
     dims = {name: value for name, value in push.items() if isinstance(value, int)} | dict(
         n_head_kv=hkv, mask_rows=mask_rows, mask_planes=mask_b * mask_h)
-    kernel_push = push | {name: evaluate(f["expr"], dims) for name, f in e["kernel_push"].items()}
+    pushes = {"caller": push, "kernel": push | {name: evaluate(f["expr"], dims) for name, f in e["kernel_push"].items()}}
     rows = b * hq * nq
+    recipe = e["recipe"]
     data = {"q": q.astype(np.float32), "k": np.frombuffer(k.raw, np.uint8), "v": np.frombuffer(v.raw, np.uint8),
-            "out": np.zeros(split_count * rows * dv, np.float32), "stats": np.zeros(2 * split_count * rows, np.float32),
-            "reduced": np.zeros(rows * dv, np.float32), "split_arrivals": np.zeros(rows, np.uint32),
-            "mask": np.zeros(4, np.uint32) if mask is None else mask.astype(np.float16),
-            "sinks": np.zeros(4, np.uint32), "mask_tiles": np.zeros(4, np.uint32)}
-    data |= {p["buffer"]: np.zeros(evaluate(p["buffer_bytes"]["expr"], dims), np.uint8) for p in e["passes_before"]}
+            "mask": np.zeros(4, np.uint32) if mask is None else mask.astype(np.float16), "sinks": np.zeros(4, np.uint32)}
+    data |= {sc["name"]: np.zeros(evaluate(sc["bytes"]["expr"], dims), np.uint8) for sc in recipe["scratch"]}
     bufs = {name: dev.buffer(max(16, x.nbytes)) for name, x in data.items()}
     if v is k:
         bufs["v"] = bufs["k"]   # V inside K's rows: the engine binds K's buffer for both
+    kernel = e if (nkv % e["bc"] == 0) == e["aligned"] else e["twin"]
     kernels = []
     try:
         for name, x in data.items():
             bufs[name].write(np.ascontiguousarray(x))
         steps = []
-
-        def pipeline(shader: dict, subgroup=None):
-            kernel = dev.pipeline((spirv_dir / shader["spv"]).read_bytes(), name=shader["shader"],
-                                  required_subgroup_size=subgroup)
-            kernels.append(kernel)
-            return kernel
-
-        for i, p in enumerate(e["passes_before"]):
-            binds = {abi.BINDING[p["reads"]]: bufs[p["reads"]], abi.BINDING[p["writes"]]: bufs[p["buffer"]]}
-            groups = tuple(evaluate(p["grid"][a]["expr"], dims) for a in "xyz")
-            steps.append((pipeline(p), binds, abi.pack(**(push if p["push"] == "caller" else kernel_push)), groups,
-                          i > 0))   # side by side: no barrier between the passes
-        binds = {abi.BINDING[name]: bufs[name] for name in abi.BINDING}
-        binds |= {abi.BINDING[p["kernel_binding"]]: bufs[p["buffer"]] for p in e["passes_before"]}
-        packed = abi.pack(**kernel_push)
-        for shader in (e, e["reduce"]) if e["reduce"] else (e,):
-            steps.append((pipeline(shader, shader["required_subgroup_size"]), binds, packed,
-                          ex.eval_grid(shader["grid"], kernel_push)))
+        for i, st in enumerate(recipe["steps"]):
+            shader = kernel if st["role"] == "fa" else st
+            pipeline = dev.pipeline((spirv_dir / shader["spv"]).read_bytes(), name=shader["shader"],
+                                    required_subgroup_size=st["required_subgroup_size"])
+            kernels.append(pipeline)
+            binds = {abi.BINDING[binding]: bufs[name] for binding, name in st["binds"].items()}
+            steps.append((pipeline, binds, abi.pack(**pushes[st["push"]]), ex.eval_grid(st["grid"], dims),
+                          i > 0 and not st["barrier"]))
         with dev.sequence(steps, timed=False) as seq:
             seq.run(wait=True)
-            bufs["reduced"].write(np.full(rows * dv, np.nan, np.float32))
+            bufs[recipe["result"]].write(np.full(rows * dv, np.nan, np.float32))
             seq.run(wait=True)
-        name = "reduced" if e["reduce"] or e["fused_reduce"] else "out"
-        result = np.frombuffer(bufs[name].read(rows * dv * 4), np.float32).reshape(b, hq, nq, dv)
-        return result, np.frombuffer(bufs["split_arrivals"].read(rows * 4), np.uint32)
+        result = np.frombuffer(bufs[recipe["result"]].read(rows * dv * 4), np.float32).reshape(b, hq, nq, dv)
+        arrivals = np.frombuffer(bufs["split_arrivals"].read(rows * 4), np.uint32) if "split_arrivals" in bufs \
+            else np.zeros(rows, np.uint32)
+        return result, arrivals
     finally:
-        for kernel in kernels:
-            dev.drop_pipeline(kernel)
+        for pipeline in kernels:
+            dev.drop_pipeline(pipeline)
         for name, buf in bufs.items():
             if not (name == "v" and v is k):
                 buf.close()

@@ -1,4 +1,4 @@
-"""benchmarks/fa_ceiling.py (the inner-loop ceiling of the prefill kernels): which option
+"""lab/fa_ceiling.py (the inner-loop ceiling of the prefill kernels): which option
 combinations it times, that each kind of kernel it writes compiles, and that it times one on a
 device with KHR cooperative matrices and refuses any other with the reason."""
 import argparse

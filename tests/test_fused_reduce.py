@@ -13,7 +13,7 @@ from kgen.errors import InvalidVariant, KgenError
 from kgen.profiles import H100
 from kgen.paths.shared import FUSED_STATS_SLOTS
 from kgen.render import fused_reduce_lanes
-from kgen.suites import P1, P3
+from kgen.tools.suites import P1, P3
 from kgen.tune.candidates import FUSED_MAX_LOADS, candidates, fused_reduce_fits
 from kgen.variant import Variant
 
@@ -102,7 +102,7 @@ def test_scalar_kernel_matches_reference_twice(case):
     variant = _variant(knobs, sg, use_mask, causal, use_sinks, nkv)
     kw = dict(mask=mask, causal=causal, sinks=sinks)
     with _fused_plan(q, k, v, variant, splits, **{n: x for n, x in kw.items() if n != "mask" or x is not None}) as p:
-        assert p.splits == splits and len(p._steps) == 1   # no reduce pass
+        assert p.splits == splits and len(p.steps) == 1   # no reduce pass
         out = p(q, k, v, mask=mask, sinks=sinks)
         check(out, q, k, v, **kw)
         # A second call with new queries: the arrival counts were reset, so it combines again.

@@ -88,7 +88,7 @@ def test_converted_kernels_match_the_reference(case):
     p, out, v = run_plan(q, k, v, variant, splits, mla_type=kt if dk == 576 else None, **kw)
     assert p.variant == variant and p.splits == splits
     before = (kt != "f16") + (vt != "f16") + variant.mask_tiles  # passes before the kernel
-    assert len(p._steps) == before + 1 + (splits > 1)
+    assert len(p.steps) == before + 1 + (splits > 1)
     # Those passes run side by side (each joins the one before); the kernel waits for them all.
-    assert [len(step) == 5 and step[4] for step in p._steps] == [0 < i < before for i in range(len(p._steps))]
+    assert [len(step) == 5 and step[4] for step in p.steps] == [0 < i < before for i in range(len(p.steps))]
     check(out, q, k, v, k_type=kt, v_type=vt, mask=mask)

@@ -158,7 +158,7 @@ def test_stream_kernels_match_the_reference(case):
 def test_tuner_inputs_keep_v_inside_k():
     """A class timed with V inside K (the MLA cases) gets V as a view on K's bytes, so the tuner
     times the one-buffer plan that bench and callers run; V wider than K is refused."""
-    from kgen.api import Shapes
+    from kgen.shapes import Shapes
     from kgen.tune.measure import Inputs
     s = Shapes(1, 4, 1, 2, 40, 576, 512, v_in_k=True)
     x = Inputs.random(s, np.random.default_rng(0))

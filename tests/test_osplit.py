@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 
 import kgen
-from kgen import dispatch
+from kgen.planning import dispatch
 from kgen.errors import InvalidVariant, KgenError
-from kgen.fragments import SCHEMES, expected
+from kgen.paths.fragments import SCHEMES, expected
 from kgen.identity import kernel_digest
 from kgen.kvtensor import KvLayout
 from kgen.paths import coopmat1
 from kgen.problem import ProblemClass
 from kgen.profiles import H100
 from kgen.space import enumerate_space, why_invalid
-from kgen.tunedb import TuningDBError, Winner, _check_choice
+from kgen.problem import mismatch
 from kgen.variant import Variant
 from runtime import open_device
 
@@ -82,16 +82,14 @@ def test_v_in_k_is_part_of_the_class():
     assert plain.key == "576/512 f16/f16 acc32 mask nq3 nkv3 gqa4"
     assert ProblemClass.parse("576/512 f16/f16 acc32 v_in_k nq3 nkv3 gqa4").features == ()
     uri = Variant(**MLA, mask=True).uri
-    _check_choice("w", mla, uri, 1)
-    with pytest.raises(TuningDBError, match="v_in_k"):
-        _check_choice("w", plain, uri, 1)
-    winner = Winner(mla, uri, 1, 100.0, 1.0, kernel=kernel_digest(uri))
-    assert dispatch._usable(winner, mla, H100) is not None
-    assert dispatch._usable(winner, plain, H100) is None
+    v = Variant.parse(uri)
+    assert mismatch(v, mla, 1) is None and "v_in_k" in mismatch(v, plain, 1)
+    assert dispatch.usable(uri, 1, kernel_digest(uri), mla, H100) is not None
+    assert dispatch.usable(uri, 1, kernel_digest(uri), plain, H100) is None
 
 
 def test_shapes_carry_v_in_k_into_the_class():
-    from kgen.suites import P2, P4
+    from kgen.tools.suites import P2, P4
     assert P2.problem().v_in_k and P4.problem().v_in_k
     assert "v_in_k" in P2.problem().key
 
@@ -166,7 +164,8 @@ def test_fragment_ordered_q_pass(shape, mat_n):
 
 
 def _scheme_on_device() -> bool:
-    caps = open_device(None).caps
+    from kgen.planning.probe import open_for_kernels
+    caps = open_for_kernels(None).caps
     return coopmat1.supports(caps) is None and why_invalid(Variant(**MLA), caps) is None
 
 

@@ -1,4 +1,4 @@
-"""benchmarks/prefill_floor.py (the load-only floor of a prefill pass's memory traffic): the
+"""lab/prefill_floor.py (the load-only floor of a prefill pass's memory traffic): the
 kernels it writes compile and run, and bad arguments are refused naming them."""
 import sys
 

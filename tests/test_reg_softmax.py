@@ -13,7 +13,9 @@ import pytest
 
 import kgen
 from kgen.errors import InvalidVariant, KgenError
-from kgen.fragments import SCHEMES, Fragment, analyse, expected, probe_or_warn, scheme_reason
+from kgen.paths.fragments import SCHEMES, analyse, expected, scheme_reason
+from kgen.caps import Fragment
+from kgen.planning.probe import open_for_kernels, probe_or_warn
 from kgen.paths import coopmat1
 from kgen.problem import ProblemClass
 from kgen.profiles import H100
@@ -144,9 +146,9 @@ def _valid(knobs: dict) -> bool:
 
 
 def test_probed_fragments_cover_every_element_once():
-    """On a device with coopmat1 the probe ran when it opened: each matrix's elements are held
-    exactly once over the lanes. Without coopmat1 nothing is probed."""
-    caps = open_device(None).caps
+    """On a device with coopmat1 the probe ran when it was opened for kernels: each matrix's
+    elements are held exactly once over the lanes. Without coopmat1 nothing is probed."""
+    caps = open_for_kernels(None).caps
     if coopmat1.supports(caps) is not None:
         assert caps.coopmat1_fragments == ()
         return
@@ -162,7 +164,7 @@ def test_a_failed_probe_warns_and_leaves_the_layout_unknown():
         caps = H100
 
         def pipeline(self, *args, **kwargs):
-            raise RuntimeError("driver said no")
+            raise KgenError("driver said no")
 
     with pytest.warns(RuntimeWarning, match="driver said no.*reg_softmax variants are unavailable"):
         assert probe_or_warn(Broken()) == ()
@@ -231,9 +233,9 @@ def test_fragment_ordered_mask_pass(mat_n, bc, shape):
     """The pass that puts the mask in the lanes' order runs everywhere (no coopmat in it):
     its output against the numpy model built from the scheme's tables."""
     from kgen import abi
-    from kgen.fragments import mask_frag_tiles, reg_layout
+    from kgen.paths.fragments import mask_frag_tiles, reg_layout
     from kgen.render import MASK_FRAG_WG, mask_frag_groups, render_mask_frag
-    from kgen.prepasses import uses_frag_mask
+    from kgen.passes import uses_frag_mask
     v = Variant(**dict(BASE, mat_n=mat_n, bc=bc, mask=True, aligned=False))
     tiles = mask_frag_tiles(1, 16, mat_n, 16)
     assert tiles * mat_n == 16 and coopmat1.layout(v).mask_frag == tiles
@@ -253,7 +255,8 @@ def test_fragment_ordered_mask_pass(mat_n, bc, shape):
 
 
 def _scheme_on_device() -> bool:
-    caps = open_device(None).caps
+    from kgen.planning.probe import open_for_kernels
+    caps = open_for_kernels(None).caps
     return coopmat1.supports(caps) is None and why_invalid(Variant(**BASE), caps) is None
 
 

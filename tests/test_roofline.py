@@ -4,11 +4,12 @@ import math
 
 import pytest
 
-from kgen import profiles, roofline
+from kgen import profiles
+from kgen.timing import roofline
 from kgen.cli import main
 from kgen.compile import compile_source
 from kgen.identity import DeviceIdentity
-from kgen.roofline import Roofline
+from kgen.timing.roofline import Roofline
 from kgen.runtime import open_device
 from kgen.variant import PathKind
 

@@ -351,9 +351,9 @@ def test_pipeline_cache_is_saved_and_reused(cache_root, spirv) -> None:
 
 
 def test_drop_pipeline_forgets_the_kernel_and_keeps_one_in_use():
-    from kgen.planning import Plan
+    from kgen.planning.plan import Plan
     from kgen.runtime import open_device
-    from kgen.suites import Case
+    from kgen.tools.suites import Case
     s = Case("drop", 1, 1, 4, 64, head_k=64, head_v=64).shapes()
     dev = open_device(None)
     with Plan(s) as plan:

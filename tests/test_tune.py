@@ -9,14 +9,16 @@ import numpy as np
 import pytest
 
 import kgen
-from kgen import dispatch, reference
-from kgen.api import fold_gqa
+import kgen.tools.suites
+from kgen.planning import dispatch
+from kgen import reference
+from kgen.shapes import fold_gqa
 from kgen.cli import main
 from kgen.identity import BuildIdentity, DeviceIdentity, kernel_digest
-from kgen.planning import choose_variant
+from kgen.planning.choose import choose_variant
 from kgen.profiles import LAVAPIPE
 from kgen.runtime import open_device
-from kgen.suites import Case
+from kgen.tools.suites import Case
 from kgen.tune import Limits, Outcome, candidates, run_search, tune
 from kgen.tune import driver
 from kgen.tunedb import TuningDB, Winner
@@ -281,14 +283,14 @@ def test_quick_tune_then_dispatch_uses_the_winner(tmp_path, monkeypatch, capsys)
     assert "winners on" in out.out and "rejected" not in out.err
     # Each case says what it took: its seconds and candidates timed (at most --max-evals).
     per_case = re.findall(r"^  (.+): (\d+) s, (\d+) candidate\(s\)$", out.err, re.M)
-    assert [name for name, _, _ in per_case] == [c.name for c in kgen.suites.SUITES["quick"]]
+    assert [name for name, _, _ in per_case] == [c.name for c in kgen.tools.suites.SUITES["quick"]]
     assert all(1 <= int(n) <= 2 for _, _, n in per_case)
     caps = open_device(None).caps
     with TuningDB(tmp_path / "q.sqlite") as db:
         winners = db.winners(DeviceIdentity.of(caps), BuildIdentity.current())
     assert len(winners) == 2
     # A shape of a tuned class now runs the stored winner, and is still right.
-    case = next(c for c in kgen.suites.SUITES["quick"] if c.n_q == 1).fitted(caps)
+    case = next(c for c in kgen.tools.suites.SUITES["quick"] if c.n_q == 1).fitted(caps)
     s = case.shapes()
     v, _, how = choose_variant(fold_gqa(s), caps, None, None)   # as a plan folds GQA groups
     assert how.startswith("tuned, exact")
@@ -373,7 +375,7 @@ def test_tune_rejects_bad_arguments_before_the_device(argv, message, monkeypatch
 
 
 def test_case_filter_picks_cases_by_name():
-    from kgen.suites import suite
+    from kgen.tools.suites import suite
     assert [c.name for c in suite("h100-anchors", ["p3", "P4"])] == ["P3 decode 128", "P4 decode MLA"]
 
 
@@ -392,7 +394,7 @@ def test_a_budget_cut_still_counts_every_stored_outcome(space):
 
 def test_budget_cuts_sample_every_path_and_conversion():
     from kgen.profiles import H100
-    from kgen.suites import P5
+    from kgen.tools.suites import P5
     from kgen.tune.search import order_for, stratum
     shapes = fold_gqa(P5.shapes())
     cands, default = candidates(shapes, H100)
@@ -407,7 +409,7 @@ def test_budget_cuts_sample_every_path_and_conversion():
 
 def test_matrix_hardware_searches_scalar_tiles_for_few_row_decodes_only():
     from kgen.profiles import H100
-    from kgen.suites import P1, P3
+    from kgen.tools.suites import P1, P3
     from kgen.tune.candidates import SCALAR_DECODE_ROWS
     decode = fold_gqa(P3.shapes())                  # 8 KV heads x 4 folded rows
     assert decode.n_q <= SCALAR_DECODE_ROWS

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from ..variant import PathKind
+from ..variant import PathKind, register_path_check
+from . import coopmat1, coopmat2, scalar
+
+SPECS: dict[PathKind, ModuleType] = {PathKind.SCALAR: scalar, PathKind.COOPMAT1: coopmat1,
+                                     PathKind.COOPMAT2: coopmat2}
+for _kind, _spec in SPECS.items():
+    register_path_check(_kind, _spec.check)
 
 
 def path_spec(kind: "PathKind | str") -> ModuleType:
-    from . import coopmat1, coopmat2, scalar  # late: each imports kgen.variant
-    return {PathKind.SCALAR: scalar, PathKind.COOPMAT1: coopmat1,
-            PathKind.COOPMAT2: coopmat2}[PathKind.parse(kind)]
+    return SPECS[PathKind.parse(kind)]
 
 
 def all_specs() -> tuple[ModuleType, ...]:
-    return tuple(path_spec(k) for k in PathKind)
+    return tuple(SPECS[k] for k in PathKind)

@@ -65,7 +65,7 @@ from dataclasses import dataclass
 
 from ..caps import Caps
 from ..errors import InvalidVariant
-from ..fragments import SCHEMES, RegLayout, mask_frag_tiles, reg_layout, scheme_reason
+from .fragments import SCHEMES, RegLayout, mask_frag_tiles, reg_layout, scheme_reason
 from ..problem import ProblemClass
 from ..types import KvType
 from .shared import SharedArray

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..api import Shapes, fold_gqa
+from ..shapes import Shapes, fold_gqa
 from ..caps import Caps
 from ..errors import InvalidVariant
 from ..paths.shared import FUSED_STATS_SLOTS
-from ..planning import choose_variant, split_count
+from ..planning.choose import choose_variant, split_count
 from ..space import default_variant, enumerate_space, why_invalid
 from ..variant import PathKind, Variant
 

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..api import Shapes, fold_gqa
+from ..shapes import Shapes, fold_gqa
 from ..compile import compile_iter
 from ..errors import CompileError
 from ..identity import BuildIdentity, DeviceIdentity, is_current, kernel_digest
@@ -137,8 +137,8 @@ def tune(timed: Shapes, db: TuningDB, *, device=None, strategy: str = "auto", li
          paths: tuple[PathKind, ...] | None = None, progress: Progress | None = None,
          clock: Callable[[], float] = time.monotonic) -> TuneResult:
     """Tune the class of `timed` (timing that very shape) on `device`; store and return the result."""
-    from ..runtime import open_device
-    dev = open_device(device)
+    from ..planning.probe import open_for_kernels
+    dev = open_for_kernels(device)
     caps = dev.caps
     timed = fold_gqa(timed)   # tune what plans will run (see kgen.api.fold_gqa)
     problem = timed.problem()

@@ -9,10 +9,11 @@ import numpy as np
 
 from .. import reference
 from ..reference import NMSE_MAX
-from ..api import Shapes
+from ..shapes import Shapes
 from ..errors import CompileError, UnsupportedVariant
 from ..kvtensor import KVTensor
-from ..planning import Plan, rotation_sets, time_back_to_back, warm_up
+from ..planning.plan import Plan
+from ..timing import rotation_sets, time_back_to_back, warm_up
 from ..quant import roundtrip
 from .candidates import Candidate
 from .search import CandidateFailed, Outcome

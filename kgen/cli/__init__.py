@@ -1,0 +1,122 @@
+"""The `kgen` command line: devices, space, generate, and the commands of SUBCOMMAND_MODULES."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import KgenError
+
+
+def _load_caps(args) -> "list":
+    """Caps from --caps FILE (one object or a list, as `kgen devices --json` writes) or the devices."""
+    from ..caps import Caps
+    if getattr(args, "caps", None):
+        data = json.loads(Path(args.caps).read_text())
+        items = data if isinstance(data, list) else [data]
+        return [Caps.from_dict(d) for d in items]
+    from ..runtime.devices import list_devices
+    return list_devices()
+
+
+def _pick(caps_list: list, index: int | None):
+    if index is None:
+        from ..select import default_index
+        index = default_index(caps_list)
+    if not 0 <= index < len(caps_list):
+        raise SystemExit(f"--device {index}: there are {len(caps_list)} device(s), 0-{len(caps_list) - 1}")
+    return caps_list[index]
+
+
+def cmd_devices(args) -> int:
+    from ..tools.devices_report import format_caps
+    caps_list = _load_caps(args)
+    if args.json:
+        print(json.dumps([json.loads(c.to_json()) for c in caps_list], indent=2))
+    else:
+        for i, caps in enumerate(caps_list):
+            print(f"[{i}] " + format_caps(caps))
+    return 0 if caps_list else 1
+
+
+def cmd_space(args) -> int:
+    from ..problem import ProblemClass
+    from ..space import enumerate_space
+    caps = _pick(_load_caps(args), args.device)
+    problem = ProblemClass.of(head_k=args.head_k, head_v=args.head_v or args.head_k,
+                              k_type=args.k_type, v_type=args.v_type or args.k_type,
+                              features=tuple(args.feature or ()), acc=args.acc,
+                              n_q=args.n_q, n_kv=args.n_kv, gqa=args.gqa)
+    space = enumerate_space(problem, caps)
+    print(f"{caps.name}: {problem}")
+    for path, reason in space.unsupported_paths.items():
+        print(f"  path {path}: unsupported: {reason}")
+    for path, variants in space.by_path().items():
+        print(f"  path {path}: {len(variants)} variant(s)")
+        for v in variants:
+            print(f"    {v.uri}")
+    print(f"  rejected: {len(space.rejected)}")
+    if args.explain:
+        for what, reason in space.rejected:
+            print(f"    {what}: {reason}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from ..tools.generate import generate
+    return generate(out_dir=Path(args.out), check=args.check, compile_=not args.no_compile)
+
+
+# Modules that add subcommands (tune, bench, roofline, db, export); added as they land.
+SUBCOMMAND_MODULES: tuple[str, ...] = ("tune", "db", "export", "roofline", "bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kgen", description="Flash-attention kernels for Vulkan: "
+                                     "generate, compile, verify and tune per device.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("devices", help="list Vulkan devices and their capabilities")
+    p.add_argument("--json", action="store_true", help="machine-readable capability records")
+    p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("space", help="enumerate the variant space for a device and problem class")
+    p.add_argument("--device", type=int, help="device index (see `kgen devices`, or into --caps)")
+    p.add_argument("--caps", help="capability JSON file (as `kgen devices --json` writes)")
+    p.add_argument("--head-k", type=int, default=128)
+    p.add_argument("--head-v", type=int, help="default: head-k")
+    p.add_argument("--k-type", default="f16")
+    p.add_argument("--v-type", help="default: k-type")
+    p.add_argument("--feature", action="append", help="compiled-in feature (repeatable)")
+    p.add_argument("--acc", type=int, default=32, choices=(16, 32))
+    p.add_argument("--n-q", type=int, default=512)
+    p.add_argument("--n-kv", type=int, default=4096)
+    p.add_argument("--gqa", type=int, default=1)
+    p.add_argument("--explain", action="store_true", help="say why each rejected variant was cut")
+    p.set_defaults(func=cmd_space)
+
+    p = sub.add_parser("generate", help="render the reference variant set into generated/ and compile it")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parents[2] / "generated"))
+    p.add_argument("--check", action="store_true", help="fail if generated/ differs; write nothing")
+    p.add_argument("--no-compile", action="store_true", help="render only")
+    p.set_defaults(func=cmd_generate)
+
+    # Each further command lives in its own module with a register(subparsers) function.
+    import importlib
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(f"kgen.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KgenError as exc:
+        print(f"kgen: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

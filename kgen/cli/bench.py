@@ -1,0 +1,139 @@
+"""`kgen bench`: time a shape suite on a device, print a table, file the results as JSON (+ PNG)."""
+from __future__ import annotations
+
+import shlex
+import sys
+
+from ..tools import bench
+from ..tools.suites import SUITES, suite
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="time the dispatcher's kernels on a shape suite "
+                              "(vs llama.cpp's and torch's figures)")
+    p.add_argument("--suite", help=f"one of {', '.join(SUITES)} (h100-anchors: issue 7's anchors)")
+    p.add_argument("--case", action="append", help="only cases whose name contains this (repeatable)")
+    p.add_argument("--device", type=int, help="device index (see `kgen devices`; default: KGEN_DEVICE, "
+                   "else the best GPU)")
+    p.add_argument("--repeats", type=int, default=100, help=f"timed runs per case (1..{bench.REPEATS_MAX})")
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs first (at least one per input copy)")
+    p.add_argument("--json", metavar="FILE", help="write every figure here "
+                   "(filed as benchmarks/results/<date>-<device>-<suite>.json)")
+    p.add_argument("--png", metavar="FILE", help="bar chart of the results (needs --json and matplotlib)")
+    p.add_argument("--no-torch", action="store_true", help="skip torch SDPA even where CUDA is available")
+    p.add_argument("--plot", metavar="RESULTS.json", help="only draw the PNG of an earlier results file")
+    p.set_defaults(func=cmd_bench)
+
+
+def command_of(args) -> str:
+    """The command that reproduces this run, with every setting spelled out."""
+    words = ["kgen", "bench", "--suite", args.suite, "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+    for flag, value in (("--device", args.device), ("--json", args.json), ("--png", args.png)):
+        if value is not None:
+            words += [flag, str(value)]
+    if args.no_torch:
+        words.append("--no-torch")
+    return shlex.join(words)
+
+
+def validate(args) -> None:
+    """Everything that can be wrong with the arguments, before any device is opened."""
+    if args.plot:
+        if args.suite:
+            raise ValueError("--plot redraws an earlier results file: give it without --suite")
+        return
+    if not args.suite:
+        raise ValueError(f"--suite is required: one of {', '.join(SUITES)}")
+    suite(args.suite, args.case)
+    bench.check_counts(args.repeats, args.warmup)
+    if args.png and not args.json:
+        raise ValueError("--png draws from the results file: give --json FILE too")
+
+
+def cmd_bench(args) -> int:
+    try:
+        validate(args)
+    except ValueError as exc:
+        raise SystemExit(f"kgen bench: {exc}") from None
+    if args.plot:
+        png = bench.plot(args.plot, args.png)
+        print(f"wrote {png}")
+        return 0
+    from rich.console import Console
+    from ..runtime import open_device
+    # Logs (no terminal) get a wide table rather than one folded into 80 columns.
+    console = Console(width=None if sys.stdout.isatty() else 220)
+
+    def say(message: str, **kw) -> None:
+        console.print(message, markup=False, highlight=False, **kw)
+
+    dev = open_device(args.device)
+    cases = suite(args.suite, args.case)
+    say(f"kgen bench {args.suite}: {len(cases)} case(s) on {dev.caps.name} "
+        f"({args.repeats} runs each, median GPU time)")
+    roofline = bench.ceilings_of(dev)
+    if isinstance(roofline, str):
+        say(f"roofline: {roofline}")
+    results = []
+    for i, case in enumerate(cases, 1):
+        say(f"[{i}/{len(cases)}] {case.name}: {case.fitted(dev.caps).describe()} ...", end=" ")
+        r = bench.bench_case(case, dev, repeats=args.repeats, warmup=args.warmup, roofline=roofline,
+                             torch=not args.no_torch)
+        say(r.error or f"{r.gpu.median_us:.1f} us, {r.tflops:.3g} TFLOPS, NMSE "
+            + ("-" if r.check.nmse is None else f"{r.check.nmse:.1e}"))
+        results.append(r)
+    console.print(table(results))
+    for r in results:
+        notes = [n for n in (r.torch_note and f"torch {r.torch_note}", r.roofline_note) if n]
+        say(f"  {r.case}: {r.variant or '-'} ({r.chosen_by or 'not planned'})" + "".join(f"; {n}" for n in notes))
+    if args.json:
+        path = bench.write_json(results, args.json, caps=dev.caps, command=command_of(args),
+                                suite=args.suite, roofline=roofline)
+        say(f"wrote {path}")
+        if args.png:
+            try:
+                say(f"wrote {bench.plot(path, args.png)}")
+            except bench.PlotUnavailable as exc:
+                say(f"PNG skipped: {exc}")
+    failed = [r for r in results if r.error or (r.check is not None and r.check.ok is False)]
+    if failed:
+        print(f"kgen bench: {len(failed)} case(s) failed or gave wrong output: "
+              + ", ".join(r.case for r in failed), file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _f(x, fmt: str, none: str = "-") -> str:
+    return none if x is None else format(x, fmt)
+
+
+def table(results: list) -> "object":
+    """A rich Table of the figures bench reports (every figure is in the JSON too)."""
+    from rich.markup import escape
+    from rich.table import Table
+    sets = max((r.gpu.sets for r in results if r.gpu), default=1)
+    t = Table(title="kgen bench: GPU time of one run, median and p10-p90 over the timed runs"
+              + (f" (inputs rotated over up to {sets} copies)" if sets > 1 else ""))
+    for col in ("case", "shape run", "path x splits", "GPU us", "p10-p90", "TFLOPS", "K+V GB/s", "% roof",
+                "% copy", "vs llama.cpp", "vs torch (ref)", "torch us (run)", "target us", "NMSE",
+                "host: plan ms / call ms / run +us"):
+        t.add_column(col, overflow="fold")
+    for r in results:
+        if r.error:
+            t.add_row(r.case, r.shape, f"{r.path} x{r.splits}" if r.path else "-", f"[red]{escape(r.error)}[/red]")
+            continue
+        g, c = r.gpu, r.check
+        target = "-" if r.target_us is None else f"{r.target_us:g} " + {
+            True: "[green]met[/green]", False: "[red]missed[/red]", None: "(H100 only)"}[r.meets_target]
+        nmse = c.scope if c.nmse is None else (f"{c.nmse:.1e}" + ("" if c.ok else " [red]WRONG[/red]")
+                                                + ("" if c.scope == "full" else " (sub)"))
+        torch = (f"{r.torch_us:.1f} ({_ratio(r.vs_torch)})" if r.torch_us else "n/a" if r.torch_note else "-")
+        t.add_row(r.case, r.shape, f"{r.path} x{r.splits}", f"{g.median_us:.1f}", f"{g.p10_us:.1f}-{g.p90_us:.1f}",
+                  f"{r.tflops:.3g}", f"{r.kv_gbps:.4g}", _f(r.roofline_pct, ".0f", "n/a"),
+                  _f(r.copy_pct, ".0f", "n/a"), _ratio(r.vs_reference.get("llama.cpp")),
+                  _ratio(r.vs_reference.get("torch")), torch, target, nmse,
+                  f"{r.host['plan_ms']:.1f} / {r.host['call_ms']:.1f} / {r.host['run_overhead_us']:.0f}")
+    return t
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"

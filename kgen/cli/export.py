@@ -1,0 +1,61 @@
+"""`kgen export`: the tuning winners' SPIR-V and dispatch table, for a C/C++ Vulkan engine."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .. import knobs
+from ..tools.export import FORMATS, ExportError, export
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("export", help="write the tuned kernels and their dispatch table "
+                              "(JSON + .spv files, or one C header) for embedding")
+    p.add_argument("--format", choices=FORMATS, required=True,
+                   help="json: DIR/kgen_dispatch.json + DIR/spirv/*.spv; c-header: DIR/kgen_fa.h")
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--device-key", metavar="K", help="only this device (its DeviceIdentity key)")
+    p.add_argument("--db", metavar="PATH", help="tuning DB (default: KGEN_DB or ~/.cache/kgen/tuning.sqlite)")
+    p.add_argument("--all-builds", action="store_true",
+                   help="also winners tuned by other kgen builds (default: the current build only)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    entries = read_winners(Path(args.db) if args.db else knobs.db_path(), device_key=args.device_key,
+                           all_builds=args.all_builds)
+    written = export(entries, Path(args.out), args.format)
+    devices = len({d.key for d, _, _ in entries})
+    print(f"kgen export: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} for {devices} device(s), "
+          f"{len(written)} file(s) in {args.out}")
+    return 0
+
+
+def read_winners(db_path: Path, *, device_key: str | None, all_builds: bool) -> list:
+    from ..identity import BuildIdentity, is_current
+    from ..tunedb import TuningDB
+    if not db_path.is_file():
+        raise ExportError(f"no tuning DB at {db_path}: run `kgen tune` first (or pass --db)")
+    db = TuningDB(db_path)
+    try:
+        entries = db.winners(None, None if all_builds else BuildIdentity.current())
+    finally:
+        db.close()
+    which = "" if all_builds else " for this kgen build (--all-builds for older ones)"
+    if not all_builds:
+        # A winner whose kernel a template edit has changed since it was timed: its timing says
+        # nothing about the SPIR-V this export would write.
+        current = [e for e in entries if is_current(e[2].variant, e[2].kernel)]
+        if len(current) < len(entries):
+            print(f"kgen export: left out {len(entries) - len(current)} winner(s) whose kernels changed since "
+                  "they were timed; `kgen tune` times them again", file=sys.stderr)
+        entries = current
+    if not entries:
+        raise ExportError(f"no tuning winners in {db_path}{which}: run `kgen tune` first")
+    if device_key is not None:
+        known = sorted({f"{d.key} ({d.name})" for d, _, _ in entries})
+        entries = [e for e in entries if e[0].key == device_key]
+        if not entries:
+            raise ExportError(f"--device-key {device_key}: no winners for it in {db_path}{which}; "
+                              f"devices there: {', '.join(known)}")
+    return entries

@@ -1,0 +1,85 @@
+"""Which variant and how many KV splits a call runs: the tuned decision or the heuristic default."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from . import dispatch
+from ..extent import evaluate
+from ..kvtensor import KvLayout
+from ..passes import converted, kernel_push, passes_before
+from ..paths.coopmat1 import direct_reason
+from ..render import mask_dims
+from .recipe import SPLIT_COUNT, SPLITS, split_kv
+from ..shapes import Shapes
+from ..space import default_variant
+from ..variant import PathKind, Variant
+
+
+def split_count(shapes: Shapes, caps, br: int, bc: int) -> int:
+    """KV splits that fill a GPU whose row tiles alone leave it idle (decode). CPUs get 1."""
+    if caps.device_type == "cpu":
+        return 1
+    groups = math.ceil(shapes.n_q / br) * shapes.heads_q * shapes.batch
+    target = 256  # a few workgroups per compute unit on current GPUs (132 SMs on an H100)
+    return max(1, min(math.ceil(target / groups), shapes.n_kv // (4 * bc)))
+
+
+def choose_variant(shapes: Shapes, caps, path: PathKind | None, splits: int | None, *,
+                   tuned: bool = True, fits_call: Callable[[Variant], "str | None"] | None = None
+                   ) -> tuple[Variant, int, str]:
+    """(variant, KV splits, how it was chosen) for these shapes: a tuned decision (see
+    kgen.planning.dispatch; `fits_call` names the call's own objections to a variant) unless a
+    path is forced or `tuned` is False, else the heuristic default. A tuned decision runs its
+    kernel with the split count it was tuned with, as an exported table's entry does; `splits`
+    given overrides it."""
+    problem = shapes.problem()
+    decision = dispatch.lookup(caps, problem, fits_call) if tuned and path is None else None
+    if decision is not None:
+        v, how = decision.variant, f"tuned, {decision.level} class {decision.source}"
+        splits = splits or decision.splits
+    else:
+        v, how = default_variant(problem, caps, path), "heuristic default"
+        if splits is None:  # whole tiles per split
+            splits = max(1, min(split_count(shapes, caps, v.br, v.bc), shapes.n_kv // v.bc))
+    if (splits > 1) != v.split_k:
+        v = v.replace(split_k=splits > 1, fused_reduce=v.fused_reduce and splits > 1)
+    return aligned_for(v, shapes.n_kv), splits, how
+
+
+def aligned_for(v: Variant, n_kv: int) -> Variant:
+    """The twin of `v` that the call runs: without KV bounds checks exactly when Nkv is whole
+    bc tiles (kgen export carries both twins of an entry and says the same)."""
+    return v.replace(aligned=n_kv % v.bc == 0)
+
+
+def split_values(n_kv: int, splits: int, bc: int) -> tuple[int, int]:
+    """(split_kv, split_count) push values for `splits` requested (kgen.planning.recipe's
+    formulas, which the export writes too)."""
+    dims = {"n_kv": n_kv, SPLITS: splits}
+    dims["split_kv"] = evaluate(split_kv(bc), dims)
+    return dims["split_kv"], evaluate(SPLIT_COUNT, dims)
+
+
+def call_dims(s: Shapes) -> dict[str, int]:
+    """The call's dimensions the recipe's formulas take (kgen.extent), before the split values."""
+    return dict(mask_dims(s.mask_shape or (1, 1, 1, s.n_kv)), n_q=s.n_q, n_kv=s.n_kv, n_head_q=s.heads_q,
+                n_head_kv=s.heads_kv, n_batch=s.batch)
+
+
+def kernel_layouts(v: Variant, kv_layouts: dict[str, KvLayout], dims: dict[str, int]) -> dict[str, KvLayout]:
+    """Where the attention kernel reads K and V: the caller's layouts, or for tensors that
+    kv_f16 converts, the dense f16 copy (its layout as kernel_push states it)."""
+    out = dict(kv_layouts)
+    push = {name: evaluate(e, dims) for name, e in kernel_push(v).items()}
+    sizes = {p.kernel_binding: evaluate(p.nbytes, dims) for p in passes_before(v) if p.kernel_binding in ("k", "v")}
+    for t in converted(v):
+        out[t] = KvLayout(tuple(push[f"{t}_stride_{axis}"] for axis in ("row", "head", "batch")),
+                          push[f"{t}_offset"], sizes[t])
+    return out
+
+
+def call_reason(v: Variant, s: Shapes, kv_layouts: dict[str, KvLayout]) -> str | None:
+    """Why `v` cannot run on this call's K/V layouts (kv_direct and its kin read whole 16-byte
+    elements), or None."""
+    return direct_reason(v, s.n_kv, kernel_layouts(v, kv_layouts, call_dims(s)))

@@ -1,0 +1,210 @@
+"""Plan: one attention shape on one device, compiled, resident and recorded once, from its recipe."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import abi, knobs
+from ..errors import UnsupportedVariant
+from ..kvtensor import KVTensor, KvLayout, layout_of, views_k
+from ..paths.shared import FUSED_STATS_SLOTS
+from ..problem import mismatch
+from ..shapes import Shapes, fold_gqa
+from ..space import why_invalid
+from ..variant import PathKind, Variant
+from .choose import call_dims, call_reason, choose_variant, kernel_layouts, split_values
+from .recipe import SPLITS, recipe
+
+F32 = np.dtype("<f4")
+
+
+class Plan:
+    def __init__(self, shapes: Shapes, *, path: PathKind | None = None, device=None,
+                 split_k: int | None = None, variant: Variant | None = None,
+                 kv_layouts: dict[str, KvLayout] | None = None):
+        from .probe import open_for_kernels  # the only place a plan reaches Vulkan from
+        self.shapes = shapes               # what the caller passes and gets back
+        self.kernel_shapes = s = fold_gqa(shapes)  # what the kernel computes (same bytes)
+        self.kv_layouts = kv_layouts or {
+            "k": layout_of(None, s.k_type, (s.batch, s.heads_kv, s.n_kv, s.head_k)),
+            "v": layout_of(None, s.v_type, (s.batch, s.heads_kv, s.n_kv, s.head_v))}
+        # V is a view of K's bytes (DeepSeek MLA): one device buffer serves both bindings, so
+        # the V reads of a tile hit the cache lines its K reads just brought in.
+        self.v_in_k = s.v_in_k
+        if self.v_in_k:
+            if not kv_layouts:   # no caller's view given: V addresses K's rows, first head_v columns
+                self.kv_layouts["v"] = self.kv_layouts["k"]
+            if self.kv_layouts["k"].nbytes != self.kv_layouts["v"].nbytes:
+                raise ValueError("v_in_k: V must be a view of K's whole buffer (both KVTensors on the same data)")
+        if split_k is not None and split_k < 1:
+            raise ValueError(f"split_k={split_k}: must be >= 1")
+        self.device = open_for_kernels(device)
+        caps = self.device.caps
+        if variant is None:
+            variant, splits, how = choose_variant(s, caps, path, split_k,
+                                                  fits_call=lambda v: call_reason(v, s, self.kv_layouts))
+        else:
+            splits, how = split_k or 1, "given"
+        if (reason := why_invalid(variant, caps) or call_reason(variant, s, self.kv_layouts)) is not None:
+            raise UnsupportedVariant(variant.uri, reason)
+        if (reason := mismatch(variant, s.problem(), splits)) is not None:
+            raise ValueError(f"variant {reason}")
+        if variant.aligned and s.n_kv % variant.bc:
+            raise ValueError(f"variant {variant.uri} is aligned (Nkv % {variant.bc} == 0) but Nkv={s.n_kv}")
+        self.variant, self.how = variant, how   # how: tuned exact / nearest class, heuristic, given
+        self.split_kv, self.splits = split_values(s.n_kv, splits, variant.bc)
+        if variant.fused_reduce and self.splits * min(variant.br, s.n_q) > FUSED_STATS_SLOTS:
+            raise ValueError(f"split_k={splits}: {variant.uri} combines at most {FUSED_STATS_SLOTS} "
+                             f"(row, split) pairs per row tile, here {min(variant.br, s.n_q)} rows x "
+                             f"{self.splits} splits; use fewer splits or a variant without fused_reduce")
+        self.recipe = recipe(variant)
+        if knobs.get("KGEN_DEBUG") >= 1:
+            print(f"kgen: plan {s} -> {variant.uri} (splits {self.splits}; {how})")
+        self._buffers = {}
+        self._sequence = self.kernel = None
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    # --- construction ----------------------------------------------------------------------
+    def _build(self) -> None:
+        s, dev, r = self.kernel_shapes, self.device, self.recipe
+        dims = self.dims()
+        groups = [step.groups(dims) for step in r.steps]   # every grid checked before any allocation
+        sizes = {"q": s.batch * s.heads_q * s.n_q * s.head_k * 4, "k": self.kv_layouts["k"].nbytes}
+        if not self.v_in_k:
+            sizes["v"] = self.kv_layouts["v"].nbytes
+        if s.mask_shape is not None:
+            sizes["mask"] = max(4, 2 * math.prod(s.mask_shape))
+        if s.sinks:
+            sizes["sinks"] = s.heads_q * 4
+        self._buffers = {name: dev.buffer(n) for name, n in (sizes | r.sizes(dims)).items()}
+        for b in r.scratch:
+            if b.zero_once:
+                self._buffers[b.name].write(bytes(self._buffers[b.name].nbytes))
+        push = {"caller": self._push(self.kv_layouts),
+                "kernel": self._push(kernel_layouts(self.variant, self.kv_layouts, dims))}
+        steps = []
+        for i, (step, grid) in enumerate(zip(r.steps, groups)):
+            pipeline = dev.pipeline(step.spirv(), name=step.name, required_subgroup_size=step.required_subgroup_size,
+                                    full_subgroups=bool(step.required_subgroup_size) and dev.caps.compute_full_subgroups)
+            if step.role == "fa":
+                self.kernel = pipeline
+            binds = {abi.BINDING[binding]: self._buffer(name) for binding, name in step.binds}
+            steps.append((pipeline, binds, push[step.push], grid, i > 0 and not step.barrier))
+        self.steps = steps
+        self._sequence = dev.sequence(steps)
+
+    def dims(self) -> dict[str, int]:
+        """The call's dimensions the recipe's formulas take (kgen.extent), split values included."""
+        return call_dims(self.kernel_shapes) | {SPLITS: self.splits, "split_kv": self.split_kv,
+                                                "split_count": self.splits}
+
+    def _buffer(self, name: str):
+        """The device buffer the recipe calls `name` (V inside K's bytes: K's buffer)."""
+        return self._buffers["k" if name == "v" and self.v_in_k else name]
+
+    def _push(self, kv_layouts: dict[str, KvLayout]) -> bytes:
+        s = self.kernel_shapes
+        kl, vl = kv_layouts["k"], kv_layouts["v"]
+        mb, mh, mq, _ = s.mask_shape or (1, 1, 1, 1)
+        n_kv = s.n_kv
+        slopes_n2 = 1 << (s.heads_q.bit_length() - 1)
+        m0 = 2.0 ** (-s.alibi_max_bias / slopes_n2)
+        m1 = 2.0 ** (-s.alibi_max_bias / 2 / slopes_n2)
+        return abi.pack(
+            n_q=s.n_q, n_kv=n_kv, n_head_q=s.heads_q, gqa_ratio=s.heads_q // s.heads_kv, n_batch=s.batch,
+            q_stride_row=s.head_k, q_stride_head=s.n_q * s.head_k, q_stride_batch=s.heads_q * s.n_q * s.head_k,
+            k_stride_row=kl.strides[0], k_stride_head=kl.strides[1], k_stride_batch=kl.strides[2],
+            v_stride_row=vl.strides[0], v_stride_head=vl.strides[1], v_stride_batch=vl.strides[2],
+            k_offset=kl.offset, v_offset=vl.offset,
+            mask_stride_row=n_kv if mq > 1 else 0,
+            mask_stride_head=mq * n_kv if mh > 1 else 0,
+            mask_stride_batch=mh * mq * n_kv if mb > 1 else 0,
+            scale=s.scale if s.scale is not None else 1.0 / math.sqrt(s.head_k),
+            softcap=s.softcap, alibi_m0=m0, alibi_m1=m1, alibi_n2=slopes_n2,
+            window=s.window, split_kv=self.split_kv, split_count=self.splits)
+
+    # --- use -------------------------------------------------------------------------------
+    def upload(self, q, k, v, mask=None, sinks=None) -> None:
+        s = self.shapes
+        _expect(q, "q", (s.batch, s.heads_q, s.n_q, s.head_k))
+        for name, x in (("q", q), ("k", k), ("v", v), ("sinks", sinks)):
+            if x is not None and not isinstance(x, KVTensor) and not np.isfinite(np.asarray(x)).all():
+                raise ValueError(f"{name} has NaN or Inf values: kgen computes on finite inputs only")
+        self._buffers["q"].write(np.ascontiguousarray(q, dtype=F32))
+        for name, x, t, d in (("k", k, s.k_type, s.head_k), ("v", v, s.v_type, s.head_v)):
+            _expect(x, name, (s.batch, s.heads_kv, s.n_kv, d))
+            planned, given = self.kv_layouts[name], layout_of(x, t, tuple(x.shape))
+            if given != planned:
+                raise ValueError(f"{name}: its layout {given} differs from the plan's {planned}; "
+                                 f"make a plan with this {name}")
+            if isinstance(x, KVTensor) and x.type != t:
+                raise ValueError(f"{name}: a {x.type} KVTensor, the plan stores {t}")
+            if name == "v" and self.v_in_k:
+                if not views_k(k, x):
+                    raise ValueError("v: this plan reads V inside K's bytes (v_in_k); pass V as a "
+                                     "KVTensor view on K's data, or make a plan with this v")
+                continue   # its bytes went up with K
+            raw = x.raw if isinstance(x, KVTensor) else KVTensor.from_array(np.asarray(x), t).raw
+            self._buffers[name].write(raw)
+        if s.mask_shape is not None:
+            if mask is None:
+                raise ValueError("this plan was made with a mask: pass mask=")
+            self._buffers["mask"].write(_mask_f16(mask, s.mask_shape))
+        elif mask is not None:
+            raise ValueError("this plan was made without a mask; make a plan with mask= to use one")
+        if s.sinks:
+            if sinks is None:
+                raise ValueError("this plan was made with sinks: pass sinks=")
+            self._buffers["sinks"].write(np.ascontiguousarray(sinks, dtype=F32))
+        elif sinks is not None:
+            raise ValueError("this plan was made without sinks; make a plan with sinks= to use them")
+
+    def run_device(self) -> float:
+        """Run on the resident buffers; returns GPU microseconds (all passes)."""
+        return float(sum(self._sequence.run(wait=True)))
+
+    def result(self) -> np.ndarray:
+        s = self.shapes
+        n = s.batch * s.heads_q * s.n_q * s.head_v
+        out = np.frombuffer(self._buffers[self.recipe.result].read(n * 4), dtype=F32).copy()
+        return out.reshape(s.batch, s.heads_q, s.n_q, s.head_v)
+
+    def __call__(self, q, k, v, *, mask=None, sinks=None) -> np.ndarray:
+        self.upload(q, k, v, mask=mask, sinks=sinks)
+        self.run_device()
+        return self.result()
+
+    def close(self) -> None:
+        if self._sequence is not None:
+            self._sequence.close()
+            self._sequence = None
+        for buf in self._buffers.values():
+            buf.close()
+        self._buffers = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _expect(x, name: str, shape: tuple) -> None:
+    if tuple(x.shape) != shape:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}; this plan was made for {shape}")
+
+
+def _mask_f16(mask, stored: tuple) -> np.ndarray:
+    m = np.asarray(mask)
+    if m.dtype == bool:
+        m = np.where(m, 0.0, -np.inf)
+    m = np.asarray(m, dtype=np.float64)
+    if np.isnan(m).any() or np.isposinf(m).any():
+        raise ValueError("mask has NaN or +inf entries: use finite values or -inf")
+    m = m.reshape((1,) * (4 - m.ndim) + m.shape)
+    return np.ascontiguousarray(np.broadcast_to(m, stored), dtype=np.float16)

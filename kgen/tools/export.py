@@ -1,0 +1,430 @@
+"""Export tuning winners for embedding: their SPIR-V plus a dispatch table a C/C++ engine can use.
+
+Two formats: `json` (`spirv/<name>.spv` files and `kgen_dispatch.json`) and `c-header` (one
+self-contained `kgen_fa.h`). Both are written from the same rows, and every interface number in
+them (push-constant layout, bindings, KV types, features, bucket edges, workgroup grid) comes from
+the module that owns it (`abi`, `types`, `variant`, `problem`), never restated here by hand.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from .. import abi, extent
+from ..errors import KgenError
+from ..paths.shared import FUSED_STATS_SLOTS
+from ..planning.dispatch import BUCKET_FIELDS, NEAREST_TIERS
+from ..planning.recipe import SPLIT_COUNT, Recipe, Step, fa_grid, recipe, reduce_grid, split_kv
+from ..problem import mismatch
+from ..render import reduce_chunks
+from ..identity import BuildIdentity, DeviceIdentity
+from ..problem import GQA_BUCKETS, NKV_BUCKETS, NQ_BUCKETS, bucket_range
+from ..tunedb import Winner
+from ..types import KV_TYPES
+from ..variant import FEATURES, Variant
+
+FORMAT_NAME = "kgen-fa-dispatch"
+FORMAT_VERSION = 6  # 6: every entry carries its recipe (kgen.planning.recipe: steps, scratch, result)
+                    # and both alignment twins of its kernel; grids are kgen.extent formulas; the
+                    # nearest-class tiers and the split values are written as the dispatcher's;
+                    # 2: a grid axis has a scale (the reduce pass's column chunks); 3: fused_reduce entries;
+                    # 4: passes before the kernel (kgen.passes), formulas as kgen.extent expressions;
+                    # 5: builds are kgen version + compiler (no template hash); entries carry the
+                    # kernel digest their timing was taken with (kgen.identity.kernel_digest)
+FORMATS = ("json", "c-header")
+JSON_FILE, HEADER_FILE, SPIRV_DIR = "kgen_dispatch.json", "kgen_fa.h", "spirv"
+SPIRV_MAGIC = 0x07230203
+TEMPLATES = Path(__file__).resolve().parent / "export_templates"
+
+# C type and size of each abi.PushField.glsl type.
+PUSH_TYPES = {"uint": ("uint32_t", 4), "float": ("float", 4)}
+# Element type of each abi binding ("k_type"/"v_type": the entry's KV types).
+BINDING_ELEMENTS = {"q": "f32", "k": "k_type", "v": "v_type", "mask": "f16", "sinks": "f32",
+                    "out": "f32", "stats": "vec2<f32> (max, sum)", "reduced": "f32",
+                    "mask_tiles": "u32", "split_arrivals": "u32"}
+assert set(BINDING_ELEMENTS) == set(abi.BINDING), "a new abi binding needs its element type here"
+# Bucketed problem dimensions: (name in the class key and entries, edges, ProblemClass field).
+BUCKETS = (("n_q", NQ_BUCKETS, "nq_bucket"), ("n_kv", NKV_BUCKETS, "nkv_bucket"),
+           ("gqa", GQA_BUCKETS, "gqa_bucket"))
+assert {name: attr for name, _, attr in BUCKETS} == BUCKET_FIELDS
+_PUSH_NAMES = {f.name for f in abi.PUSH_FIELDS}
+# Per-entry values the shared formulas name (fa_grid("br"), split_kv("bc"), ...).
+ENTRY_VALUES = ("br", "bc", "splits", "reduce_chunks")
+
+NOTES = (
+    "Pick an entry: same device identity (vendorID, deviceID, driverID, driverVersion, "
+    "pipelineCacheUUID), head sizes, KV types, features (without split_k), acc and v_in_k; "
+    "among those, the entry whose buckets are nearest by `nearest`: bucket-index distances "
+    "summed per tier, tiers compared in order (the first tier weighs most), ties to the first "
+    "entry in the table. No entry: use your own default kernel.",
+    "Kernel: `shader` when n_kv % bc == 0 and `twin` otherwise if the entry is aligned; the "
+    "other way round if it is not (`aligned` says which `shader` is). Both have the same recipe.",
+    "Pipeline: one descriptor set, the storage buffers of `bindings`, and one push-constant "
+    "range of push_constants.bytes bytes (compute stage). Create the FA pipeline with "
+    "VkPipelineShaderStageRequiredSubgroupSizeCreateInfo(required_subgroup_size) and, where the "
+    "device has computeFullSubgroups, VK_PIPELINE_SHADER_STAGE_CREATE_REQUIRE_FULL_SUBGROUPS_BIT. "
+    "The other steps need neither.",
+    "Push constants: fill every field (see each field's doc); split_kv and split_count from "
+    "`split_values` with the entry's splits and bc (also for splits == 1). A step whose push is "
+    "\"kernel\" takes them with the entry's kernel_push fields set instead (the f16 copy's layout "
+    "after a kv_to_f16 pass).",
+    "Run the entry's recipe: its steps in order, each binding `binds` (abi binding -> buffer: "
+    "q, k, v, mask, sinks are yours, with V inside K's bytes give K's buffer for v; the others "
+    "are its `scratch` buffers, sized by their formulas, kept between calls), dispatching `grid` "
+    "workgroups, with a compute-to-compute barrier before each step whose `barrier` is true "
+    "(false: it runs beside the step before). The result O, (B, Hq, Nq, Dv) f32, is in the "
+    "scratch buffer `result`. Unused bindings are bound to any small dummy buffer.",
+    "Zero a scratch buffer with zero_once (fused_reduce's split_arrivals) once when you "
+    "create it: every run leaves it zero again, so two runs must not use one buffer at the "
+    "same time. Run the steps at every call: they read Q, the mask or the cache as they are now.",
+    "Formulas (grids, buffer sizes, kernel_push values, split values) are expressions: an int, a "
+    "dimension name (a push-constant field, one of `dims`, or the entry's br, bc, splits, "
+    "reduce_chunks), or [op, operand...] with op \"mul\" (the product) or \"ceil_div\" "
+    "(ceil(a / b)). Each comes with its text.",
+)
+
+
+class ExportError(KgenError):
+    """Nothing to export, or a winner that contradicts its own problem class."""
+
+
+@dataclass(frozen=True)
+class Shader:
+    name: str                        # file stem and C identifier suffix
+    spirv: bytes
+    local_size_x: int
+    required_subgroup_size: int | None
+
+    def __post_init__(self):
+        if len(self.spirv) % 4 or len(self.spirv) < 20 or struct.unpack_from("<I", self.spirv)[0] != SPIRV_MAGIC:
+            raise ExportError(f"{self.name}: the compiler's output is not a SPIR-V module")
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.spirv).hexdigest()
+
+    @property
+    def file(self) -> str:
+        return f"{SPIRV_DIR}/{self.name}.spv"
+
+    @property
+    def words(self) -> tuple[int, ...]:
+        return struct.unpack(f"<{len(self.spirv) // 4}I", self.spirv)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One dispatch-table entry: a winner with its compiled shaders."""
+    device: DeviceIdentity
+    build: BuildIdentity
+    winner: Winner
+    variant: Variant
+    shader: Shader                   # the winner's kernel
+    twin: Shader                     # the same kernel with the other `aligned`
+    recipe: Recipe
+    steps: tuple[tuple[Step, Shader], ...]   # the recipe's steps with their shaders (fa: `shader`)
+
+    @property
+    def reduce(self) -> Shader | None:
+        return next((sh for st, sh in self.steps if st.role == "reduce"), None)
+
+    @property
+    def passes(self) -> tuple[tuple[Step, Shader], ...]:
+        return tuple((st, sh) for st, sh in self.steps if st.role == "before")
+
+
+def eval_grid(grid: dict, dims: dict) -> tuple[int, int, int]:
+    """Workgroup counts from a grid as written to the JSON, for a call's dimensions by name."""
+    return tuple(extent.evaluate(grid[a]["expr"], dims) for a in "xyz")
+
+
+# --- rows: winners -> compiled, deduplicated shaders ------------------------------------------------
+def collect(entries) -> list[Row]:
+    """Compile every winner's shaders once; rows sorted by (device key, class key)."""
+    entries = sorted(entries, key=lambda e: (e[0].key, e[2].problem.key, e[1].key))
+    if not entries:
+        raise ExportError("no tuning winners to export: run `kgen tune` first")
+    by_sha: dict[str, Shader] = {}
+    compiled: dict[tuple, Shader] = {}
+
+    def shader(key: tuple, make) -> Shader:
+        if key not in compiled:
+            s = make()
+            compiled[key] = by_sha.setdefault(s.sha256, s)  # same bytes: one shader
+        return compiled[key]
+
+    rows = []
+    for device, build, w in entries:
+        v = _checked_variant(w)
+        if v.fused_reduce and w.splits * v.br > FUSED_STATS_SLOTS:
+            raise ExportError(f"winner {w.variant} with {w.splits} splits: its fused reduce combines at most "
+                              f"{FUSED_STATS_SLOTS} (row, split) pairs per row tile, and br {v.br} x {w.splits} "
+                              "splits can exceed that on a larger Nq of the bucket")
+        rec = recipe(v)
+        twin = v.replace(aligned=not v.aligned)
+        fa = shader(("fa", v.uri), lambda: Shader(v.uri, rec.fa.spirv(), v.wg, v.subgroup))
+        other = shader(("fa", twin.uri), lambda: Shader(twin.uri, recipe(twin).fa.spirv(), v.wg, v.subgroup))
+        steps = tuple((st, fa if st.role == "fa" else shader(("step", st.name), functools.partial(_step_shader, st)))
+                      for st in rec.steps)
+        rows.append(Row(device, build, w, v, fa, other, rec, steps))
+    return rows
+
+
+def _step_shader(st: Step) -> Shader:
+    return Shader(st.name, st.spirv(), st.local_size_x, st.required_subgroup_size)
+
+
+def _checked_variant(w: Winner) -> Variant:
+    v = Variant.parse(w.variant)
+    if (reason := mismatch(v, w.problem, w.splits)) is not None:
+        raise ExportError(f"winner {w.variant} (splits {w.splits}): {reason}")
+    return v
+
+
+# --- interface tables ----------------------------------------------------------------------------
+def push_layout() -> list[dict]:
+    """The push-constant block of kgen/abi.py with byte offsets (std430 scalars, 4-byte aligned)."""
+    fields, offset = [], 0
+    for f in abi.PUSH_FIELDS:
+        ctype, size = PUSH_TYPES[f.glsl]
+        fields.append({"name": f.name, "offset": offset, "type": f.glsl, "c_type": ctype, "doc": f.doc})
+        offset += size
+    assert offset == abi.PUSH_BYTES
+    return fields
+
+
+def bindings() -> list[dict]:
+    return [{"name": b.name, "binding": b.index, "element": BINDING_ELEMENTS[b.name], "doc": b.doc}
+            for b in abi.BINDINGS]
+
+
+def grid(axes: tuple) -> dict:
+    """A step's workgroup grid as formulas, with its text."""
+    return {**{a: formula(e) for a, e in zip("xyz", axes)},
+            "text": ", ".join(f"{a} = {extent.text(e)}" for a, e in zip("xyz", axes))}
+
+
+def _buckets(problem) -> dict:
+    out = {}
+    for name, edges, attr in BUCKETS:
+        index = getattr(problem, attr)
+        low = 1 if index == 0 else edges[index - 1] + 1
+        out[name] = {"bucket": index, "min": low, "max": edges[index], "range": bucket_range(index, edges)}
+    return out
+
+
+def _identity(ident) -> dict:
+    return {**ident.as_dict(), "key": ident.key}
+
+
+# --- json ----------------------------------------------------------------------------------------
+def dispatch_table(rows: list[Row]) -> dict:
+    def shader(s: Shader) -> dict:
+        return {"shader": s.name, "spv": s.file, "sha256": s.sha256, "bytes": len(s.spirv),
+                "local_size_x": s.local_size_x, "required_subgroup_size": s.required_subgroup_size}
+
+    def step(st: Step, s: Shader) -> dict:
+        return {**shader(s), "role": st.role, "binds": {b: buf for b, buf in st.binds}, "push": st.push,
+                "grid": grid(st.grid), "barrier": st.barrier}
+
+    def entry(r: Row) -> dict:
+        p, v, w = r.winner.problem, r.variant, r.winner
+        reduce = next(((st, s) for st, s in r.steps if st.role == "reduce"), None)
+        return {"device": r.device.key, "tuned_build": r.build.key, "class": p.key,
+                "head_k": p.head_k, "head_v": p.head_v, "k_type": p.k_type.label, "v_type": p.v_type.label,
+                "features": list(p.features), "acc": p.acc, "v_in_k": p.v_in_k, **_buckets(p),
+                "variant": v.uri, **shader(r.shader), "grid": grid(r.recipe.fa.grid), "br": v.br, "bc": v.bc,
+                "splits": w.splits, "aligned": v.aligned, "twin": shader(r.twin),
+                "fused_reduce": v.fused_reduce, "median_us": w.median_us, "kernel": w.kernel,
+                "reduce": reduce and {**shader(reduce[1]), "grid": grid(reduce[0].grid)},
+                "passes_before": [pass_entry(r, st, s) for st, s in r.passes],
+                "kernel_push": {name: formula(e) for name, e in r.recipe.kernel_push.items()},
+                "recipe": {"steps": [step(st, s) for st, s in r.steps],
+                           "scratch": [{"name": b.name, "bytes": formula(b.nbytes), "zero_once": b.zero_once}
+                                       for b in r.recipe.scratch],
+                           "result": r.recipe.result}}
+
+    def pass_entry(r: Row, st: Step, s: Shader) -> dict:
+        """A step before the kernel as the table lists it: which binding it reads, and where the
+        kernel takes the buffer it writes."""
+        (reads, _), (writes, buffer) = st.binds
+        return {**shader(s), "reads": reads, "writes": writes, "buffer": buffer,
+                "buffer_bytes": formula(next(b.nbytes for b in r.recipe.scratch if b.name == buffer)),
+                "kernel_binding": next(b for b, buf in r.recipe.fa.binds if buf == buffer),
+                "push": st.push, "grid": grid(st.grid)}
+
+    return {
+        "format": FORMAT_NAME, "version": FORMAT_VERSION,
+        "build": _identity(BuildIdentity.current()),
+        "tuned_builds": _unique(_identity(r.build) for r in rows),
+        "devices": _unique(_identity(r.device) for r in rows),
+        "push_constants": {"bytes": abi.PUSH_BYTES, "fields": push_layout()},
+        "bindings": bindings(),
+        "kv_types": [{"name": t.label, "block_size": t.block_size, "block_bytes": t.block_bytes} for t in KV_TYPES],
+        "features": list(FEATURES),
+        "buckets": {name: list(edges) for name, edges, _ in BUCKETS},
+        "split_values": {"split_kv": formula(split_kv("bc")), "split_count": formula(SPLIT_COUNT)},
+        "nearest": [list(tier) for tier in NEAREST_TIERS],
+        "dims": {**{f.name: "push constant" for f in abi.PUSH_FIELDS if f.glsl == "uint"}, **extent.DIMS},
+        "notes": list(NOTES),
+        "entries": [entry(r) for r in rows],
+    }
+
+
+def formula(e: extent.Expr) -> dict:
+    return {"expr": extent.to_json(e), "text": extent.text(e)}
+
+
+def _unique(items) -> list[dict]:
+    return list({d["key"]: d for d in items}.values())
+
+
+def _write_json(rows: list[Row], out: Path) -> list[Path]:
+    (out / SPIRV_DIR).mkdir()
+    written = []
+    for s in _shaders(rows):
+        (out / s.file).write_bytes(s.spirv)
+        written.append(out / s.file)
+    (out / JSON_FILE).write_text(json.dumps(dispatch_table(rows), indent=1) + "\n")
+    return written + [out / JSON_FILE]
+
+
+def _shaders(rows: list[Row]) -> list[Shader]:
+    return list({s.sha256: s for r in rows for s in (r.shader, r.twin, *(s for _, s in r.steps))}.values())
+
+
+# --- c-header ------------------------------------------------------------------------------------
+@functools.cache
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
+    env.filters["cstr"] = c_string
+    return env
+
+
+def c_string(text: str) -> str:
+    """A C string literal: printable ASCII as is, everything else as octal escapes of UTF-8."""
+    out = "".join(chr(b) if 32 <= b < 127 and chr(b) not in '"\\?' else f"\\{b:03o}" for b in text.encode())
+    return f'"{out}"'
+
+
+def _c_range(r: dict) -> str:
+    return f"{{ {r['bucket']}u, {r['min']}u, {'UINT32_MAX' if r['max'] is None else str(r['max']) + 'u'} }}"
+
+
+def _c_axis(axis: tuple, br: str, chunks: str = "1u") -> str:
+    field, divide, times, scale = axis
+    text = f"pc->{field}" if divide == 1 else f"(pc->{field} + {br} - 1u) / {br}"
+    text = f"{text} * pc->{times}" if times else text
+    return text if scale == 1 else f"{text} * {chunks if scale == 'chunks' else f'{scale}u'}"
+
+
+def render_header(rows: list[Row]) -> str:
+    shaders = _shaders(rows)
+    dt = dispatch_table(rows)
+    return _environment().get_template("kgen_fa.h.j2").render(
+        table=dt, pairs=list(zip(rows, dt["entries"])), shaders=shaders,
+        words={s.sha256: [", ".join(f"0x{w:08x}u" for w in s.words[i:i + 6]) for i in range(0, len(s.words), 6)]
+               for s in shaders},
+        c_name={s.sha256: f"kgen_fa_spv_{s.name}" for s in shaders},
+        uuid={r.device.key: ", ".join(f"0x{b:02x}" for b in _uuid_bytes(r.device)) for r in rows},
+        c_features=lambda names: " | ".join([f"KGEN_FA_FEATURE_{f.upper()}" for f in names] + ["0u"]),
+        reduce_chunks=reduce_chunks,
+        c_ranges=lambda e: ", ".join(_c_range(e[name]) for name, _, _ in BUCKETS),
+        fa_grid=[extent.c_expr(e, _c_dim) for e in fa_grid("br")],
+        reduce_grid=[extent.c_expr(e, _c_dim) for e in reduce_grid("reduce_chunks")],
+        fa_grid_text=grid(fa_grid("br"))["text"], reduce_grid_text=grid(reduce_grid("reduce_chunks"))["text"],
+        split_kv=extent.c_expr(split_kv("bc"), _c_split_dim), split_count=extent.c_expr(SPLIT_COUNT, _c_split_dim),
+        split_text=f"split_kv = {extent.text(split_kv('bc'))}, split_count = {extent.text(SPLIT_COUNT)}",
+        tiers=[[(name, BUCKET_FIELDS[name]) for name in tier] for tier in NEAREST_TIERS],
+        buckets=[(name, [e for e in edges if e is not None]) for name, edges, _ in BUCKETS],
+        kv_types=KV_TYPES, features=FEATURES, push_fields=push_layout(),
+        passes={i: [_c_pass(r, st) for st, _ in r.passes] for i, r in enumerate(rows) if r.passes},
+        kernel_push={i: fields for i, r in enumerate(rows)
+                     if (fields := [(name, extent.c_expr(e, _c_dim)) for name, e in r.recipe.kernel_push.items()])},
+        extra_dims=extent.DIMS)
+
+
+def _c_dim(name: str, cast: str = "") -> str:
+    if name in ENTRY_VALUES:
+        return f"{cast}e->{name}"
+    return f"{cast}pc->{name}" if name in _PUSH_NAMES else f"{cast}d->{name}"
+
+
+def _c_split_dim(name: str) -> str:
+    """kgen_fa_splits' names: its n_kv argument and its local split_kv."""
+    return {"split_kv": "kv", "n_kv": "n_kv"}.get(name) or _c_dim(name)
+
+
+def _c_pass(r: Row, st: Step) -> dict:
+    nbytes = next(b.nbytes for b in r.recipe.scratch if b.name == st.binds[1][1])
+    return {"groups": [extent.c_expr(e, _c_dim) for e in st.grid],
+            "bytes": extent.c_expr(nbytes, lambda n: _c_dim(n, "(uint64_t)"), "ull")}
+
+
+def _uuid_bytes(device: DeviceIdentity) -> bytes:
+    try:
+        raw = bytes.fromhex(device.pipeline_cache_uuid)
+    except ValueError:
+        raw = b""
+    if len(raw) != 16:
+        raise ExportError(f"device {device.name or device.key}: pipeline_cache_uuid "
+                          f"{device.pipeline_cache_uuid!r} is not 32 hex digits")
+    return raw
+
+
+def _write_header(rows: list[Row], out: Path) -> list[Path]:
+    (out / HEADER_FILE).write_text(render_header(rows))
+    return [out / HEADER_FILE]
+
+
+WRITERS = {"json": _write_json, "c-header": _write_header}
+
+
+# --- publishing ----------------------------------------------------------------------------------
+def export(entries, out_dir, fmt: str) -> list[Path]:
+    """Write `entries` ((DeviceIdentity, BuildIdentity, Winner) tuples) to `out_dir` in `fmt`.
+
+    Everything is compiled and written into a temporary folder beside `out_dir` first, then moved
+    in: a failure leaves `out_dir` as it was (absent if it was). Into an existing folder, the files
+    of this format (and the whole `spirv/` folder, for json) are replaced; others are left alone.
+    Returns the paths written, under `out_dir`."""
+    if fmt not in WRITERS:
+        raise ValueError(f"format {fmt!r}: one of {', '.join(FORMATS)}")
+    rows = collect(entries)
+    out = Path(out_dir).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        written = WRITERS[fmt](rows, stage)
+        _publish(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return [out / p.relative_to(stage) for p in written]
+
+
+def _publish(stage: Path, out: Path) -> None:
+    if not out.exists():
+        os.rename(stage, out)
+        return
+    if not out.is_dir():
+        raise ExportError(f"{out} exists and is not a folder")
+    for item in sorted(stage.iterdir()):
+        target = out / item.name
+        if item.is_dir() and target.is_dir():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(target, old)
+            os.rename(item, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(item, target)

@@ -13,10 +13,14 @@ from .api import attention, plan  # noqa: E402  (no Vulkan import until a plan i
 from .kvtensor import KVTensor  # noqa: E402
 from .types import KvType  # noqa: E402
 
-__all__ = ["attention", "plan", "KVTensor", "KvType", "runtime"]
+__all__ = ["attention", "plan", "KVTensor", "KvType", "reference", "quant", "runtime"]
+
+# Loaded on first use: `runtime` imports Vulkan; `reference` (float64 attention) and `quant` (the
+# ggml quantizers) need only numpy, and README promises them after `import kgen`.
+_LAZY = ("reference", "quant", "runtime")
 
 
 def __getattr__(name: str):
-    if name == "runtime":
-        return importlib.import_module("kgen.runtime")
+    if name in _LAZY:
+        return importlib.import_module(f"kgen.{name}")
     raise AttributeError(f"module 'kgen' has no attribute {name!r}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import knobs
-from .shapes import Shapes, fold_gqa, shapes_of
+from .shapes import Shapes, as_inputs, fold_gqa, shapes_of
 from .variant import PathKind
 
 
@@ -45,6 +45,7 @@ def plan(q, k, v, *, mask=None, causal=False, window=None, scale=None, softcap=0
     (see `kgen tune`), else the heuristic default; `autotune=True` (or KGEN_AUTOTUNE=1) tunes
     a class with no exact decision first, on these shapes, and stores the result."""
     from .planning.plan import Plan
+    q, k, v, mask, sinks = as_inputs(q, k, v, mask, sinks)   # lists to arrays; the rest refused
     shapes = shapes_of(q, k, v, mask=mask, causal=causal, window=window, scale=scale, softcap=softcap,
                        alibi_max_bias=alibi_max_bias, sinks=sinks, k_type=k_type, v_type=v_type,
                        precision=precision)
@@ -61,7 +62,8 @@ def plan(q, k, v, *, mask=None, causal=False, window=None, scale=None, softcap=0
 def attention(q, k, v, *, mask=None, causal=False, window=None, scale=None, softcap=0.0,
               alibi_max_bias=0.0, sinks=None, k_type=None, v_type=None, precision="f32",
               path=None, device=None, autotune: bool | None = None) -> np.ndarray:
-    """Flash attention on a Vulkan device; returns (B, Hq, Nq, Dv) float32. See README: API."""
+    """Flash attention on a Vulkan device; returns (B, Hq, Nq, Dv) float32. See README: Quick start."""
+    q, k, v, mask, sinks = as_inputs(q, k, v, mask, sinks, data=True)   # before any device work
     with plan(q, k, v, mask=mask, causal=causal, window=window, scale=scale, softcap=softcap,
               alibi_max_bias=alibi_max_bias, sinks=sinks, k_type=k_type, v_type=v_type,
               precision=precision, path=path, device=device, autotune=autotune) as p:

@@ -79,6 +79,18 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def dump_glsl(source: str, *, name: str, directory: Path | None = None) -> Path:
+    """Write `source` to `<directory>/<name>-<sha256[:12]>.comp` (default knobs.glsl_dir())
+    atomically, unless it is there already, and return the path (KGEN_DEBUG=4)."""
+    directory = Path(directory) if directory is not None else knobs.glsl_dir()
+    stem = re.sub(r"[^\w.-]", "_", name)
+    path = directory / f"{stem}-{hashlib.sha256(source.encode()).hexdigest()[:12]}.comp"
+    if not path.is_file():
+        directory.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, source.encode())
+    return path
+
+
 def compile_source(source: str, *, name: str, cache: SpirvCache | None = None,
                    compiler: Compiler | None = None, validate: bool = True) -> Compiled:
     """Compile one GLSL compute shader; `name` (a variant uri) labels errors and cache metadata."""

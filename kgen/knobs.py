@@ -48,7 +48,7 @@ KNOBS: dict[str, Knob] = {k.name: k for k in (
     Knob("KGEN_AUTOTUNE", lambda s: s not in ("0", "false", "no"), False, "tune a class at call time when no exact decision is stored (as autotune=True)"),
     Knob("KGEN_VALIDATION", lambda s: s not in ("0", "false", "no"), False,
          "Khronos validation layer on; its errors fail the tests (make test sets it)"),
-    Knob("KGEN_DEBUG", _int, 0, "debug output: 1 = each plan's variant and how it was chosen (tuned exact / nearest class, heuristic default)"),
+    Knob("KGEN_DEBUG", _int, 0, "debug output on stdout, levels as thresholds (each includes those below): 1 = each plan's variant and how it was chosen (tuned exact / nearest class, heuristic default); 2 = each dispatch of a plan run: step, grid, GPU us, GB/s and TFLOPS of the FA step; 4 = the path of each shader's rendered GLSL (written under the cache's glsl/)"),
 )}
 
 
@@ -58,6 +58,16 @@ def get(name: str):
 
 def cache_dir() -> Path:
     return get("KGEN_CACHE_DIR") or _cache_home() / "spirv"
+
+
+def glsl_dir() -> Path:
+    """Where KGEN_DEBUG=4 writes the rendered GLSL of the shaders plans compile (beside the SPIR-V cache)."""
+    return cache_dir().parent / "glsl"
+
+
+def debug(level: int) -> bool:
+    """KGEN_DEBUG's output of `level` (1, 2, 4) is on: the knob is at least that level."""
+    return get("KGEN_DEBUG") >= level
 
 
 def db_path() -> Path:

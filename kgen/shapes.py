@@ -95,6 +95,48 @@ def fold_gqa(s: Shapes) -> Shapes:
     return dataclasses.replace(s, heads_q=s.heads_kv, n_q=gqa * s.n_q, causal=False, mask_shape=mask)
 
 
+ACCEPTED = "a numpy array, an array-like of numbers (nested list/tuple) or any array with .shape"
+
+
+def as_input(x, name: str, *, data: bool = False, optional: bool = False):
+    """`x` as the call takes it, or a ValueError naming the argument and what is accepted: a
+    KVTensor (k and v only) or an object with a `.shape` as is (unless `data`: then its values as
+    a numeric numpy array); a list/tuple of numbers as a numpy array. `optional`: None passes."""
+    if x is None and optional:
+        return None
+    if isinstance(x, KVTensor):
+        if name in ("k", "v"):
+            return x
+        raise ValueError(f"{name}: a KVTensor is accepted for k and v only; pass {ACCEPTED}")
+    accepted = ACCEPTED + (" or a kgen.KVTensor" if name in ("k", "v") else "")
+    if isinstance(x, (str, bytes)) or x is None:
+        raise ValueError(f"{name}={x!r}: expected {accepted}")
+    shape = getattr(x, "shape", None)
+    if shape is not None and not data and not isinstance(x, np.ndarray):
+        try:
+            ok = all(int(d) == d and d >= 0 for d in tuple(shape))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{name}: its .shape {shape!r} is not a tuple of sizes; expected {accepted}")
+        return x
+    if shape is None and not isinstance(x, (list, tuple)) and not hasattr(x, "__array__"):
+        raise ValueError(f"{name}: a {type(x).__name__} has no array data; expected {accepted}")
+    try:
+        a = np.asarray(x)
+    except (TypeError, ValueError) as exc:   # ragged lists, objects numpy cannot read
+        raise ValueError(f"{name}: not an array of numbers ({exc}); expected {accepted}") from None
+    if a.dtype.kind not in ("biuf" if name == "mask" else "iuf"):
+        raise ValueError(f"{name}: holds {a.dtype} values, not numbers; expected {accepted}")
+    return a
+
+
+def as_inputs(q, k, v, mask=None, sinks=None, *, data: bool = False) -> tuple:
+    """(q, k, v, mask, sinks) checked and converted by `as_input`, before anything reaches a device."""
+    return (as_input(q, "q", data=data), as_input(k, "k", data=data), as_input(v, "v", data=data),
+            as_input(mask, "mask", data=data, optional=True), as_input(sinks, "sinks", data=data, optional=True))
+
+
 def _dims4(a, name: str) -> tuple[int, int, int, int]:
     shape = tuple(a.shape)
     if len(shape) != 4:
@@ -105,19 +147,20 @@ def _dims4(a, name: str) -> tuple[int, int, int, int]:
 def _mask_shape(mask, full: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
     if mask is None:
         return None
-    m = np.asarray(mask)
-    if m.ndim > 4:
-        raise ValueError(f"mask has {m.ndim} dims: at most 4, broadcastable to (B, Hq, Nq, Nkv)={full}")
-    shape = (1,) * (4 - m.ndim) + m.shape
+    given = tuple(int(d) for d in mask.shape)
+    if len(given) > 4:
+        raise ValueError(f"mask has {len(given)} dims: at most 4, broadcastable to (B, Hq, Nq, Nkv)={full}")
+    shape = (1,) * (4 - len(given)) + given
     for have, want in zip(shape, full):
         if have not in (1, want):
-            raise ValueError(f"mask shape {m.shape} does not broadcast to (B, Hq, Nq, Nkv)={full}")
+            raise ValueError(f"mask shape {given} does not broadcast to (B, Hq, Nq, Nkv)={full}")
     # Columns are always stored in full: the kernels read a mask row as a contiguous run.
     return shape[:3] + (full[3],)
 
 
 def shapes_of(q, k, v, *, mask=None, causal=False, window=None, scale=None, softcap=0.0,
               alibi_max_bias=0.0, sinks=None, k_type=None, v_type=None, precision="f32") -> Shapes:
+    q, k, v, mask, sinks = as_inputs(q, k, v, mask, sinks)
     b, hq, nq, dk = _dims4(q, "q")
     bk, hkv, nkv, dk2 = _dims4(k, "k")
     bv, hkv2, nkv2, dv = _dims4(v, "v")

@@ -118,7 +118,7 @@ def check(v: Variant) -> str | None:
     if v.mask_tiles:
         return "mask_tiles: a coopmat2 knob (leave it False)"
     if v.fused_reduce:
-        # Built and run on the H100 (tests/test_fused_reduce.py): with the call at the end of the
+        # Built and run on the H100 (tests/device/test_fused_reduce.py): with the call at the end of the
         # kernel, the coopmat1 staged and stream kernels wrote wrong partial rows and stats even
         # when the call returned at once; without it they were right. Until that is understood,
         # coopmat1 leaves splits to the reduce pass.
@@ -608,11 +608,9 @@ def candidates(problem: ProblemClass, caps: Caps) -> Iterator[dict]:
 
 
 def _sync_schemes(problem: ProblemClass, caps: Caps) -> tuple[int, ...]:
-    """split_sync choices the tuner times. On the H100 scheme 1 won without a mask (P1 565 -> 518
-    us, 128/128 Nkv 4096 159 -> 146) and lost with one (P5 619 -> 648); scheme 2 lost on P1 and
-    P5 and won once (256/256 with a mask at bc 32: 1747 -> 1514 us), while tripling the masked
-    space made a 150 s P5 tune miss its winner (806 against 687 us). So: scheme 1 without a
-    mask, barriers with one; scheme 2 stays a knob to force."""
+    """split_sync choices the tuner times: scheme 1 on NVIDIA without a mask, where it wins;
+    barriers with a mask, where the schemes lost and tripled the space a tune must cover (the
+    measurements: docs/performance.md, split_sync). Scheme 2 stays a knob to force."""
     if caps.vendor_id != NVIDIA or "mask" in problem.features:
         return (0,)
     return (0, 1)

@@ -205,7 +205,7 @@ _NVIDIA = 0x10DE
 
 def _driver_reason(v: Variant, caps: Caps) -> str | None:
     """Shapes NVIDIA's driver mishandles, found by checking every candidate on an H100 (driver
-    580, scripts/probe_variants.py, docs/gpu-tuning-2026-11-24.md): a 16-row tile spread over
+    580, scripts/probe_variants.py, docs/performance.md): a 16-row tile spread over
     more than 2 subgroups computes wrong results (NMSE 1), and 16-column tiles with 8
     subgroups crash pipeline creation unless the tile has 128 rows."""
     if caps.vendor_id != _NVIDIA:

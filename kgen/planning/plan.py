@@ -10,7 +10,7 @@ from ..errors import UnsupportedVariant
 from ..kvtensor import KVTensor, KvLayout, layout_of, views_k
 from ..paths.shared import FUSED_STATS_SLOTS
 from ..problem import mismatch
-from ..shapes import Shapes, fold_gqa
+from ..shapes import Shapes, as_inputs, fold_gqa
 from ..space import why_invalid
 from ..variant import PathKind, Variant
 from .choose import call_dims, call_reason, choose_variant, kernel_layouts, split_values
@@ -59,7 +59,7 @@ class Plan:
                              f"(row, split) pairs per row tile, here {min(variant.br, s.n_q)} rows x "
                              f"{self.splits} splits; use fewer splits or a variant without fused_reduce")
         self.recipe = recipe(variant)
-        if knobs.get("KGEN_DEBUG") >= 1:
+        if knobs.debug(1):
             print(f"kgen: plan {s} -> {variant.uri} (splits {self.splits}; {how})")
         self._buffers = {}
         self._sequence = self.kernel = None
@@ -89,6 +89,8 @@ class Plan:
                 "kernel": self._push(kernel_layouts(self.variant, self.kv_layouts, dims))}
         steps = []
         for i, (step, grid) in enumerate(zip(r.steps, groups)):
+            if knobs.debug(4):
+                print(f"kgen: glsl {step.name} {step.dump_glsl()}")
             pipeline = dev.pipeline(step.spirv(), name=step.name, required_subgroup_size=step.required_subgroup_size,
                                     full_subgroups=bool(step.required_subgroup_size) and dev.caps.compute_full_subgroups)
             if step.role == "fa":
@@ -131,6 +133,7 @@ class Plan:
     # --- use -------------------------------------------------------------------------------
     def upload(self, q, k, v, mask=None, sinks=None) -> None:
         s = self.shapes
+        q, k, v, mask, sinks = as_inputs(q, k, v, mask, sinks, data=True)
         _expect(q, "q", (s.batch, s.heads_q, s.n_q, s.head_k))
         for name, x in (("q", q), ("k", k), ("v", v), ("sinks", sinks)):
             if x is not None and not isinstance(x, KVTensor) and not np.isfinite(np.asarray(x)).all():
@@ -166,7 +169,40 @@ class Plan:
 
     def run_device(self) -> float:
         """Run on the resident buffers; returns GPU microseconds (all passes)."""
-        return float(sum(self._sequence.run(wait=True)))
+        times = self._sequence.run(wait=True)
+        if knobs.debug(2):
+            for line in self.dispatch_lines(times):
+                print(line)
+        return float(sum(times))
+
+    def fa_work(self) -> tuple[int, int]:
+        """(bytes, FLOPs) of the FA step on the caller's shapes: Q read, O written as f32, K and
+        V as stored, the mask as f16; FLOPs 2*B*Hq*Nq*Nkv*(Dk+Dv) (the ggml convention)."""
+        s = self.shapes
+        rows = s.batch * s.heads_q * s.n_q
+        kv = self.kv_layouts["k"].nbytes + (0 if self.v_in_k else self.kv_layouts["v"].nbytes)
+        mask = 2 * math.prod(s.mask_shape) if s.mask_shape is not None else 0
+        return rows * (s.head_k + s.head_v) * 4 + kv + mask, 2 * rows * s.n_kv * (s.head_k + s.head_v)
+
+    def dispatch_lines(self, times: list[float]) -> list[str]:
+        """KGEN_DEBUG=2: one line per dispatch of a run that took `times` (GPU us per step, 0.0 on
+        a step recorded beside the one before it, [] when the device has no timer)."""
+        lines = []
+        for i, (step, recorded) in enumerate(zip(self.recipe.steps, self.steps)):
+            grid, joins = recorded[3], recorded[4]
+            line = f"kgen: dispatch {step.name} grid {'x'.join(map(str, grid))}"
+            if not times:
+                line += " (untimed)"
+            elif joins:
+                line += " (timed with the step before)"
+            else:
+                us = times[i]
+                line += f" {us:.1f} us"
+                if step.role == "fa" and us > 0:
+                    nbytes, flops = self.fa_work()
+                    line += f" {nbytes / (us * 1e3):.4g} GB/s {flops / (us * 1e6):.4g} TFLOPS"
+            lines.append(line)
+        return lines
 
     def result(self) -> np.ndarray:
         s = self.shapes

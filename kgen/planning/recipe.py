@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .. import abi
-from ..compile import compile_source
+from ..compile import compile_source, dump_glsl
 from ..extent import Expr, ceil_div, evaluate, mul
 from ..passes import kernel_push, passes_before
 from ..render import REDUCE_WG, _within_group_limit, reduce_chunks, render, render_split_k_reduce
@@ -53,6 +53,10 @@ class Step:
 
     def spirv(self) -> bytes:
         return _compiled(self.name, self.source())
+
+    def dump_glsl(self):
+        """Its rendered GLSL, written under knobs.glsl_dir() (KGEN_DEBUG=4); returns the path."""
+        return dump_glsl(self.source(), name=self.name)
 
     def groups(self, dims: dict[str, int]) -> tuple[int, int, int]:
         """Workgroup counts for a call, or a ValueError naming an axis over the Vulkan limit."""

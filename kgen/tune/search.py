@@ -108,9 +108,8 @@ def order_for(strategy: str, cands: list[Candidate], default: Candidate, seed: s
 POLISH_SHARE = 0.2
 POLISH_TOP = 3
 # The finalists: the best few are timed with the full runs before the winner rule sees them,
-# in the last tenth of a budget (or past it). A budget spent in the first round of halving left
-# every timing at 3 runs with no spread: on an H100 the P3 decode's pick (35.5 us on 3 runs)
-# ran 37.5 us in the bench, while a neighbour 1 us behind it on 3 runs ran 35.5.
+# in the last tenth of a budget (or past it): a budget spent in the first round of halving
+# leaves every timing at 3 runs with no spread, too few to order close candidates.
 CONFIRM_TOP = 4
 CONFIRM_SHARE = 0.1
 # Knobs a neighbour may differ in: the KV split count, and these uri tokens.

@@ -5,4 +5,4 @@ from .store import EXPORT_FORMAT, SCHEMA_VERSION, TuningDB, open_default
 
 __all__ = ["EXPORT_FORMAT", "MAX_TEXT", "SCHEMA_VERSION", "STATUSES", "Measurement", "TuningDB",
            "TuningDBError", "Winner", "open_default",
-           "_check_choice"]   # tests/test_osplit.py's
+           "_check_choice"]   # tests/device/test_osplit.py's

@@ -1,31 +1,7 @@
-"""The command line as a user runs it."""
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-from kgen.caps import Caps
+"""The command line as a user runs it, without a Vulkan device (`kgen devices`:
+tests/device/test_cli_devices.py)."""
+from helpers import ROOT, run_cli
 from kgen.cli import main
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kgen.cli", *args], capture_output=True, text=True, cwd=ROOT)
-
-
-def test_devices_json_lists_lavapipe_and_round_trips():
-    result = run_cli("devices", "--json")
-    assert result.returncode == 0, result.stderr
-    records = json.loads(result.stdout)
-    caps = [Caps.from_dict(r) for r in records]
-    assert any("llvmpipe" in c.name and c.device_type == "cpu" for c in caps)
-    assert all(Caps.from_json(c.to_json()) == c for c in caps)
-
-
-def test_devices_text_names_the_limits():
-    result = run_cli("devices")
-    assert result.returncode == 0 and "llvmpipe" in result.stdout and "shared" in result.stdout
 
 
 def test_space_from_caps_file_explains_cuts(tmp_path, capsys):

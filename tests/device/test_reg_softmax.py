@@ -273,7 +273,7 @@ CASES = [
 
 
 def case_variant(case, **knobs):
-    """A CASES row (also tests/test_split_sync.py's) as (variant, splits, q, k, v, mask): BASE
+    """A CASES row (also tests/device/test_split_sync.py's) as (variant, splits, q, k, v, mask): BASE
     with the row's heads, tiles and features, plus `knobs`."""
     name, hq, hkv, nq, nkv, dk, dv, use_mask, causal, splits, br, bc, mat_n, row_tiles = case
     q, k, v, mask = case_inputs(name, 1, hq, hkv, nq, nkv, dk, dv, use_mask)

@@ -43,7 +43,7 @@ def test_rules_name_the_limit(change, words):
 
 
 def test_coopmat2_rejects_the_knob():
-    # The scalar path has a kv_stream of its own (tests/test_scalar_stream.py).
+    # The scalar path has a kv_stream of its own (tests/device/test_scalar_stream.py).
     with pytest.raises(InvalidVariant, match="kv_stream"):
         Variant(path="coopmat2", head_k=128, head_v=128, k_type="f16", v_type="f16", br=32, bc=32,
                 wg=128, kv_stream=True)

@@ -44,6 +44,13 @@ if ! have_deb vulkan-validationlayers; then
     apt_install vulkan-validationlayers
 fi
 
+# --- C and C++ compilers: the tests build the exported header into programs (cc, c++) -------
+if ! command -v cc >/dev/null || ! command -v c++ >/dev/null; then
+    say "installing a C and C++ compiler (gcc, g++): the export tests compile kgen_fa.h"
+    apt_update
+    apt_install gcc g++ libc6-dev
+fi
+
 # --- GLSL compiler: the first that compiles the coopmat2 probe ------------------------------
 compiles_probe() {  # $1 = compiler binary; glslc and glslang take different flags
     local bin="$1" out; out="$(mktemp --suffix=.spv)"

@@ -21,7 +21,7 @@ def _tune_if_untuned(kernel_shapes: Shapes, device) -> None:
     decision = dispatch.lookup(device.caps, kernel_shapes.problem())
     if decision is not None and decision.level == "exact":
         return
-    if knobs.get("KGEN_DEBUG") >= 1:
+    if knobs.debug(1):
         print(f"kgen: no tuned decision for {kernel_shapes.problem().key}: tuning it now")
     tune(kernel_shapes, open_default(), device=device)
 

@@ -17,10 +17,9 @@ import functools
 from dataclasses import dataclass
 from typing import Callable
 
-from .compile import compile_source
-from .extent import Expr, evaluate, mul
+from .extent import Expr, mul
 from .paths.coopmat1 import layout
-from .render import (KV_TO_F16_WG, MASK_FRAG_WG, MASK_TILES_WG, Q_FRAG_WG, _within_group_limit, kv_to_f16_grid,
+from .render import (KV_TO_F16_WG, MASK_FRAG_WG, MASK_TILES_WG, Q_FRAG_WG, kv_to_f16_grid,
                      mask_frag_grid, mask_tiles_grid, q_frag_grid, render_kv_to_f16, render_mask_frag,
                      render_mask_tiles, render_q_frag)
 from .variant import PathKind, Variant
@@ -38,19 +37,6 @@ class PrePass:
     grid: tuple[Expr, Expr, Expr]
     nbytes: Expr               # the output buffer's size
     caller_push: bool = False  # True: the caller's push constants (its cache layout); else the kernel's
-
-    def groups(self, dims: dict[str, int]) -> tuple[int, int, int]:
-        """Workgroup counts for a call, or a ValueError naming an axis over the device limit."""
-        groups = tuple(evaluate(e, dims) for e in self.grid)
-        return _within_group_limit(groups, self.name, ", ".join(f"{k}={dims[k]}" for k in sorted(dims)))
-
-    def spirv(self) -> bytes:
-        return _compiled(self.name, self.render())
-
-
-@functools.lru_cache(maxsize=64)
-def _compiled(name: str, source: str) -> bytes:
-    return compile_source(source, name=name).spirv
 
 
 def uses_frag_mask(v: Variant) -> bool:

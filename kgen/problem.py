@@ -12,6 +12,9 @@ NQ_BUCKETS = (1, 8, 64, 512, None)            # 1, 2-8, 9-64, 65-512, >512
 NKV_BUCKETS = (256, 1024, 4096, 16384, None)
 GQA_BUCKETS = (1, 2, 4, 8, 16, None)
 V_IN_K = "v_in_k"  # listed after the features in a class key
+# The bucketed dimensions: (name in export tables and the C lookup, edges, ProblemClass field).
+BUCKETS = (("n_q", NQ_BUCKETS, "nq_bucket"), ("n_kv", NKV_BUCKETS, "nkv_bucket"),
+           ("gqa", GQA_BUCKETS, "gqa_bucket"))
 
 
 def bucket(value: int, edges: tuple) -> int:

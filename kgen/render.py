@@ -142,10 +142,17 @@ def _within_group_limit(groups: tuple[int, int, int], what: str, inputs: str) ->
     return groups
 
 
+def reduce_grid(chunks: Expr) -> tuple[Expr, Expr, Expr]:
+    """Grid of the split-k reduce pass: one workgroup per output row and column chunk
+    (`chunks`: reduce_chunks(head_v), or the name "reduce_chunks" for a formula every entry of
+    an export shares)."""
+    return "n_q", mul("n_head_q", chunks), "n_batch"
+
+
 def reduce_groups(n_q: int, heads_q: int, batch: int, head_v: int) -> tuple[int, int, int]:
-    """Grid of the split-k reduce pass: (n_q, heads_q * reduce_chunks(head_v), batch)."""
-    return _within_group_limit((n_q, heads_q * reduce_chunks(head_v), batch), "split-k reduce",
-                               f"n_q={n_q}, heads_q={heads_q}, batch={batch}, head_v={head_v}")
+    """reduce_grid's workgroup counts for a call."""
+    return _within_group_limit(_evaluate(reduce_grid(reduce_chunks(head_v)), n_q=n_q, n_head_q=heads_q, n_batch=batch),
+                               "split-k reduce", f"n_q={n_q}, heads_q={heads_q}, batch={batch}, head_v={head_v}")
 
 
 MASK_TILES_WG = 256

@@ -15,7 +15,7 @@ from typing import Callable
 from .. import knobs
 from ..caps import Caps
 from ..errors import KgenError
-from ..problem import ProblemClass, mismatch
+from ..problem import BUCKETS, ProblemClass, mismatch
 from ..space import why_invalid
 from ..variant import Variant
 
@@ -35,7 +35,7 @@ class Decision:
 # to the smaller class key. The query-row bucket decides the regime (decode vs prefill) and
 # weighs most. kgen export renders the same tiers into the C lookup.
 NEAREST_TIERS: tuple[tuple[str, ...], ...] = (("n_q",), ("n_kv", "gqa"))
-BUCKET_FIELDS = {"n_q": "nq_bucket", "n_kv": "nkv_bucket", "gqa": "gqa_bucket"}
+BUCKET_FIELDS = {name: field for name, _, field in BUCKETS}
 
 
 def distance(a: ProblemClass, b: ProblemClass) -> tuple[int, ...]:

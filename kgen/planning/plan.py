@@ -14,7 +14,7 @@ from ..shapes import Shapes, as_inputs, fold_gqa
 from ..space import why_invalid
 from ..variant import PathKind, Variant
 from .choose import call_dims, call_reason, choose_variant, kernel_layouts, split_values
-from .recipe import SPLITS, recipe
+from .recipe import recipe
 
 F32 = np.dtype("<f4")
 
@@ -102,8 +102,7 @@ class Plan:
 
     def dims(self) -> dict[str, int]:
         """The call's dimensions the recipe's formulas take (kgen.extent), split values included."""
-        return call_dims(self.kernel_shapes) | {SPLITS: self.splits, "split_kv": self.split_kv,
-                                                "split_count": self.splits}
+        return call_dims(self.kernel_shapes) | {"split_kv": self.split_kv, "split_count": self.splits}
 
     def _buffer(self, name: str):
         """The device buffer the recipe calls `name` (V inside K's bytes: K's buffer)."""

@@ -21,7 +21,7 @@ from .. import abi
 from ..compile import compile_source, dump_glsl
 from ..extent import Expr, ceil_div, evaluate, mul
 from ..passes import kernel_push, passes_before
-from ..render import REDUCE_WG, _within_group_limit, reduce_chunks, render, render_split_k_reduce
+from ..render import REDUCE_WG, _within_group_limit, reduce_chunks, reduce_grid, render, render_split_k_reduce
 from ..variant import Variant
 
 CALLER_BUFFERS = ("q", "k", "v", "mask", "sinks")
@@ -91,11 +91,6 @@ def fa_grid(br: Expr) -> tuple[Expr, Expr, Expr]:
     """One workgroup per br query rows of a head, per batch and KV split (templates/README.md).
     `br` is the variant's, or the name "br" for the formula every entry of an export shares."""
     return ceil_div("n_q", br), "n_head_q", mul("n_batch", "split_count")
-
-
-def reduce_grid(chunks: Expr) -> tuple[Expr, Expr, Expr]:
-    """The split-k reduce: one workgroup per output row and column chunk (render.reduce_chunks)."""
-    return "n_q", mul("n_head_q", chunks), "n_batch"
 
 
 def reduce_name(head_v: int, sinks: bool) -> str:

@@ -23,11 +23,11 @@ from .. import abi, extent
 from ..errors import KgenError
 from ..paths.shared import FUSED_STATS_SLOTS
 from ..planning.dispatch import BUCKET_FIELDS, NEAREST_TIERS
-from ..planning.recipe import SPLIT_COUNT, Recipe, Step, fa_grid, recipe, reduce_grid, split_kv
+from ..planning.recipe import SPLIT_COUNT, Recipe, Step, fa_grid, recipe, split_kv
 from ..problem import mismatch
-from ..render import reduce_chunks
+from ..render import reduce_chunks, reduce_grid
 from ..identity import BuildIdentity, DeviceIdentity
-from ..problem import GQA_BUCKETS, NKV_BUCKETS, NQ_BUCKETS, bucket_range
+from ..problem import BUCKETS, bucket_range
 from ..tunedb import Winner
 from ..types import KV_TYPES
 from ..variant import FEATURES, Variant
@@ -52,10 +52,6 @@ BINDING_ELEMENTS = {"q": "f32", "k": "k_type", "v": "v_type", "mask": "f16", "si
                     "out": "f32", "stats": "vec2<f32> (max, sum)", "reduced": "f32",
                     "mask_tiles": "u32", "split_arrivals": "u32"}
 assert set(BINDING_ELEMENTS) == set(abi.BINDING), "a new abi binding needs its element type here"
-# Bucketed problem dimensions: (name in the class key and entries, edges, ProblemClass field).
-BUCKETS = (("n_q", NQ_BUCKETS, "nq_bucket"), ("n_kv", NKV_BUCKETS, "nkv_bucket"),
-           ("gqa", GQA_BUCKETS, "gqa_bucket"))
-assert {name: attr for name, _, attr in BUCKETS} == BUCKET_FIELDS
 _PUSH_NAMES = {f.name for f in abi.PUSH_FIELDS}
 # Per-entry values the shared formulas name (fa_grid("br"), split_kv("bc"), ...).
 ENTRY_VALUES = ("br", "bc", "splits", "reduce_chunks")
@@ -319,13 +315,6 @@ def c_string(text: str) -> str:
 
 def _c_range(r: dict) -> str:
     return f"{{ {r['bucket']}u, {r['min']}u, {'UINT32_MAX' if r['max'] is None else str(r['max']) + 'u'} }}"
-
-
-def _c_axis(axis: tuple, br: str, chunks: str = "1u") -> str:
-    field, divide, times, scale = axis
-    text = f"pc->{field}" if divide == 1 else f"(pc->{field} + {br} - 1u) / {br}"
-    text = f"{text} * pc->{times}" if times else text
-    return text if scale == 1 else f"{text} * {chunks if scale == 'chunks' else f'{scale}u'}"
 
 
 def render_header(rows: list[Row]) -> str:

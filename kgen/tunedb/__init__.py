@@ -1,8 +1,7 @@
 """The tuning database: store.py (TuningDB: the SQLite file, its queries, its JSON export) and
 records.py (the records it holds, each checked by its type's from_record)."""
-from .records import MAX_TEXT, STATUSES, Measurement, TuningDBError, Winner, _check_choice
+from .records import MAX_TEXT, STATUSES, Measurement, TuningDBError, Winner
 from .store import EXPORT_FORMAT, SCHEMA_VERSION, TuningDB, open_default
 
 __all__ = ["EXPORT_FORMAT", "MAX_TEXT", "SCHEMA_VERSION", "STATUSES", "Measurement", "TuningDB",
-           "TuningDBError", "Winner", "open_default",
-           "_check_choice"]   # tests/device/test_osplit.py's
+           "TuningDBError", "Winner", "open_default"]

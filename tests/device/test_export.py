@@ -272,9 +272,11 @@ def test_passes_before_the_kernel_are_exported(uri, tmp_path):
     ex.export([(DEVICE, BuildIdentity.current(), _winner_for(uri))], tmp_path / "fa", "json")
     table = json.loads((tmp_path / "fa" / "kgen_dispatch.json").read_text())
     (e,) = table["entries"]
+    from kgen.planning.recipe import recipe
     want = passes_before(v)
-    assert [p["shader"] for p in e["passes_before"]] == [p.name for p in want] and want
-    for p, w in zip(e["passes_before"], want):
+    steps = [st for st in recipe(v).steps if st.role == "before"]   # how a plan runs them
+    assert [p["shader"] for p in e["passes_before"]] == [p.name for p in want] == [st.name for st in steps] and want
+    for p, w, step in zip(e["passes_before"], want, steps):
         spv = (tmp_path / "fa" / p["spv"]).read_bytes()
         assert hashlib.sha256(spv).hexdigest() == p["sha256"] and len(spv) == p["bytes"]
         assert (p["reads"], p["writes"], p["buffer"], p["kernel_binding"]) == (w.reads, w.writes, w.buffer, w.kernel_binding)
@@ -284,7 +286,7 @@ def test_passes_before_the_kernel_are_exported(uri, tmp_path):
                       "mask_planes": 1},
                      {"n_q": 37, "n_kv": 1000, "n_head_q": 8, "n_head_kv": 2, "n_batch": 3, "mask_rows": 1,
                       "mask_planes": 3}):
-            assert tuple(evaluate(p["grid"][a]["expr"], dims) for a in "xyz") == w.groups(dims)
+            assert tuple(evaluate(p["grid"][a]["expr"], dims) for a in "xyz") == step.groups(dims)
             assert evaluate(p["buffer_bytes"]["expr"], dims) == evaluate(w.nbytes, dims) > 0
     assert set(e["kernel_push"]) == set(kernel_push(v))
     assert bool(e["kernel_push"]) == v.kv_f16
@@ -346,11 +348,13 @@ def test_c_header_carries_the_passes_before_the_kernel(tmp_path, compiler, flags
     got = subprocess.run([str(tmp_path / "p")], capture_output=True, text=True, check=True).stdout.splitlines()
     dims = {"n_q": 37, "n_kv": 1000, "n_head_q": 8, "gqa_ratio": 4, "n_batch": 3, "n_head_kv": 2, "mask_rows": 37,
             "mask_planes": 3}
+    from kgen.planning.recipe import recipe
     want = []
     for uri in sorted(PASS_URIS, key=lambda u: _winner_for(u).problem.key):
         v = Variant.parse(uri)
-        for p in passes_before(v):
-            g = p.groups(dims)
+        steps = [st for st in recipe(v).steps if st.role == "before"]
+        for p, step in zip(passes_before(v), steps, strict=True):
+            g = step.groups(dims)
             want.append(f"{uri} {p.name} {abi.BINDING[p.reads]} {abi.BINDING[p.writes]} {abi.BINDING[p.kernel_binding]} "
                         f"{int(p.caller_push)} {g[0]} {g[1]} {g[2]} {p.local_size_x} {evaluate(p.nbytes, dims)} 1")
         push = {"k_stride_row": 160, "k_stride_batch": 0, "k_offset": 32}

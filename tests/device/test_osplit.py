@@ -23,10 +23,9 @@ from kgen.profiles import H100
 from kgen.space import enumerate_space, why_invalid
 from kgen.problem import mismatch
 from kgen.variant import Variant
-from runtime import open_device
 
 from test_attention import case_inputs, check, make_inputs, run_plan
-from test_reg_softmax import run_pass
+from test_reg_softmax import run_pass, scheme_on_device
 
 MLA = dict(path="coopmat1", head_k=576, head_v=512, k_type="f16", v_type="f16", br=64, bc=32,
            wg=256, mat_m=16, mat_n=8, mat_k=16, reg_softmax=1, o_split=True, v_in_k=True)
@@ -163,11 +162,6 @@ def test_fragment_ordered_q_pass(shape, mat_n):
     np.testing.assert_array_equal(np.frombuffer(got, np.float16).reshape(want.shape), want)
 
 
-def _scheme_on_device() -> bool:
-    from kgen.planning.probe import open_for_kernels
-    caps = open_for_kernels(None).caps
-    return coopmat1.supports(caps) is None and why_invalid(Variant(**MLA), caps) is None
-
 
 # (name, Hq, Hkv, Nq, Nkv, head_k, head_v, mask, causal, splits, knobs)
 CASES = [
@@ -190,7 +184,7 @@ def test_o_split_kernels_match_the_reference(case):
                              split_k=splits > 1, **knobs))
     variant = variant.replace(aligned=nkv % variant.bc == 0)
     kw = dict(mask=mask, causal=causal)
-    if not _scheme_on_device():
+    if not scheme_on_device(MLA):
         with pytest.raises(KgenError, match="coopmat1|cooperative|fragment"):
             run_plan(q, k, v, variant, splits, mla_type="f16", **kw)
         return
@@ -214,7 +208,7 @@ def test_o_split_score_modifiers_match_the_reference(splits):
                              split_k=splits > 1, aligned=True))
     k_in = KVTensor.from_array(k, "f16")
     v_in = KVTensor(k_in.data, k_in.type, k_in.shape[:3] + (512,), k_in.strides)
-    if not _scheme_on_device():
+    if not scheme_on_device(MLA):
         with pytest.raises(KgenError, match="coopmat1|cooperative|fragment"):
             kgen.plan(q, k_in, v_in, variant=variant, split_k=splits, **kw)
         return
@@ -227,6 +221,6 @@ def test_plan_refuses_v_in_k_for_a_separate_v():
     """A call whose V is its own tensor cannot run a kernel that reads V from K's tile."""
     rng = np.random.default_rng(3)
     q, k, v = make_inputs(rng, 1, 4, 1, 20, 64, 576, 512)
-    words = "v_in_k reads V as the first head_v columns" if _scheme_on_device() else "coopmat1|cooperative|fragment"
+    words = "v_in_k reads V as the first head_v columns" if scheme_on_device(MLA) else "coopmat1|cooperative|fragment"
     with pytest.raises(KgenError, match=words):
         kgen.plan(q, k, v, variant=Variant(**MLA))

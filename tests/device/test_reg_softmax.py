@@ -254,10 +254,11 @@ def test_fragment_ordered_mask_pass(mat_n, bc, shape):
     np.testing.assert_array_equal(np.frombuffer(got, np.float16).reshape(want.shape), want)
 
 
-def _scheme_on_device() -> bool:
+def scheme_on_device(knobs: dict = BASE) -> bool:
+    """Whether the default device, opened for kernels (fragment layout probed), runs Variant(**knobs)."""
     from kgen.planning.probe import open_for_kernels
     caps = open_for_kernels(None).caps
-    return coopmat1.supports(caps) is None and why_invalid(Variant(**BASE), caps) is None
+    return coopmat1.supports(caps) is None and why_invalid(Variant(**knobs), caps) is None
 
 
 # (name, Hq, Hkv, Nq, Nkv, head_k, head_v, mask, causal, splits, br, bc, mat_n, row tiles)
@@ -288,7 +289,7 @@ def case_variant(case, **knobs):
 def test_regs_kernels_match_the_reference(case):
     variant, splits, q, k, v, mask = case_variant(case)
     kw = dict(mask=mask, causal=variant.causal)
-    if not _scheme_on_device():
+    if not scheme_on_device():
         with pytest.raises(KgenError, match="coopmat1|cooperative|fragment"):
             kgen.plan(q, k, v, variant=variant, split_k=splits, **kw)
         return
@@ -310,7 +311,7 @@ def test_regs_score_modifiers_match_the_reference(splits):
     kw = dict(mask=mask, softcap=3.0, alibi_max_bias=8.0, sinks=sinks)
     variant = Variant(**dict(BASE, bc=32, mask=True, alibi=True, softcap=True, sinks=True,
                              split_k=splits > 1, aligned=True))
-    if not _scheme_on_device():
+    if not scheme_on_device():
         with pytest.raises(KgenError, match="coopmat1|cooperative|fragment"):
             kgen.plan(q, k, v, variant=variant, split_k=splits, **kw)
         return

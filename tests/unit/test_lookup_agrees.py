@@ -15,7 +15,7 @@ from kgen import profiles
 from kgen.identity import BuildIdentity, DeviceIdentity, kernel_digest
 from kgen.planning import dispatch
 from kgen.planning.choose import aligned_for
-from kgen.problem import GQA_BUCKETS, NKV_BUCKETS, NQ_BUCKETS, ProblemClass
+from kgen.problem import GQA_BUCKETS, NKV_BUCKETS, NQ_BUCKETS, ProblemClass, bucket_rep
 from kgen.space import default_variant
 from kgen.tools import export as ex
 from kgen.tunedb import TuningDB, Winner
@@ -46,10 +46,6 @@ int main(void) {
 """
 
 
-def _edge(edges: tuple, index: int) -> int:
-    return edges[index] if edges[index] is not None else 2 * edges[index - 1] + 7
-
-
 def _tuned_classes(rng: random.Random) -> list[ProblemClass]:
     """Several classes per (head sizes, features), at random buckets, plus one with V inside K."""
     out = set()
@@ -75,7 +71,7 @@ def _value(edges: tuple, rng: random.Random, index: int | None = None) -> int:
     """A value in bucket `index` (a random one if None)."""
     index = rng.randrange(len(edges)) if index is None else index
     low = 1 if index == 0 else edges[index - 1] + 1
-    return rng.randint(low, _edge(edges, index))
+    return rng.randint(low, bucket_rep(index, edges))
 
 
 @pytest.fixture(scope="module")

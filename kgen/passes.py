@@ -8,8 +8,8 @@ In the order a plan records them (all side by side, one barrier before the kerne
   (B, Hkv, Nkv, head) copy; these read the caller's push constants (its cache layout), the
   kernel then reads the copy's layout (`kernel_push`);
 - mask_tiles (coopmat2): each br x bc tile of the mask classified as all -inf, all zero or mixed;
-- mask_frag (coopmat1 reg_softmax with a mask): the mask in the order the lanes hold S;
-- q_frag (o_split): Q as f16 in the order the lanes hold their A operands.
+- mask_frag (coopmat1 regs or osplit with a mask): the mask in the order the lanes hold S;
+- q_frag (osplit): Q as f16 in the order the lanes hold their A operands.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from .paths.coopmat1 import layout
 from .render import (KV_TO_F16_WG, MASK_FRAG_WG, MASK_TILES_WG, Q_FRAG_WG, kv_to_f16_grid,
                      mask_frag_grid, mask_tiles_grid, q_frag_grid, render_kv_to_f16, render_mask_frag,
                      render_mask_tiles, render_q_frag)
-from .variant import PathKind, Variant
+from .variant import PathKind, Schedule, Variant
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,8 @@ class PrePass:
 
 
 def uses_frag_mask(v: Variant) -> bool:
-    """Whether a pass rewrites the mask in reg_softmax's fragment order before variant `v`."""
-    return bool(v.path is PathKind.COOPMAT1 and v.reg_softmax and v.mask and layout(v).mask_frag)
+    """Whether a pass rewrites the mask in the fragment order of variant `v`'s lanes before it."""
+    return bool(v.path is PathKind.COOPMAT1 and v.frag_scheme and v.mask and layout(v).mask_frag)
 
 
 def converted(v: Variant) -> tuple[str, ...]:
@@ -66,14 +66,14 @@ def passes_before(v: Variant) -> tuple[PrePass, ...]:
     if uses_frag_mask(v):
         grid = mask_frag_grid(v.bc, v.subgroup)
         out.append(PrePass(
-            f"mask_frag_regs{v.reg_softmax}_m{v.mat_m}n{v.mat_n}k{v.mat_k}_bc{v.bc}",
+            f"mask_frag_regs{v.frag_scheme}_m{v.mat_m}n{v.mat_n}k{v.mat_k}_bc{v.bc}",
             functools.partial(render_mask_frag, v), MASK_FRAG_WG,
             reads="mask", writes="out", buffer="mask_frag", kernel_binding="mask",
             grid=grid, nbytes=mul(16 * MASK_FRAG_WG, *grid)))
-    if v.o_split:
+    if v.schedule is Schedule.OSPLIT:
         grid = q_frag_grid(v.head_k)
         out.append(PrePass(
-            f"q_frag_regs{v.reg_softmax}_k{v.head_k}", functools.partial(render_q_frag, v), Q_FRAG_WG,
+            f"q_frag_regs{v.frag_scheme}_k{v.head_k}", functools.partial(render_q_frag, v), Q_FRAG_WG,
             reads="q", writes="out", buffer="q_frag", kernel_binding="q",
             grid=grid, nbytes=mul(16 * v.subgroup * layout(v).ks_steps, grid[1], grid[2])))
     return tuple(out)

@@ -13,7 +13,7 @@ from .paths.fragments import MASK_FRAG_CHUNK, SCHEMES, expected, mask_frag_tiles
 from .paths import path_spec
 from .paths.shared import fused_reduce_shared
 from .types import KvType
-from .variant import Variant
+from .variant import Schedule, Variant
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 if not (TEMPLATE_DIR / "common").is_dir():  # installed (not editable): templates ship as kgen.templates
@@ -37,7 +37,7 @@ def render(v: Variant) -> str:
     """The GLSL compute shader for `v`: readable, self-contained, deterministic."""
     spec = path_spec(v.path)
     v = v.kernel  # kv_f16 runs the f16 kernel (the same module, one cache entry)
-    template = environment().get_template(spec.TEMPLATE)
+    template = environment().get_template(spec.TEMPLATES[v.schedule])
     text = template.render(
         v=v,
         L=spec.layout(v),
@@ -185,10 +185,10 @@ MASK_FRAG_WG = 256
 
 
 def render_mask_frag(v: Variant, wg: int = MASK_FRAG_WG) -> str:
-    """The pass that rewrites the mask in the order reg_softmax variant `v`'s lanes hold S
-    (templates/mask_frag.comp.j2); grid from `mask_frag_groups`."""
-    f = reg_layout(v.reg_softmax, v.mat_m, v.mat_n, v.mat_k)
-    tiles = mask_frag_tiles(v.reg_softmax, v.mat_m, v.mat_n, v.mat_k)
+    """The pass that rewrites the mask in the order the lanes of variant `v` (schedule regs or
+    osplit) hold S (templates/mask_frag.comp.j2); grid from `mask_frag_groups`."""
+    f = reg_layout(v.frag_scheme, v.mat_m, v.mat_n, v.mat_k)
+    tiles = mask_frag_tiles(v.frag_scheme, v.mat_m, v.mat_n, v.mat_k)
     if not tiles:
         raise ValueError(f"{v.uri}: no fragment-ordered mask for {v.mat_m}x{v.mat_n} tiles with "
                          f"{f.acc_len} accumulator elements per lane")
@@ -196,7 +196,7 @@ def render_mask_frag(v: Variant, wg: int = MASK_FRAG_WG) -> str:
     if wg < lanes or wg % lanes:
         raise ValueError(f"wg={wg}: must be a multiple of the subgroup size {lanes}")
     template = environment().get_template("mask_frag.comp.j2")
-    return _tidy(template.render(scheme=v.reg_softmax, m=v.mat_m, n=v.mat_n, bc=v.bc, wg=wg, lanes=lanes,
+    return _tidy(template.render(scheme=v.frag_scheme, m=v.mat_m, n=v.mat_n, bc=v.bc, wg=wg, lanes=lanes,
                                  acc_len=f.acc_len, slots=f.slots, tiles=tiles, chunk=MASK_FRAG_CHUNK,
                                  slot_of=f.slot_of, rows=f.rows, cols=f.cols,
                                  push_fields=abi.PUSH_FIELDS, binding=abi.BINDING))
@@ -221,18 +221,18 @@ Q_FRAG_WG = 128
 
 
 def render_q_frag(v: Variant, wg: int = Q_FRAG_WG) -> str:
-    """The pass that writes Q (f32) as f16 in the A-fragment order of o_split variant `v`
+    """The pass that writes Q (f32) as f16 in the A-fragment order of osplit variant `v`
     (templates/q_frag.comp.j2); grid from `q_frag_groups`."""
-    if not v.o_split:
-        raise ValueError(f"{v.uri}: only o_split variants read a fragment-ordered Q")
-    a = expected(SCHEMES[v.reg_softmax], v.mat_m, v.mat_n, v.mat_k)[1]
+    if v.schedule is not Schedule.OSPLIT:
+        raise ValueError(f"{v.uri}: only osplit variants read a fragment-ordered Q")
+    a = expected(SCHEMES[v.frag_scheme], v.mat_m, v.mat_n, v.mat_k)[1]
     lanes, a_len = len(a.rows), len(a.rows[0])
     if (v.mat_m, v.mat_k, a_len) != (16, 16, 8):
         raise ValueError(f"{v.uri}: a fragment-ordered Q needs 16x16 A operands of 8 halves per lane")
     if wg < 1:
         raise ValueError(f"wg={wg}: must be >= 1")
     template = environment().get_template("q_frag.comp.j2")
-    return _tidy(template.render(scheme=v.reg_softmax, head_k=v.head_k,
+    return _tidy(template.render(scheme=v.frag_scheme, head_k=v.head_k,
                                  ksteps=path_spec(v.path).layout(v).ks_steps,
                                  lanes=lanes, wg=wg, a_rows=a.rows, a_cols=a.cols,
                                  push_fields=abi.PUSH_FIELDS, binding=abi.BINDING))

@@ -40,6 +40,33 @@ class PathKind(enum.Enum):
         raise ValueError(f"unknown path {name!r}; known: {', '.join(p.value for p in cls)}")
 
 
+class Schedule(str, enum.Enum):
+    """How a kernel moves K and V to its products and where it keeps S, P and O. Each path's
+    TEMPLATES maps the schedules it has to their top templates."""
+
+    BASE = "base"      # the path's plain kernel (coopmat1: K/V staged in chunks; scalar: loaded straight)
+    STAGE = "stage"    # whole K and V tiles staged through shared memory at once (fewest barriers)
+    DIRECT = "direct"  # coopmat1, f16 K/V: matrix operands loaded straight from the K and V buffers
+    STREAM = "stream"  # the next K/V tile's loads in flight during this one's work (decode)
+    REGS = "regs"      # coopmat1, f16 K/V: FlashAttention-2, each subgroup's S, P and O in registers
+    OSPLIT = "osplit"  # regs with O split by columns over the subgroups (V heads too wide: MLA)
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def softmax_in_registers(self) -> bool:
+        """The schedules whose softmax works on the accumulators in a fragment scheme."""
+        return self in (Schedule.REGS, Schedule.OSPLIT)
+
+    @classmethod
+    def parse(cls, name: "str | Schedule") -> "Schedule":
+        try:
+            return cls(name)
+        except ValueError:
+            raise ValueError(f"unknown schedule {name!r}; known: {', '.join(s.value for s in cls)}") from None
+
+
 # Compiled-in features, in uri order. `causal` also covers the sliding window (its width is a
 # run-time value); `split_k` makes the kernel write partial outputs for a reduce pass.
 FEATURES = ("mask", "causal", "alibi", "softcap", "sinks", "split_k")
@@ -60,19 +87,13 @@ class Variant:
     subgroup: int = 32       # required subgroup size
     d_split: int = 0         # scalar: threads per dot product
     row_split: int = 0       # scalar: row groups per workgroup
-    kv_staging: bool = False  # scalar/coopmat1: stage K/V tiles through shared memory
-    kv_direct: bool = False   # coopmat1: load f16 K/V straight from memory into matrix operands
-    kv_stream: bool = False   # the next K/V tile's loads in flight during this one's work. coopmat1
-                              # (f16 K/V, one row tile: decode): whole tiles in 16-byte loads;
-                              # scalar: each thread's columns in registers, no staging
-    reg_softmax: int = 0      # coopmat1, f16 K/V: each subgroup keeps S, P and O of its rows in
-                              # registers; the number names the fragment scheme (kgen/fragments.py)
-    split_sync: int = 0       # reg_softmax: 0 = two workgroup barriers per tile; 1, 2 = subgroups
+    schedule: Schedule = Schedule.BASE  # the kernel's schedule; each path has its own few
+    frag_scheme: int = 0      # regs, osplit: the fragment scheme (kgen/paths/fragments.py SCHEMES)
+                              # that says which S elements each lane holds; 0 for other schedules
+    split_sync: int = 0       # regs: 0 = two workgroup barriers per tile; 1, 2 = subgroups
                               # count their arrivals in shared memory and wait only for what they
                               # read next (1: V stored right after S, the next K loaded during the
                               # softmax; 2: loads and stores where the barriers have them)
-    o_split: bool = False     # reg_softmax: O split by columns over the subgroups and S shared
-                              # through shared memory (head_v too wide for one subgroup's registers)
     v_in_k: bool = False      # V is the first head_v columns of K's rows (MLA): read from K's tile
     kv_f16: bool = False      # a pass converts block-quantized K/V to dense f16 before the kernel
     mask_tiles: bool = False  # coopmat2: a pass classifies mask tiles (all -inf: skipped; all 0: no load)
@@ -93,6 +114,7 @@ class Variant:
         object.__setattr__(self, "path", PathKind.parse(self.path))
         object.__setattr__(self, "k_type", KvType.parse(self.k_type))
         object.__setattr__(self, "v_type", KvType.parse(self.v_type))
+        object.__setattr__(self, "schedule", Schedule.parse(self.schedule))
         reason = _intrinsic_reason(self)
         if reason is None:
             reason = _path_check(self.path)(self.kernel)
@@ -116,7 +138,9 @@ class Variant:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         values: dict = {"path": PathKind.parse(g.pop("path")),
                          "k_type": KvType.parse(g.pop("k_type")),
-                         "v_type": KvType.parse(g.pop("v_type"))}
+                         "v_type": KvType.parse(g.pop("v_type")),
+                         "schedule": _parse_schedule(uri, g.pop("schedule"), g["frag_scheme"],
+                                                     g.pop("osplit"))}
         for name, text in g.items():
             if text is not None:
                 values[name] = True if fields[name].type in (bool, "bool") else int(text)
@@ -187,9 +211,15 @@ def _intrinsic_reason(v: Variant) -> str | None:
         return "fused_reduce combines split-k partial rows: it needs the split_k feature"
     if v.split_sync not in SPLIT_SYNC_SCHEMES:
         return f"split_sync={v.split_sync}: one of {SPLIT_SYNC_SCHEMES} (0: workgroup barriers)"
-    if v.split_sync and (not v.reg_softmax or v.o_split):
-        return ("split_sync replaces the barriers of the reg_softmax kernel (coopmat1, without "
-                "o_split): leave it 0")
+    if v.schedule.softmax_in_registers and not v.frag_scheme:
+        return (f"schedule={v.schedule}: its softmax works on the accumulators in a fragment "
+                "scheme; set frag_scheme to one (kgen/paths/fragments.py SCHEMES)")
+    if v.frag_scheme and not v.schedule.softmax_in_registers:
+        return (f"frag_scheme={v.frag_scheme}: a fragment scheme of the regs and osplit schedules, "
+                f"not of schedule={v.schedule} (leave it 0)")
+    if v.split_sync and v.schedule is not Schedule.REGS:
+        return (f"split_sync replaces the barriers of the regs schedule (coopmat1), not of "
+                f"schedule={v.schedule}: leave it 0")
     if v.alibi and not v.mask:
         return "alibi scales the mask (score + slope * mask): it needs the mask feature"
     return None
@@ -203,6 +233,21 @@ def _flag(name: str, token: str) -> tuple[Callable[[Variant], str], str]:
 def _knob(name: str, prefix: str) -> tuple[Callable[[Variant], str], str]:
     return (lambda v: f"{prefix}{getattr(v, name)}" if getattr(v, name) else ""), \
         rf"(?:_{prefix}(?P<{name}>\d+))?"
+
+
+_NAMED_SCHEDULES = (Schedule.STAGE, Schedule.DIRECT, Schedule.STREAM)
+
+
+def _parse_schedule(uri: str, named: str | None, frag: str | None, osplit: str | None) -> Schedule:
+    """The schedule a uri's tokens name: `named` (stage, direct, stream), else regs{frag}, which
+    `osplit` after it makes the osplit schedule."""
+    if named and (frag is not None or osplit):
+        raise ValueError(f"not a kgen variant uri: {uri!r} (two schedules: {named} and regs)")
+    if osplit:
+        return Schedule.OSPLIT
+    if frag is not None:
+        return Schedule.REGS
+    return Schedule.parse(named) if named else Schedule.BASE
 
 
 _TYPE_RE = "|".join(sorted((re.escape(t.label) for t in KvType), key=len, reverse=True))
@@ -219,12 +264,13 @@ _TOKENS: list[tuple[Callable[[Variant], str], str]] = [
     (lambda v: f"sg{v.subgroup}", r"_sg(?P<subgroup>\d+)"),
     _knob("d_split", "ds"),
     _knob("row_split", "rs"),
-    _flag("kv_staging", "stage"),
-    _flag("kv_direct", "direct"),
-    _flag("kv_stream", "stream"),
-    _knob("reg_softmax", "regs"),
+    # The schedule, where the uris already written hold it: stage, direct or stream by name;
+    # regs as its fragment scheme, regs{n} (then sync{n}); osplit as regs{n}_osplit.
+    (lambda v: v.schedule.value if v.schedule in _NAMED_SCHEDULES else "",
+     rf"(?:_(?P<schedule>{'|'.join(s.value for s in _NAMED_SCHEDULES)}))?"),
+    _knob("frag_scheme", "regs"),
     _knob("split_sync", "sync"),
-    _flag("o_split", "osplit"),
+    (lambda v: "osplit" if v.schedule is Schedule.OSPLIT else "", r"(?:_(?P<osplit>osplit))?"),
     _flag("v_in_k", "vink"),
     _flag("kv_f16", "kvf16"),
     _flag("mask_tiles", "mtiles"),

@@ -8,7 +8,7 @@ costs when added back one at a time.
         [--heads 288/256 --row-copies 2]
 
 Each subgroup owns RT row tiles of MM query rows and keeps their Q operands in registers, as
-kgen's reg_softmax kernels do. Per KV tile of BC keys it computes S = Q K^T with each K^T
+kgen's regs kernels do. Per KV tile of BC keys it computes S = Q K^T with each K^T
 operand loaded from shared memory once and used by its RT row tiles, then O += P V with each V
 operand loaded from shared memory once; P is a constant built from one S element. The K and V
 tiles are put in shared memory once, before the loop: no global memory traffic in the loop
@@ -31,7 +31,7 @@ Every option is a comma-separated list; the script times every combination. What
   work the compiler may interleave); 2 (with rt 1, softmax 3): the softmax written between the
   next tile's depth steps in the source;
 - q-shared 1: Q's operands are read from shared memory at every use instead of registers; 2:
-  from global memory (L1), as kgen's o_split kernel reads its Q fragments;
+  from global memory (L1), as kgen's osplit kernel reads its Q fragments;
 - splits N: N workgroups per row block, each walking Nkv / N keys (more workgroups; the
   partial results' reduce is not included).
 Two options model a kernel that splits the head dimensions between subgroups (the case's FLOPs

@@ -7,7 +7,7 @@ Every workgroup walks all keys of its KV head in tiles of BC rows (BC must divid
 prefill kernel without KV splits does: K (and V, unless the case reads V from K) with 16-byte loads, the next tile's loads
 issued before this tile is consumed. Options (comma-separated lists; every combination is timed):
 - q 1: every tile also reads the workgroup's BR rows of Q again (a kernel that cannot hold Q in
-  registers or shared memory, such as kgen's o_split kernel, reads each Q operand once per tile);
+  registers or shared memory, such as kgen's osplit kernel, reads each Q operand once per tile);
 - stage 1: each tile is stored to shared memory between two barriers, as a kernel that shares
   one tile between its subgroups does;
 - stagger 1: row tile x starts at key tile x * tiles / row tiles and wraps around, so the row

@@ -1,7 +1,7 @@
 """One module per code path; each exports the same names (see templates/README.md):
 
-KIND, TEMPLATE, check(v), layout(v), supports(caps), device_reason(v, caps),
-candidates(problem, caps), default(problem, caps).
+KIND, TEMPLATES (schedule -> top template, for the schedules the path has), check(v), layout(v),
+supports(caps), device_reason(v, caps), candidates(problem, caps), default(problem, caps).
 """
 from __future__ import annotations
 

@@ -32,11 +32,12 @@ from dataclasses import astuple, dataclass, fields
 from ..caps import Caps, CoopMat2Features
 from ..problem import ProblemClass
 from ..types import KvType
-from ..variant import PathKind, Variant
-from .shared import coopmat1_knob_reason, fused_reduce_shared
+from ..variant import PathKind, Schedule, Variant
+from .shared import coopmat1_knob_reason, fused_reduce_shared, schedule_reason
 
 KIND = PathKind.COOPMAT2
-TEMPLATE = "fa_coopmat2.comp.j2"
+# One schedule: K/V are loaded through tensor layouts and the driver stages them.
+TEMPLATES = {Schedule.BASE: "fa_coopmat2.comp.j2"}
 
 TILE_STEP = 16            # br, bc and padded head sizes: multiples of the matrix granularity
 TILE_MAX = 256
@@ -60,13 +61,8 @@ def check(v: Variant) -> str | None:
         if getattr(v, name):
             return (f"{name}={getattr(v, name)}: coopmat2 multiplies br x bc workgroup-scope "
                     "matrices directly and has no such knob (leave it 0)")
-    if (reason := coopmat1_knob_reason(v)) is not None:
+    if (reason := schedule_reason(v, TEMPLATES) or coopmat1_knob_reason(v)) is not None:
         return reason
-    if v.kv_stream:
-        return "kv_stream: a coopmat1 and scalar knob (leave it False)"
-    if v.kv_staging or v.kv_direct:
-        return ("kv_staging/kv_direct: coopmat2 loads K/V through tensor layouts and the driver "
-                "stages them; leave both False")
     for name in ("br", "bc"):
         n = getattr(v, name)
         if n % TILE_STEP or not TILE_STEP <= n <= TILE_MAX:

@@ -1,10 +1,11 @@
 """Where a cooperative matrix's elements live: the row and column of each lane's element i.
 
-VK_KHR_cooperative_matrix leaves that mapping to the implementation. The coopmat1 kernel with
-`reg_softmax` keeps S, P and O of its rows in registers, as FlashAttention-2 does on CUDA, and
-compiles in a fragment *scheme*: which of a lane's accumulator elements share a row (its row
-slots), which lanes hold the rest of that row (reduced with xor shuffles), and which of the
-lane's own S elements make up each element of P's A operand (so P never leaves registers).
+VK_KHR_cooperative_matrix leaves that mapping to the implementation. The coopmat1 kernels of the
+regs and osplit schedules keep S, P and O of their rows in registers, as FlashAttention-2 does on
+CUDA, and compile in a fragment *scheme* (the variant's `frag_scheme`): which of a lane's
+accumulator elements share a row (its row slots), which lanes hold the rest of that row (reduced
+with xor shuffles), and which of the lane's own S elements make up each element of P's A operand
+(so P never leaves registers).
 
 A scheme is a named, fixed mapping (its number is part of the variant's uri, so a uri always
 renders the same code); `probe` reads the mapping a device really uses, once per device, and a
@@ -81,9 +82,9 @@ def reg_layout(number: int, m: int, n: int, k: int) -> RegLayout:
     """The scheme's compiled-in numbers for (m, n, k); ValueError names what does not hold."""
     scheme = SCHEMES.get(number)
     if scheme is None:
-        raise ValueError(f"reg_softmax={number}: no such fragment scheme (known: {sorted(SCHEMES)})")
+        raise ValueError(f"frag_scheme={number}: no such fragment scheme (known: {sorted(SCHEMES)})")
     if (m, n, k) not in scheme.shapes:
-        raise ValueError(f"reg_softmax={number} ({scheme.name}) is defined for shapes "
+        raise ValueError(f"frag_scheme={number} ({scheme.name}) is defined for shapes "
                          f"{scheme.shapes}, not {m}x{n}x{k}")
     acc, a = expected(scheme, m, n, k)
     return analyse(acc, a)
@@ -148,7 +149,7 @@ MASK_FRAG_CHUNK = 16  # mask columns per 16-byte element of a fragment-ordered m
 def mask_frag_tiles(number: int, m: int, n: int, k: int) -> int:
     """S tiles whose accumulator elements fill one lane's 16 bytes (8 halves) of a
     fragment-ordered mask (kgen.render.render_mask_frag), or 0 where the shape has no such
-    order (reg_softmax then reads the mask as scalars)."""
+    order (the kernel then reads the mask as scalars)."""
     acc_len = reg_layout(number, m, n, k).acc_len
     tiles = 8 // acc_len if acc_len in (4, 8) else 0
     return tiles if m == 16 and tiles * n == MASK_FRAG_CHUNK else 0
@@ -162,15 +163,15 @@ def scheme_reason(number: int, m: int, n: int, k: int, probed: tuple[Fragment, .
     except ValueError as e:
         return str(e)
     if subgroup != SUBGROUP:
-        return f"reg_softmax={number}: schemes are for {SUBGROUP}-lane subgroups, not {subgroup}"
+        return f"frag_scheme={number}: schemes are for {SUBGROUP}-lane subgroups, not {subgroup}"
     want = expected(SCHEMES[number], m, n, k)
     got = {f.use: f for f in probed if (f.m, f.n, f.k) == (m, n, k)}
     if set(got) != {"acc", "a"}:
-        return (f"reg_softmax={number}: the device's fragment layout at {m}x{n}x{k} is not "
+        return (f"frag_scheme={number}: the device's fragment layout at {m}x{n}x{k} is not "
                 "known (caps carry no probe for it; a Device probes when it opens)")
     for w in want:
         if got[w.use] != w:
-            return (f"reg_softmax={number}: the device's {w.use} fragments at {m}x{n}x{k} are not "
+            return (f"frag_scheme={number}: the device's {w.use} fragments at {m}x{n}x{k} are not "
                     f"{SCHEMES[number].name}")
     return None
 

@@ -8,8 +8,8 @@ the KV columns of a `bc` tile round-robin. Every thread keeps its own online-sof
 (m, l, O slice) over its columns; after the KV loop the column groups merge, first by subgroup
 shuffles, then through shared memory when a row group spans several subgroups.
 
-K and V come straight from memory, or staged through shared memory (`kv_staging`: a tile
-decoded once for all row groups), or streamed (`kv_stream`): each thread holds its columns of
+K and V come straight from memory (schedule base), or staged through shared memory (stage: a
+tile decoded once for all row groups), or streamed (stream): each thread holds its columns of
 the current tile in registers while its loads of the next tile are in flight. A decode's
 workgroups have little else to hide memory latency behind; without the stream each tile waits
 for its loads (H100, 128/128 GQA 4 decode: the direct loads kept 1.95 TB/s of the 2.6 that a
@@ -23,11 +23,12 @@ from dataclasses import dataclass
 
 from ..caps import Caps
 from ..problem import ProblemClass
-from .shared import SharedArray, coopmat1_knob_reason, fused_reduce_shared
-from ..variant import PathKind, Variant
+from .shared import SharedArray, coopmat1_knob_reason, fused_reduce_shared, schedule_reason
+from ..variant import PathKind, Schedule, Variant
 
 KIND = PathKind.SCALAR
-TEMPLATE = "fa_scalar.comp.j2"
+# One small template for the three schedules: they differ only in how a tile's K/V are read.
+TEMPLATES = dict.fromkeys((Schedule.BASE, Schedule.STAGE, Schedule.STREAM), "fa_scalar.comp.j2")
 
 _NVIDIA, _AMD, _INTEL = 0x10DE, 0x1002, 0x8086
 # Vec4 operations in one thread's fully unrolled tile step (Layout.tile_work). Compile time and
@@ -46,12 +47,8 @@ def check(v: Variant) -> str | None:
     """Device-independent rules of the scalar template; the reason names the field and limit."""
     if v.mat_m or v.mat_n or v.mat_k:
         return f"mat_m/n/k={v.mat_m}/{v.mat_n}/{v.mat_k}: the scalar path uses no matrices (all 0)"
-    if (reason := coopmat1_knob_reason(v)) is not None:
+    if (reason := schedule_reason(v, TEMPLATES) or coopmat1_knob_reason(v)) is not None:
         return reason
-    if v.kv_direct:
-        return "kv_direct loads matrix operands: a coopmat1 knob (leave it False)"
-    if v.kv_stream and v.kv_staging:
-        return "kv_stream keeps K/V tiles in registers: it replaces kv_staging (leave one False)"
     if v.mask_tiles:
         return "mask_tiles: a coopmat2 knob (leave it False)"
     if not _pow2(v.d_split) or v.subgroup % v.d_split:
@@ -117,7 +114,7 @@ class Layout:
     tile_type: str             # shared Q/K/V element: vec4 (acc 32) or f16vec4 (acc 16)
     acc_type: str              # O accumulator and P: vec4/float or f16vec4/float16_t
     acc_scalar: str
-    k_reg_type: str            # kv_stream: a K vec4 in registers (common/decode.glsl NAME_raw4)
+    k_reg_type: str            # stream: a K vec4 in registers (common/decode.glsl NAME_raw4)
     v_reg_type: str
     shared: tuple[SharedArray, ...]
 
@@ -136,10 +133,11 @@ def layout(v: Variant) -> Layout:
     rowgroup_subgroups = max(1, rowgroup // v.subgroup)
     tile_type = "f16vec4" if v.acc == 16 else "vec4"
     q_stride4 = v.head_k // 4 + 1
-    kv_stride4 = max(v.head_k, v.head_v) // 4 + 1 if v.kv_staging else 0
+    staged = v.schedule is Schedule.STAGE
+    kv_stride4 = max(v.head_k, v.head_v) // 4 + 1 if staged else 0
     shared = [SharedArray("sh_q", tile_type, v.br * q_stride4,
                           "Q tile, one padded row per query row")]
-    if v.kv_staging:
+    if staged:
         shared.append(SharedArray("sh_kv", tile_type, v.bc * kv_stride4,
                                   "K tile, then V tile, decoded; one padded row per KV column"))
     if rowgroup_subgroups > 1:
@@ -233,14 +231,14 @@ def candidates(problem: ProblemClass, caps: Caps) -> Iterator[dict]:
         d_splits = {max(1, nat // 2), nat} | ({2 * nat} if wide and 2 * nat <= sg else set())
         # Small subgroups give few column groups per row group: offer narrower tiles and 128
         # threads so that the unrolled tile stays under MAX_TILE_WORK. A decode also gets 8
-        # subgroups and kv_stream: more loads in flight per workgroup when few workgroups share
-        # the GPU.
+        # subgroups and the stream schedule: more loads in flight per workgroup when few
+        # workgroups share the GPU.
         small_sg = sg < 32
         bcs = (16,) * small_sg + (32, 64) + (128,) * (problem.nq_bucket == 0)
         wgs = {4 * sg, 128} if small_sg else {2 * sg, 4 * sg} | ({sg} if sg >= 64 else set())
         wgs |= {8 * sg} if decode and not small_sg else set()
-        # (kv_staging, kv_stream): direct, staged, and for a decode streamed.
-        loads = [(False, False), (True, False)] + [(False, True)] * decode
+        # K/V loaded straight, staged, and for a decode streamed.
+        schedules = [Schedule.BASE, Schedule.STAGE] + [Schedule.STREAM] * decode
         for wg in sorted(wgs):
             if wg > caps.max_workgroup_invocations:
                 continue
@@ -249,9 +247,9 @@ def candidates(problem: ProblemClass, caps: Caps) -> Iterator[dict]:
                 if row_split > br:
                     continue
                 for bc in bcs:
-                    for staging, stream in loads:
+                    for schedule in schedules:
                         yield dict(common, br=br, bc=bc, wg=wg, subgroup=sg, d_split=d_split,
-                                   row_split=row_split, kv_staging=staging, kv_stream=stream)
+                                   row_split=row_split, schedule=schedule)
 
 
 def default(problem: ProblemClass, caps: Caps) -> Variant:
@@ -299,21 +297,22 @@ def default(problem: ProblemClass, caps: Caps) -> Variant:
             br //= 2
         else:
             break
-    v = _tile(common, br=br, bc=bc, row_split=row_split, kv_staging=staging)
+    v = _tile(common, br=br, bc=bc, row_split=row_split,
+              schedule=Schedule.STAGE if staging else Schedule.BASE)
     # Shared memory: drop staging first, then halve br (llama.cpp halves Br).
     while layout(v).shared_bytes > caps.max_shared_memory:
-        if v.kv_staging:
-            v = v.replace(kv_staging=False)
+        if v.schedule is Schedule.STAGE:
+            v = v.replace(schedule=Schedule.BASE)
         elif v.br > 1:
-            v = _tile(common, br=v.br // 2, bc=bc, row_split=v.row_split, kv_staging=False)
+            v = _tile(common, br=v.br // 2, bc=bc, row_split=v.row_split, schedule=Schedule.BASE)
         else:
             break
     return v
 
 
-def _tile(common: dict, *, br: int, bc: int, row_split: int, kv_staging: bool) -> Variant:
+def _tile(common: dict, *, br: int, bc: int, row_split: int, schedule: Schedule) -> Variant:
     """A Variant with row_split <= br and bc grown to a whole number of column groups."""
     row_split = min(row_split, br)
     cols_per_iter = common["wg"] // row_split // common["d_split"]
     bc = max(bc, cols_per_iter)
-    return Variant(**common, br=br, bc=bc, row_split=row_split, kv_staging=kv_staging)
+    return Variant(**common, br=br, bc=bc, row_split=row_split, schedule=schedule)

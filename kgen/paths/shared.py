@@ -1,5 +1,6 @@
-"""What the path modules share: the description of a template's `shared` arrays, and the rule
-that keeps coopmat1's kernel knobs out of the other paths."""
+"""What the path modules share: the description of a template's `shared` arrays, the rule that
+keeps a variant to its path's schedules, and the one that keeps coopmat1's knobs out of the
+other paths."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,11 +37,18 @@ def fused_reduce_shared(v) -> tuple[SharedArray, ...]:
             SharedArray("fused_is_last", "uint", 1, "1 in the workgroup that arrived last"))
 
 
+def schedule_reason(v, templates: dict) -> str | None:
+    """Why variant `v`'s schedule is not one its path has (the keys of the path's TEMPLATES),
+    or None."""
+    if v.schedule not in templates:
+        return (f"schedule={v.schedule}: the {v.path} path has "
+                f"{', '.join(str(s) for s in templates)}")
+    return None
+
+
 def coopmat1_knob_reason(v) -> str | None:
     """Why variant `v` of another path sets a knob only coopmat1 kernels have, or None
-    (kv_stream, which the scalar path has too, is each path's own rule)."""
-    if v.reg_softmax:
-        return "reg_softmax: a coopmat1 kernel (leave it 0)"
-    if v.o_split or v.v_in_k:
-        return "o_split, v_in_k: coopmat1 reg_softmax knobs (leave them False)"
+    (frag_scheme and split_sync go with schedules, which `schedule_reason` keeps to the path's)."""
+    if v.v_in_k:
+        return "v_in_k: a knob of coopmat1's stream and osplit schedules (leave it False)"
     return None

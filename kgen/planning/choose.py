@@ -80,6 +80,6 @@ def kernel_layouts(v: Variant, kv_layouts: dict[str, KvLayout], dims: dict[str, 
 
 
 def call_reason(v: Variant, s: Shapes, kv_layouts: dict[str, KvLayout]) -> str | None:
-    """Why `v` cannot run on this call's K/V layouts (kv_direct and its kin read whole 16-byte
-    elements), or None."""
+    """Why `v` cannot run on this call's K/V layouts (the direct, stream, regs and osplit
+    schedules read whole 16-byte elements), or None."""
     return direct_reason(v, s.n_kv, kernel_layouts(v, kv_layouts, call_dims(s)))

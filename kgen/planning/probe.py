@@ -31,13 +31,14 @@ def open_for_kernels(device: Any = None) -> Any:
 
 def probe_or_warn(device: Any) -> tuple[Fragment, ...]:
     """probe(), for a device about to run kernels: a failed probe must not stop it from running
-    every other kernel, so it warns and leaves the layout unknown (reg_softmax variants then say
-    so)."""
+    every other kernel, so it warns and leaves the layout unknown (variants of the regs and
+    osplit schedules then say so)."""
     try:
         return probe(device)
     except (KgenError, ValueError) as exc:  # the compiler, the driver or the read-back refused
         warnings.warn(f"coopmat1 fragment probe failed ({type(exc).__name__}: {exc}); "
-                      "reg_softmax variants are unavailable on this device", RuntimeWarning, stacklevel=2)
+                      "regs and osplit variants are unavailable on this device", RuntimeWarning,
+                      stacklevel=2)
         return ()
 
 

@@ -16,7 +16,7 @@ from ..problem import NQ_BUCKETS, ProblemClass, bucket
 from ..profiles import PROFILES
 from ..render import render, render_split_k_reduce
 from ..space import default_variant, why_invalid
-from ..variant import PathKind, Variant
+from ..variant import PathKind, Schedule, Variant
 
 HEADS = ((64, 64), (128, 128), (256, 256), (576, 512))
 KV_TYPES = ("f16", "q8_0", "q4_0")
@@ -35,9 +35,9 @@ H100_WINNERS = (
 
 def _structures() -> list[Variant]:
     """One H100 variant per kernel structure the defaults leave out: the winners above
-    (coopmat1 reg_softmax with split_sync 0 and 1, kv_f16, o_split with v_in_k as MLA uses,
-    kv_stream with split-k; scalar fused-reduce split-k), then coopmat1 kv_staging, kv_direct and
-    reg_softmax split_sync=2, coopmat2 mask_tiles with kv_f16 and with fused_reduce, and a
+    (coopmat1 regs with split_sync 0 and 1, kv_f16, osplit with v_in_k as MLA uses, stream
+    with split-k; scalar fused-reduce split-k), then the coopmat1 stage and direct schedules and
+    regs with split_sync=2, coopmat2 mask_tiles with kv_f16 and with fused_reduce, and a
     scalar split-k decode with sinks (the reduce pass with sinks)."""
     h100 = PROFILES["h100"]
     prefill = ProblemClass(head_k=128, head_v=128, k_type="f16", v_type="f16", features=("mask",),
@@ -50,7 +50,8 @@ def _structures() -> list[Variant]:
                          features=("mask", "sinks", "split_k"), nq_bucket=0)
     cm1 = default_variant(prefill, h100, PathKind.COOPMAT1)
     out = [Variant.parse(uri) for uri in H100_WINNERS]
-    out += [cm1.replace(kv_staging=True), cm1.replace(kv_direct=True), out[0].replace(split_sync=2),
+    out += [cm1.replace(schedule=Schedule.STAGE), cm1.replace(schedule=Schedule.DIRECT),
+            out[0].replace(split_sync=2),
             default_variant(quant, h100, PathKind.COOPMAT2).replace(kv_f16=True, mask_tiles=True),
             default_variant(decode, h100, PathKind.COOPMAT2).replace(fused_reduce=True),
             default_variant(sinks, h100, PathKind.SCALAR)]

@@ -10,7 +10,7 @@ from ..errors import InvalidVariant
 from ..paths.shared import FUSED_STATS_SLOTS
 from ..planning.choose import choose_variant, split_count
 from ..space import default_variant, enumerate_space, why_invalid
-from ..variant import PathKind, Variant
+from ..variant import PathKind, Schedule, Variant
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,8 @@ SCALAR_DECODE_ROWS = 8
 def _scalar_decode(v: Variant, n_q: int) -> bool:
     """The scalar variants worth timing for a decode on matrix hardware: K/V straight from memory,
     one row group holding every row (row groups of one row ran 1.2-4x slower on the H100)."""
-    return not v.kv_staging and v.row_split == 1 and v.br == min(SCALAR_DECODE_ROWS, 1 << (n_q - 1).bit_length())
+    return (v.schedule is not Schedule.STAGE and v.row_split == 1
+            and v.br == min(SCALAR_DECODE_ROWS, 1 << (n_q - 1).bit_length()))
 
 
 # fused_reduce is timed where the last workgroup of a row tile reads at most this many partial

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+from ..variant import Schedule
 from .candidates import Candidate
 
 STRATEGIES = ("exhaustive", "random", "halving")
@@ -78,8 +79,8 @@ class Limits:
 
 def stratum(v) -> tuple:
     """The kind of kernel a candidate is, for dealing a budget out fairly: path, K/V conversion,
-    and the coopmat1 kernels that differ most (stream decode, register softmax)."""
-    return (v.path.value, v.kv_f16, v.kv_stream, bool(v.reg_softmax))
+    and the schedules that differ most (stream decode, softmax in registers)."""
+    return (v.path.value, v.kv_f16, v.schedule is Schedule.STREAM, v.schedule.softmax_in_registers)
 
 
 def order_for(strategy: str, cands: list[Candidate], default: Candidate, seed: str) -> list[Candidate]:
@@ -118,13 +119,13 @@ _NEIGHBOUR_TOKENS = re.compile(r"_(fusedred|stream|splitk)(?=_|$)")
 
 def neighbours(c: Candidate, cands: list[Candidate]) -> list[Candidate]:
     """The candidates one knob away from `c`: the same kernel tile with another split count,
-    or with fused_reduce or kv_stream switched, in enumeration order."""
+    or with fused_reduce or the stream schedule switched, in enumeration order."""
     key = _NEIGHBOUR_TOKENS.sub("", c.variant.uri)
     return [n for n in cands if n != c and _NEIGHBOUR_TOKENS.sub("", n.variant.uri) == key]
 
 
 def nearest(c: Candidate, cands: list[Candidate]) -> list[Candidate]:
-    """The neighbours exactly one knob from `c`: one of fused_reduce and kv_stream switched at
+    """The neighbours exactly one knob from `c`: fused_reduce or the stream schedule switched at
     the same split count, or the same kernel at the next smaller and next larger split count."""
     family = neighbours(c, cands)
     tokens = set(_NEIGHBOUR_TOKENS.findall(c.variant.uri))

@@ -1,11 +1,11 @@
-{#- The fragment scheme's tables (kgen/fragments.py, `L.frag`) for reg_softmax kernels
-    (regs.glsl, osplit.glsl): which row and column each lane's accumulator element holds, and
-    row reductions over the lanes that share a row. -#}
+{#- The fragment scheme's tables (kgen/paths/fragments.py, `L.frag`) for the regs and osplit
+    kernels (regs.glsl, osplit.glsl): which row and column each lane's accumulator element
+    holds, and row reductions over the lanes that share a row. -#}
 {% set F = L.frag %}
 const float LOG2E = 1.4426950408889634;
 const float LN2 = 0.6931471805599453;
 
-// ---- fragment scheme {{ v.reg_softmax }}: lane l's accumulator element i is row
+// ---- fragment scheme {{ v.frag_scheme }}: lane l's accumulator element i is row
 // FRAG_ROW[l * SLOTS + SLOT_OF[i]] and column FRAG_COL[l * ACC_LEN + i] of its MM x MN tile ----
 const uint ACC_LEN = {{ F.acc_len }}u;  // accumulator elements per lane
 const uint A_LEN = {{ F.a_len }}u;      // A-operand elements per lane

@@ -1,6 +1,6 @@
-{#- Whole K tiles through shared memory for reg_softmax kernels (regs.glsl, osplit.glsl): each
-    thread loads its share of the next tile into registers (load_k) while the current one is
-    used, and stores it once Ksh is free (store_k). -#}
+{#- Whole K tiles through shared memory for the regs and osplit kernels (regs.glsl,
+    osplit.glsl): each thread loads its share of the next tile into registers (load_k) while the
+    current one is used, and stores it once Ksh is free (store_k). -#}
 {% from "coopmat1/tile_rows.glsl" import load_rows, store_rows %}
 {% set ragged_k = L.k_step * v.wg != v.bc * v.head_k // 8 %}
 const uint K_VECS = HSK / 8u;         // 16-byte elements per K row (head sizes are multiples of 8)

@@ -1,10 +1,10 @@
-{#- reg_softmax with o_split (kgen/paths/coopmat1.py), for V heads too wide for one subgroup's
+{#- The osplit schedule (kgen/paths/coopmat1.py): regs for V heads too wide for one subgroup's
     registers (MLA: 576/512). Subgroup sg computes the S block of row tile sg / CG and the MK
     columns (sg % CG) * MK.. of each KV tile (summing depth part sg % CG of its row tile's S,
     the other parts arriving through Psh), its softmax and P; P goes to shared memory in
     A-fragment order, and every subgroup multiplies all BR rows of P by its own O_SG columns of
-    V. V is the first HSV columns of K's rows (v_in_k): it is read from the K tile in Ksh.
-    Q comes in A-fragment order from a pass before the kernel (templates/q_frag.comp.j2). -#}
+    V. V is the first HSV columns of K's rows (v_in_k): it is read from the K tile in Ksh. Q
+    comes in A-fragment order from a pass before the kernel (templates/q_frag.comp.j2). -#}
 {% set F = L.frag %}
 const uint KSTEPS = HSK_PAD / MK;     // q.k depth steps
 const uint RT = BR / MM;              // row tiles: each subgroup holds O of all of them

@@ -1,4 +1,4 @@
-{#- reg_softmax with o_split: the main body (kgen/paths/coopmat1.py); declarations in
+{#- The osplit schedule's main body (kgen/paths/coopmat1.py); declarations in
     coopmat1/osplit.glsl. -#}
 {% set F = L.frag %}
 {% set scored = v.mask or v.causal or v.softcap or v.alibi or not v.aligned %}
@@ -75,7 +75,7 @@
         // ---- S = Q K^T for this subgroup's block: MM rows x MK columns ----
         // Split by depth over the row tile's CG subgroups: this one sums depth part cg of every
         // block of its row tile, so each Q operand is read once per row tile instead of CG
-        // times (P2: 1742 -> 1548 us), and the other blocks' partial sums go to their owners
+        // times, and the other blocks' partial sums go to their owners
         // through Psh (free: the last P V read it before the last tile's final barrier).
         MatF32 part[CG][S_N];
         [[unroll]] for (uint g = 0u; g < CG; ++g) {

@@ -1,8 +1,8 @@
-{#- reg_softmax (kgen/paths/coopmat1.py): FlashAttention-2 on coopmat1. Each subgroup owns RT
-    tiles of MM query rows and keeps S, P and O in registers; the fragment scheme
-    (kgen/fragments.py, `F`) says which row and column each lane's accumulator element holds. Whole K and V tiles go
-    through shared memory as 16-byte elements, each thread holding its share of the next one in
-    registers while the current products run. -#}
+{#- The regs schedule (kgen/paths/coopmat1.py): FlashAttention-2 on coopmat1. Each subgroup owns
+    RT tiles of MM query rows and keeps S, P and O in registers; the fragment scheme
+    (kgen/paths/fragments.py, `F`) says which row and column each lane's accumulator element
+    holds. Whole K and V tiles go through shared memory as 16-byte elements, each thread holding
+    its share of the next one in registers while the current products run. -#}
 {% set F = L.frag %}
 {% set ragged_v = L.v_step * v.wg != v.bc * v.head_v // 8 %}
 {% set scored = v.mask or v.causal or v.softcap or v.alibi or not v.aligned %}

@@ -1,4 +1,4 @@
-{#- reg_softmax's main body (kgen/paths/coopmat1.py); declarations in coopmat1/regs.glsl. -#}
+{#- The regs schedule's main body (kgen/paths/coopmat1.py); declarations in coopmat1/regs.glsl. -#}
 {% set F = L.frag %}
 {% set scored = v.mask or v.causal or v.softcap or v.alibi or not v.aligned %}
     // This subgroup's rows: RT tiles of MM from strip = sg * RT * MM; the rows and columns this

@@ -1,35 +1,9 @@
-{#- Q, K and V into shared memory as f16, one vec4 per step, consecutive threads on consecutive
-    vec4s of a row. Columns past the head size and rows past the range are written as zeros:
-    the matrix products then read only finite values and need no bounds. K and V go through
-    registers in two halves (load_*: global -> `staged`, store_*: `staged` -> KVsh) so that the
-    main loop can issue the next step's loads before this step's matrix work. -#}
-{% if not v.kv_stream %}
-// Q rows row0.. of this head (f32 in memory) -> Qsh, once per workgroup. Q is read as scalars:
-// its strides need not be multiples of 4. Loads go out Q_BATCH at a time before any store.
-void stage_q(uint q_base, uint row0) {
-    const uint COLS4 = HSK_PAD / 4u, TOTAL = BR * COLS4;
-    for (uint e0 = tid; e0 < TOTAL; e0 += Q_BATCH * WG) {
-        f16vec4 x[Q_BATCH];
-        [[unroll]] for (uint n = 0u; n < Q_BATCH; ++n) {
-            const uint e = e0 + n * WG, r = e / COLS4, d = e % COLS4 * 4u;
-            x[n] = f16vec4(0.0);
-            if (e < TOTAL && row0 + r < pc.n_q && d < HSK) {
-                const uint q = q_base + (row0 + r) * pc.q_stride_row + d;
-                x[n] = f16vec4(vec4(q_data[q], q_data[q + 1u], q_data[q + 2u], q_data[q + 3u]));
-            }
-        }
-        [[unroll]] for (uint n = 0u; n < Q_BATCH; ++n) {
-            const uint e = e0 + n * WG, r = e / COLS4, d = e % COLS4 * 4u;
-            if (e < TOTAL) {
-                Qsh[(r * Q_STRIDE + d) / 4u] = x[n];
-            }
-        }
-    }
-}
-
-{% endif %}
-
-{% if not (v.kv_direct or v.kv_stream) %}
+{#- K and V into shared memory as f16 (the staged schedules: K_CHUNK head columns of K and
+    V_ROWS rows of V a step, or whole tiles), one vec4 per step, consecutive threads on
+    consecutive vec4s of a row. Columns past the head size and rows past the range are written
+    as zeros: the matrix products then read only finite values and need no bounds. K and V go
+    through registers in two halves (load_*: global -> `staged`, store_*: `staged` -> KVsh) so
+    that the main loop can issue the next step's loads before this step's matrix work. -#}
 // This thread's vec4s of the staging step in flight (a K chunk or a block of V rows).
 f16vec4 staged[STAGED];
 
@@ -86,4 +60,3 @@ void store_v() {
         }
     }
 }
-{% endif %}

@@ -1,8 +1,8 @@
-{#- kv_stream (kgen/paths/coopmat1.py): one row tile streams whole K/V tiles. Every thread holds
-    its share of the next tile (K and V rows as 16-byte elements, and the tile's mask values) in
-    registers: load_tile issues the loads before the current tile's products, store_tile puts
-    them in shared memory once that tile is done. With v_in_k (MLA) V is the first HSV columns
-    of the K tile: nothing of V is loaded or staged. -#}
+{#- The stream schedule (kgen/paths/coopmat1.py): one row tile streams whole K/V tiles. Every
+    thread holds its share of the next tile (K and V rows as 16-byte elements, and the tile's
+    mask values) in registers: load_tile issues the loads before the current tile's products,
+    store_tile puts them in shared memory once that tile is done. With v_in_k (MLA) V is the
+    first HSV columns of the K tile: nothing of V is loaded or staged. -#}
 {% from "coopmat1/tile_rows.glsl" import load_rows, store_rows %}
 {% set ragged_k = L.k_step * v.wg != v.bc * v.head_k // 8 %}
 {% set ragged_v = L.v_step * v.wg != v.bc * v.head_v // 8 %}

@@ -31,7 +31,7 @@ def test_rules_and_uri():
     # coopmat1 wrote wrong partial rows on the H100 with the combine compiled in: refused.
     with pytest.raises(InvalidVariant, match="not on the coopmat1 path"):
         Variant(path="coopmat1", head_k=128, head_v=128, k_type="f16", v_type="f16", br=16, bc=32,
-                wg=64, kv_staging=True, mat_m=16, mat_n=16, mat_k=16, split_k=True, fused_reduce=True)
+                wg=64, schedule="stage", mat_m=16, mat_n=16, mat_k=16, split_k=True, fused_reduce=True)
 
 
 def test_stats_table_counts_as_shared_memory_and_bounds_the_splits():

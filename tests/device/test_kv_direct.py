@@ -1,4 +1,4 @@
-"""coopmat1's kv_direct knob: f16 K/V loaded straight into matrix operands (no staging).
+"""coopmat1's direct schedule: f16 K/V loaded straight into matrix operands (no staging).
 
 The rules run everywhere; the kernels run where coopmat1 exists (an H100 in the GPU
 verification) and elsewhere forcing one must fail naming the path, before any submission.
@@ -14,12 +14,12 @@ from kgen.paths.coopmat1 import direct_reason
 from kgen.profiles import H100
 from kgen.runtime import open_device
 from kgen.space import why_invalid
-from kgen.variant import Variant
+from kgen.variant import Schedule, Variant
 
 from test_attention import check, make_inputs, run_plan
 
 BASE = dict(path="coopmat1", head_k=128, head_v=128, k_type="f16", v_type="f16", br=16, bc=64,
-            wg=128, mat_m=16, mat_n=16, mat_k=16, kv_direct=True)
+            wg=128, mat_m=16, mat_n=16, mat_k=16, schedule=Schedule.DIRECT)
 
 
 def test_uri_round_trip():
@@ -31,7 +31,6 @@ def test_uri_round_trip():
 @pytest.mark.parametrize("change, words", [
     (dict(k_type="q8_0"), "only f16"),
     (dict(v_type="q4_0"), "only f16"),
-    (dict(kv_staging=True), "not both"),
     (dict(head_k=136, head_v=136), "multiple of mat_k=16"),
 ])
 def test_rules_name_the_limit(change, words):
@@ -39,13 +38,13 @@ def test_rules_name_the_limit(change, words):
         Variant(**dict(BASE, **change))
 
 
-def test_other_paths_reject_the_knob():
-    with pytest.raises(InvalidVariant, match="kv_direct"):
+def test_other_paths_reject_the_schedule():
+    with pytest.raises(InvalidVariant, match="schedule=direct"):
         Variant(path="scalar", head_k=128, head_v=128, k_type="f16", v_type="f16", br=8, bc=32,
-                wg=128, d_split=4, row_split=1, kv_direct=True)
-    with pytest.raises(InvalidVariant, match="kv_direct"):
+                wg=128, d_split=4, row_split=1, schedule=Schedule.DIRECT)
+    with pytest.raises(InvalidVariant, match="schedule=direct"):
         Variant(path="coopmat2", head_k=128, head_v=128, k_type="f16", v_type="f16", br=32, bc=32,
-                wg=128, kv_direct=True)
+                wg=128, schedule=Schedule.DIRECT)
 
 
 def test_no_staging_buffer_and_mla_fits_with_wide_tiles():
@@ -60,8 +59,8 @@ def test_h100_candidates_include_direct_only_for_f16():
     from kgen.problem import ProblemClass
     f16 = ProblemClass.parse("576/512 f16/f16 acc32 - nq0 nkv3 gqa0")
     q8 = ProblemClass.parse("128/128 q8_0/q8_0 acc32 mask nq0 nkv3 gqa0")
-    assert any(k.get("kv_direct") for k in coopmat1.candidates(f16, H100))
-    assert not any(k.get("kv_direct") for k in coopmat1.candidates(q8, H100))
+    assert any(k["schedule"] is Schedule.DIRECT for k in coopmat1.candidates(f16, H100))
+    assert not any(k["schedule"] is Schedule.DIRECT for k in coopmat1.candidates(q8, H100))
 
 
 def test_direct_reason_checks_layouts_and_length():
@@ -73,7 +72,7 @@ def test_direct_reason_checks_layouts_and_length():
     assert "offset 4" in direct_reason(v, 100, {"k": dense, "v": KvLayout((128, 12800, 12800), 4, 0)})
     assert "at least bc=64" in direct_reason(v, 40, {"k": dense, "v": dense})
     assert direct_reason(v.replace(aligned=True), 128, {"k": dense, "v": dense}) is None
-    assert direct_reason(v.replace(kv_direct=False), 40, {"k": odd, "v": odd}) is None
+    assert direct_reason(v.replace(schedule=Schedule.BASE), 40, {"k": odd, "v": odd}) is None
 
 
 def _has_coopmat1() -> bool:

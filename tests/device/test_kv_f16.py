@@ -36,10 +36,10 @@ def test_rejected_without_a_quantized_tensor():
 
 
 def test_kernel_rules_apply_to_the_f16_kernel():
-    # kv_direct loads f16 only: with kv_f16 the kernel is f16, so the pair is valid.
+    # The direct schedule loads f16 only: with kv_f16 the kernel is f16, so the pair is valid.
     v = Variant(path="coopmat1", head_k=128, head_v=128, k_type="q4_0", v_type="q4_0", br=16,
-                bc=64, wg=128, mat_m=16, mat_n=16, mat_k=16, kv_direct=True, kv_f16=True)
-    assert v.kernel.kv_direct
+                bc=64, wg=128, mat_m=16, mat_n=16, mat_k=16, schedule="direct", kv_f16=True)
+    assert v.kernel.schedule == "direct"
     with pytest.raises(InvalidVariant, match="only f16"):
         v.replace(kv_f16=False)
 

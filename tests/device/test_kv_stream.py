@@ -1,4 +1,4 @@
-"""coopmat1's kv_stream knob: one row tile streams whole f16 K/V tiles (16-byte loads, the next
+"""coopmat1's stream schedule: one row tile streams whole f16 K/V tiles (16-byte loads, the next
 tile in flight), S split over head depth. Also the plan's one buffer for MLA's V inside K.
 
 The rules run everywhere; the kernels run where coopmat1 exists (an H100 in the GPU
@@ -15,13 +15,13 @@ from kgen.paths.coopmat1 import direct_reason
 from kgen.problem import ProblemClass
 from kgen.profiles import H100
 from kgen.space import why_invalid
-from kgen.variant import Variant
+from kgen.variant import Schedule, Variant
 
 from test_attention import case_inputs, check, make_inputs, run_plan
 from test_kv_direct import _has_coopmat1
 
 BASE = dict(path="coopmat1", head_k=128, head_v=128, k_type="f16", v_type="f16", br=16, bc=32,
-            wg=128, mat_m=16, mat_n=16, mat_k=16, kv_stream=True)
+            wg=128, mat_m=16, mat_n=16, mat_k=16, schedule=Schedule.STREAM)
 
 
 def test_uri_round_trip():
@@ -32,8 +32,6 @@ def test_uri_round_trip():
 
 @pytest.mark.parametrize("change, words", [
     (dict(k_type="q8_0"), "16-byte"),
-    (dict(kv_direct=True), "replaces kv_staging and kv_direct"),
-    (dict(kv_staging=True), "replaces kv_staging and kv_direct"),
     (dict(br=32, wg=128), "one row tile"),
     (dict(head_k=576, head_v=512, bc=64, wg=64), "at most 24"),
 ])
@@ -42,11 +40,11 @@ def test_rules_name_the_limit(change, words):
         Variant(**dict(BASE, **change))
 
 
-def test_coopmat2_rejects_the_knob():
-    # The scalar path has a kv_stream of its own (tests/device/test_scalar_stream.py).
-    with pytest.raises(InvalidVariant, match="kv_stream"):
+def test_coopmat2_rejects_the_schedule():
+    # The scalar path has a stream schedule of its own (tests/device/test_scalar_stream.py).
+    with pytest.raises(InvalidVariant, match="schedule=stream: the coopmat2 path has base"):
         Variant(path="coopmat2", head_k=128, head_v=128, k_type="f16", v_type="f16", br=32, bc=32,
-                wg=128, kv_stream=True)
+                wg=128, schedule=Schedule.STREAM)
 
 
 def test_layout_splits_depth_and_fits_mla():
@@ -67,14 +65,14 @@ def test_h100_candidates_offer_stream_for_one_row_tile_only():
     prefill = ProblemClass.parse("128/128 f16/f16 acc32 - nq3 nkv3 gqa0")
     valid = []
     for knobs in coopmat1.candidates(decode, H100):
-        if knobs.get("kv_stream"):
+        if knobs["schedule"] is Schedule.STREAM:
             try:
                 valid.append(Variant(**knobs))
             except InvalidVariant as exc:
                 assert "at most 24" in str(exc)   # only the register budget rules some out
     # MLA's 576/512 rows fit 48 KiB of shared memory in tiles of 16 keys.
     assert {v.bc for v in valid if why_invalid(v, H100) is None} == {16}
-    assert not any(k.get("kv_stream") for k in coopmat1.candidates(prefill, H100))
+    assert not any(k["schedule"] is Schedule.STREAM for k in coopmat1.candidates(prefill, H100))
 
 
 def test_v_in_k_reads_v_from_the_k_tile():
@@ -86,24 +84,24 @@ def test_v_in_k_reads_v_from_the_k_tile():
     assert lay.shared_bytes == own_v.shared_bytes - 16 * 520 * 2
     assert why_invalid(mla, H100) is None
     # Without a kernel that reads V from K the knob has no meaning.
-    with pytest.raises(InvalidVariant, match="o_split, v_in_k"):
-        Variant(**dict(BASE, kv_stream=False, v_in_k=True))
+    with pytest.raises(InvalidVariant, match="v_in_k with schedule=base"):
+        Variant(**dict(BASE, schedule=Schedule.BASE, v_in_k=True))
 
 
 def test_space_offers_v_in_k_streams_only_to_v_in_k_classes():
     own_v = ProblemClass.parse("576/512 f16/f16 acc32 - nq2 nkv3 gqa0")
     in_k = ProblemClass.parse("576/512 f16/f16 acc32 v_in_k nq2 nkv3 gqa0")
     def streams(problem):
-        return {k["v_in_k"] for k in coopmat1.candidates(problem, H100) if k.get("kv_stream")}
+        return {k["v_in_k"] for k in coopmat1.candidates(problem, H100) if k["schedule"] is Schedule.STREAM}
     assert streams(own_v) == {False} and streams(in_k) == {False, True}
 
 
-def test_layout_reason_names_the_knob():
+def test_layout_reason_names_the_schedule():
     v = Variant(**BASE)
     dense = KvLayout((128, 128 * 100, 128 * 100), 0, 0)
     assert direct_reason(v, 20, {"k": dense, "v": dense}) is None   # short KV: loads are guarded
     odd = KvLayout((132, 132 * 100, 132 * 100), 0, 0)
-    assert direct_reason(v, 100, {"k": odd, "v": dense}).startswith("kv_stream reads k")
+    assert direct_reason(v, 100, {"k": odd, "v": dense}).startswith("schedule=stream reads k")
 
 
 def test_v_in_k_plan_holds_one_buffer():

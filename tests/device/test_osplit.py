@@ -1,4 +1,4 @@
-"""coopmat1's o_split knob (with v_in_k): reg_softmax for V heads too wide for one subgroup's
+"""coopmat1's osplit schedule (with v_in_k): regs for V heads too wide for one subgroup's
 registers (DeepSeek MLA, 576/512). O is split by columns over the subgroups, S blocks and P go
 through shared memory, V is read from the K tile, and Q arrives in A-fragment order from a pass
 before the kernel (templates/q_frag.comp.j2).
@@ -22,13 +22,13 @@ from kgen.problem import ProblemClass
 from kgen.profiles import H100
 from kgen.space import enumerate_space, why_invalid
 from kgen.problem import mismatch
-from kgen.variant import Variant
+from kgen.variant import Schedule, Variant
 
 from test_attention import case_inputs, check, make_inputs, run_plan
 from test_reg_softmax import run_pass, scheme_on_device
 
 MLA = dict(path="coopmat1", head_k=576, head_v=512, k_type="f16", v_type="f16", br=64, bc=32,
-           wg=256, mat_m=16, mat_n=8, mat_k=16, reg_softmax=1, o_split=True, v_in_k=True)
+           wg=256, mat_m=16, mat_n=8, mat_k=16, schedule=Schedule.OSPLIT, frag_scheme=1, v_in_k=True)
 
 
 def test_uri_round_trip_and_layout():
@@ -50,9 +50,9 @@ def test_uri_round_trip_and_layout():
 
 
 @pytest.mark.parametrize("change, words", [
-    (dict(v_in_k=False), "o_split and v_in_k go together"),
-    (dict(o_split=False), "o_split and v_in_k go together"),
-    (dict(reg_softmax=0), "reg_softmax knobs"),
+    (dict(v_in_k=False), "schedule=osplit needs v_in_k"),
+    (dict(schedule=Schedule.REGS), "v_in_k with schedule=regs"),
+    (dict(frag_scheme=0), "schedule=osplit: .* set frag_scheme"),
     (dict(wg=128), "subgroups must be"),
     (dict(br=32, bc=16, wg=64), "O is 256 f32 registers per lane, at most 128"),
     (dict(head_v=504), "multiple of subgroups \\* mat_n"),
@@ -68,7 +68,7 @@ def test_rules_name_the_limit(change, words):
 
 def test_other_paths_reject_the_knobs():
     for path, extra in (("coopmat2", {}), ("scalar", dict(d_split=4, row_split=1))):
-        with pytest.raises(InvalidVariant, match="o_split, v_in_k"):
+        with pytest.raises(InvalidVariant, match="v_in_k: a knob of coopmat1"):
             Variant(path=path, head_k=576, head_v=512, k_type="f16", v_type="f16", br=16, bc=32,
                     wg=128, v_in_k=True, **extra)
 
@@ -93,13 +93,13 @@ def test_shapes_carry_v_in_k_into_the_class():
     assert "v_in_k" in P2.problem().key
 
 
-def test_h100_space_offers_o_split_only_with_v_in_k():
+def test_h100_space_offers_osplit_only_with_v_in_k():
     mla = ProblemClass.parse("576/512 f16/f16 acc32 mask+v_in_k nq3 nkv3 gqa4")
-    split = [v for v in enumerate_space(mla, H100).valid if v.o_split]
+    split = [v for v in enumerate_space(mla, H100).valid if v.schedule is Schedule.OSPLIT]
     assert split and all(v.v_in_k and (v.br, v.bc, v.wg) == (64, 32, 256) for v in split)
     assert {v.mat_n for v in split} == {8, 16}
     plain = dataclasses.replace(mla, v_in_k=False)
-    assert not any(v.o_split or v.v_in_k for v in enumerate_space(plain, H100).valid)
+    assert not any(v.schedule is Schedule.OSPLIT or v.v_in_k for v in enumerate_space(plain, H100).valid)
 
 
 def test_v_in_k_needs_v_to_share_k_layout():
@@ -177,7 +177,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_o_split_kernels_match_the_reference(case):
+def test_osplit_kernels_match_the_reference(case):
     name, hq, hkv, nq, nkv, dk, dv, use_mask, causal, splits, knobs = case
     q, k, v, mask = case_inputs(name, 1, hq, hkv, nq, nkv, dk, dv, use_mask)
     variant = Variant(**dict(MLA, head_k=dk, head_v=dv, mask=use_mask, causal=causal,
@@ -194,7 +194,7 @@ def test_o_split_kernels_match_the_reference(case):
 
 
 @pytest.mark.parametrize("splits", [1, 2])
-def test_o_split_score_modifiers_match_the_reference(splits):
+def test_osplit_score_modifiers_match_the_reference(splits):
     """Softcap, ALiBi and sinks over a mask with -inf runs, with and without split-k."""
     from kgen.kvtensor import KVTensor
     rng = np.random.default_rng(11 + splits)

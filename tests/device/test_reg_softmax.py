@@ -1,6 +1,6 @@
-"""coopmat1's reg_softmax knob: FlashAttention-2 in registers (S, P and O of each subgroup's rows
+"""coopmat1's regs schedule: FlashAttention-2 in registers (S, P and O of each subgroup's rows
 stay in accumulator registers; the fragment scheme says where each element lives), and the
-fragment probe and analysis behind it (kgen/fragments.py).
+fragment probe and analysis behind it (kgen/paths/fragments.py).
 
 The rules and the analysis run everywhere; the kernels run where coopmat1 exists with a probed
 scheme (an H100 in the GPU verification); elsewhere forcing one fails before any submission.
@@ -20,13 +20,13 @@ from kgen.paths import coopmat1
 from kgen.problem import ProblemClass
 from kgen.profiles import H100
 from kgen.space import why_invalid
-from kgen.variant import Variant
+from kgen.variant import Schedule, Variant
 from runtime import open_device
 
 from test_attention import case_inputs, check, make_inputs, run_plan
 
 BASE = dict(path="coopmat1", head_k=128, head_v=128, k_type="f16", v_type="f16", br=64, bc=64,
-            wg=128, mat_m=16, mat_n=16, mat_k=16, reg_softmax=1)
+            wg=128, mat_m=16, mat_n=16, mat_k=16, schedule=Schedule.REGS, frag_scheme=1)
 
 
 def test_uri_round_trip():
@@ -42,9 +42,8 @@ def test_uri_round_trip():
     (dict(br=48, wg=64), "subgroups \\* mat_m"),
     (dict(head_k=512, head_v=512, bc=16), "head_v at most 256"),
     (dict(head_k=256, head_v=256, br=128, bc=16), "row tiles \\* head_v at most 256"),
-    (dict(kv_stream=True), "leave kv_staging, kv_direct, kv_stream"),
     (dict(bc=128, wg=64, br=32), "at most 16"),
-    (dict(reg_softmax=7), "no such fragment scheme"),
+    (dict(frag_scheme=7), "no such fragment scheme"),
     (dict(mat_m=16, mat_n=16, mat_k=8, bc=32), "defined for shapes"),
 ])
 def test_rules_name_the_limit(change, words):
@@ -52,13 +51,13 @@ def test_rules_name_the_limit(change, words):
         Variant(**dict(BASE, **change))
 
 
-def test_other_paths_reject_the_knob():
-    with pytest.raises(InvalidVariant, match="reg_softmax"):
+def test_other_paths_reject_the_schedule():
+    with pytest.raises(InvalidVariant, match="schedule=regs"):
         Variant(path="coopmat2", head_k=128, head_v=128, k_type="f16", v_type="f16", br=32, bc=32,
-                wg=128, reg_softmax=1)
-    with pytest.raises(InvalidVariant, match="reg_softmax"):
+                wg=128, schedule=Schedule.REGS, frag_scheme=1)
+    with pytest.raises(InvalidVariant, match="schedule=regs"):
         Variant(path="scalar", head_k=128, head_v=128, k_type="f16", v_type="f16", br=8, bc=32,
-                wg=128, d_split=4, row_split=1, reg_softmax=1)
+                wg=128, d_split=4, row_split=1, schedule=Schedule.REGS, frag_scheme=1)
 
 
 def test_layout_keeps_q_in_registers_for_small_heads_only():
@@ -125,15 +124,15 @@ def test_analysis_refuses_what_registers_cannot_do():
 
 def test_h100_candidates_offer_regs_for_prefill():
     prefill = ProblemClass.parse("128/128 f16/f16 acc32 - nq3 nkv3 gqa0")
-    regs = [Variant(**k) for k in coopmat1.candidates(prefill, H100) if k.get("reg_softmax")
-            and _valid(k)]
+    regs = [Variant(**k) for k in coopmat1.candidates(prefill, H100)
+            if k["schedule"] is Schedule.REGS and _valid(k)]
     fit = [v for v in regs if why_invalid(v, H100) is None]
     assert {v.br for v in fit} >= {32, 64, 128} and {v.bc for v in fit} >= {16, 32, 64}
     assert all(v.br == v.wg // 32 * v.mat_m for v in fit)  # one row tile per subgroup
     unprobed = dataclasses.replace(H100, coopmat1_fragments=())
-    assert not any(k.get("reg_softmax") for k in coopmat1.candidates(prefill, unprobed))
+    assert not any(k.get("frag_scheme") for k in coopmat1.candidates(prefill, unprobed))
     acc16 = ProblemClass.parse("128/128 f16/f16 acc16 - nq3 nkv3 gqa0")
-    assert not any(k.get("reg_softmax") for k in coopmat1.candidates(acc16, H100))
+    assert not any(k.get("frag_scheme") for k in coopmat1.candidates(acc16, H100))
 
 
 def _valid(knobs: dict) -> bool:
@@ -166,7 +165,7 @@ def test_a_failed_probe_warns_and_leaves_the_layout_unknown():
         def pipeline(self, *args, **kwargs):
             raise KgenError("driver said no")
 
-    with pytest.warns(RuntimeWarning, match="driver said no.*reg_softmax variants are unavailable"):
+    with pytest.warns(RuntimeWarning, match="driver said no.*regs and osplit variants are unavailable"):
         assert probe_or_warn(Broken()) == ()
 
 

@@ -1,4 +1,4 @@
-"""The scalar path's kv_stream: each thread keeps its columns of the current K/V tile in
+"""The scalar path's stream schedule: each thread keeps its columns of the current K/V tile in
 registers while its loads of the next tile are in flight (decode: nothing else hides the memory
 latency). Rules and the decode space run anywhere; the kernels run on every device (lavapipe in
 CI) against the float64 reference, through the places the stream can go wrong: a ragged last
@@ -11,22 +11,22 @@ from kgen.paths import scalar
 from kgen.problem import ProblemClass
 from kgen.profiles import H100
 from kgen.space import why_invalid
-from kgen.variant import Variant
+from kgen.variant import Schedule, Variant
 
 from test_attention import case_inputs, check, run_plan
 
 BASE = dict(path="scalar", head_k=64, head_v=64, k_type="f16", v_type="f16", br=4, bc=16, wg=32,
-            subgroup=8, d_split=8, row_split=1, kv_stream=True)
+            subgroup=8, d_split=8, row_split=1, schedule=Schedule.STREAM)
 
 
 def test_rules_and_uri():
     v = Variant(**BASE, mask=True, split_k=True)
     assert "_stream_" in v.uri and Variant.parse(v.uri) == v
-    with pytest.raises(InvalidVariant, match="replaces kv_staging"):
-        Variant(**BASE, kv_staging=True)
-    with pytest.raises(InvalidVariant, match="kv_stream"):
+    with pytest.raises(InvalidVariant, match="schedule=direct: the scalar path has base, stage, stream"):
+        Variant(**dict(BASE, schedule=Schedule.DIRECT))
+    with pytest.raises(InvalidVariant, match="schedule=stream"):
         Variant(path="coopmat2", head_k=128, head_v=128, k_type="f16", v_type="f16", br=32, bc=32,
-                wg=128, kv_stream=True)
+                wg=128, schedule=Schedule.STREAM)
 
 
 def test_registers_hold_f16_as_f16_and_the_rest_as_f32():
@@ -41,8 +41,7 @@ def test_decode_space_offers_stream_wide_workgroups_and_wide_dot_splits():
     prefill = ProblemClass.parse("128/128 f16/f16 acc32 mask nq3 nkv4 gqa0")
     knobs = list(scalar.candidates(decode, H100))
     valid = [Variant(**k) for k in knobs if _valid(k)]
-    assert any(v.kv_stream for v in valid)
-    assert not any(v.kv_stream and v.kv_staging for v in valid)
+    assert any(v.schedule is Schedule.STREAM for v in valid)
     assert {256, 128} <= {v.wg for v in valid} and 16 in {v.d_split for v in valid}
     prefill_wgs = {k["wg"] for k in scalar.candidates(prefill, H100)}
     assert 256 not in prefill_wgs   # 8 subgroups only for decodes

@@ -1,5 +1,5 @@
-"""reg_softmax's split_sync knob: subgroups count their arrivals in shared memory and wait only
-for the tile they read next, instead of two workgroup barriers per tile.
+"""The regs schedule's split_sync knob: subgroups count their arrivals in shared memory and wait
+only for the tile they read next, instead of two workgroup barriers per tile.
 
 The rules, the layout, the tuner's offer and the rendered code are checked everywhere; the
 kernels run where coopmat1 exists with a probed scheme on an NVIDIA device (the H100 in the GPU
@@ -17,7 +17,7 @@ from kgen.problem import ProblemClass
 from kgen.profiles import H100
 from kgen.render import render
 from kgen.space import why_invalid
-from kgen.variant import Variant
+from kgen.variant import Schedule, Variant
 from runtime import open_device
 
 from test_attention import check, run_plan
@@ -35,10 +35,11 @@ def test_uri_round_trip(sync):
 
 @pytest.mark.parametrize("change, words", [
     (dict(split_sync=3), r"split_sync=3: one of \(0, 1, 2\)"),
-    (dict(split_sync=1, reg_softmax=0), "replaces the barriers of the reg_softmax kernel"),
+    (dict(split_sync=1, schedule=Schedule.STAGE, frag_scheme=0),
+     "replaces the barriers of the regs schedule .* not of schedule=stage"),
     (dict(split_sync=1, br=128), "one row tile per subgroup"),
-    (dict(split_sync=2, head_k=576, head_v=512, br=64, bc=32, wg=256, o_split=True, v_in_k=True),
-     "without o_split"),
+    (dict(split_sync=2, head_k=576, head_v=512, br=64, bc=32, wg=256, schedule=Schedule.OSPLIT,
+          v_in_k=True), "not of schedule=osplit"),
 ])
 def test_rules_name_the_limit(change, words):
     with pytest.raises(InvalidVariant, match=words):
@@ -69,18 +70,19 @@ def test_layout_counts_the_counters():
 def test_tuner_offers_scheme_1_without_a_mask_on_nvidia_only():
     def offered(key, caps=H100):
         return {k.get("split_sync", 0) for k in coopmat1.candidates(ProblemClass.parse(key), caps)
-                if k.get("reg_softmax")}
+                if k.get("frag_scheme")}
     prefill = "128/128 f16/f16 acc32 - nq3 nkv3 gqa0"
     assert offered(prefill) == {0, 1}
     assert offered("128/128 f16/f16 acc32 mask nq3 nkv3 gqa2") == {0}
-    # No o_split candidate carries it (MLA prefill offers both kinds of register kernel).
+    # No osplit candidate carries it (MLA prefill offers both kinds of register kernel).
     mla = ProblemClass.parse("576/512 f16/f16 acc32 mask+v_in_k nq3 nkv3 gqa4")
-    assert not any(k.get("split_sync") for k in coopmat1.candidates(mla, H100) if k.get("o_split"))
+    assert not any(k.get("split_sync") for k in coopmat1.candidates(mla, H100)
+                   if k["schedule"] is Schedule.OSPLIT)
     assert offered(prefill, dataclasses.replace(H100, vendor_id=0x1002)) == {0}
 
 
 def _loop(source: str) -> str:
-    """The KV loop of a rendered reg_softmax kernel, up to the epilogue."""
+    """The KV loop of a rendered regs kernel, up to the epilogue."""
     start = source.index("for (uint kv0 = kv_start")
     return source[start:source.index("// ---- epilogue", start)]
 

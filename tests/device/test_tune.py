@@ -414,10 +414,10 @@ def test_matrix_hardware_searches_scalar_tiles_for_few_row_decodes_only():
     decode = fold_gqa(P3.shapes())                  # 8 KV heads x 4 folded rows
     assert decode.n_q <= SCALAR_DECODE_ROWS
     scalar = [c.variant for c in candidates(decode, H100)[0] if c.variant.path.value == "scalar"]
-    direct = [v for v in scalar if not v.kv_staging]
+    direct = [v for v in scalar if v.schedule != "stage"]
     assert len(direct) >= 8 and len(scalar) == len(direct) + 1   # + the scalar default (staged)
     assert {(v.br, v.row_split) for v in direct} == {(4, 1)} and any(v.split_k for v in direct)
-    assert any(v.kv_stream for v in direct) and any(v.wg == 8 * v.subgroup for v in direct)
+    assert any(v.schedule == "stream" for v in direct) and any(v.wg == 8 * v.subgroup for v in direct)
     prefill = fold_gqa(P1.shapes())
     assert sum(c.variant.path.value == "scalar" for c in candidates(prefill, H100)[0]) == 1
 

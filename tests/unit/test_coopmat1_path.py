@@ -13,7 +13,7 @@ from kgen.paths import coopmat1 as cm1
 from kgen.problem import ProblemClass
 from kgen.render import render
 from kgen.space import enumerate_space, why_invalid
-from kgen.variant import FEATURES, PathKind, Variant
+from kgen.variant import FEATURES, PathKind, Schedule, Variant
 
 HEAD_PAIRS = ((32, 32), (40, 40), (64, 64), (72, 72), (80, 80), (96, 96), (128, 128), (192, 128),
               (256, 256), (320, 256), (512, 512), (576, 512))
@@ -70,11 +70,12 @@ def test_device_reason_needs_the_shape_for_each_accumulator():
 
 # --- layout -----------------------------------------------------------------------------------
 def _all_layouts():
-    for (hk, hv), staging, (m, n, k), bc, nsg in itertools.product(
-            HEAD_PAIRS, (False, True), ((16, 16, 16), (16, 8, 16), (16, 8, 8)), (16, 64, 128), (2, 4, 8)):
+    for (hk, hv), schedule, (m, n, k), bc, nsg in itertools.product(
+            HEAD_PAIRS, (Schedule.BASE, Schedule.STAGE), ((16, 16, 16), (16, 8, 16), (16, 8, 8)),
+            (16, 64, 128), (2, 4, 8)):
         try:
             v = cm1_variant(head_k=hk, head_v=hv, mat_m=m, mat_n=n, mat_k=k, bc=bc, wg=32 * nsg,
-                            kv_staging=staging)
+                            schedule=schedule)
         except InvalidVariant as exc:
             assert "staging step" in exc.reason  # whole-tile staging of big tiles: too many registers
             continue
@@ -104,7 +105,7 @@ def test_layout_keeps_matrix_loads_aligned_and_tiles_covered():
 def test_shared_bytes_is_what_the_rendered_shader_declares():
     sizes = {"f16vec4": 8, "float16_t": 2, "float": 4}
     for v in (cm1_variant(), cm1_variant(head_k=576, head_v=512, acc=16, mat_n=8, bc=32),
-              cm1_variant(head_k=40, head_v=40, kv_staging=True, br=32, wg=64)):
+              cm1_variant(head_k=40, head_v=40, schedule="stage", br=32, wg=64)):
         declared = re.findall(r"^shared (\w+) \w+\[(\d+)\];", render(v), re.M)
         assert len(declared) == len(cm1.layout(v).shared)
         assert sum(sizes[t] * int(n) for t, n in declared) == cm1.layout(v).shared_bytes
@@ -123,7 +124,7 @@ def test_default_is_valid_and_fits_48k(hk, hv, acc):
 def test_mla_default_streams_and_fits():
     v = cm1.default(ProblemClass(head_k=576, head_v=512, k_type="q8_0", v_type="q8_0"), H100)
     L = cm1.layout(v)
-    assert (v.bc, v.kv_staging, L.k_chunk, L.v_rows) == (64, False, 64, 16)
+    assert (v.bc, v.schedule, L.k_chunk, L.v_rows) == (64, Schedule.BASE, 64, 16)
     assert L.shared_bytes == 43008
 
 
@@ -132,7 +133,7 @@ def test_space_is_tens_to_hundreds_with_unique_uris(nq_bucket):
     for hk, hv in ((64, 64), (128, 128), (576, 512)):
         problem = ProblemClass(head_k=hk, head_v=hv, features=("mask", "causal"), nq_bucket=nq_bucket)
         knobs = list(cm1.candidates(problem, H100))
-        assert 20 <= len(knobs) <= 450  # f16 adds kv_direct; split_sync triples reg_softmax
+        assert 20 <= len(knobs) <= 450  # f16 adds direct; split_sync triples regs
         space = enumerate_space(problem, H100, paths=(PathKind.COOPMAT1,))
         assert len(space.valid) >= 20
         assert len({v.uri for v in space.valid}) == len(space.valid)
@@ -157,11 +158,11 @@ REPRESENTATIVE = (
     dict(head_k=576, head_v=512, k_type="q8_0", v_type="q8_0", acc=16, mat_n=8, bc=32,
          mask=True, causal=True, alibi=True, softcap=True, sinks=True),
     dict(head_k=40, head_v=40, k_type="q4_1", v_type="iq4_nl", split_k=True, aligned=True,
-         kv_staging=True),
+         schedule="stage"),
     dict(head_k=72, head_v=72, k_type="q5_0", v_type="q5_1", br=32, wg=64, mat_n=8, mat_k=8,
          causal=True, split_k=True, sinks=True),
     dict(head_k=192, head_v=128, k_type="bf16", v_type="f32", acc=16, br=32, bc=32,
-         mask=True, kv_staging=True),
+         mask=True, schedule="stage"),
     dict(head_k=64, head_v=64, k_type="f32", v_type="bf16", acc=16, br=64, wg=256, bc=32),
     dict(head_k=64, head_v=64, br=64, wg=32),
     dict(head_k=320, head_v=256, k_type="q4_0", v_type="f16", mat_n=8, bc=128, wg=256, softcap=True),

@@ -33,7 +33,7 @@ def cm2(**kw) -> Variant:
 
 # --- check ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("field,value", [("d_split", 4), ("row_split", 2), ("mat_m", 16),
-                                         ("br", 24), ("bc", 8), ("bc", 272), ("kv_staging", True)])
+                                         ("br", 24), ("bc", 8), ("bc", 272), ("schedule", "stage")])
 def test_check_names_the_field(field, value):
     with pytest.raises(InvalidVariant, match=field):
         cm2(**{field: value})

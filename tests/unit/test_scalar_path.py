@@ -68,7 +68,7 @@ def test_tile_work_admits_llamacpps_heaviest_shape():
 
 
 def test_valid_variants_round_trip_their_uri():
-    for v in (sc(), sc(br=1, bc=64, row_split=1, kv_staging=True, split_k=True),
+    for v in (sc(), sc(br=1, bc=64, row_split=1, schedule="stage", split_k=True),
               sc(head_k=40, head_v=40, d_split=2, bc=64, acc=16, mask=True, alibi=True),
               sc(wg=8, subgroup=8, d_split=1, row_split=4, br=4, bc=8)):
         assert scalar.check(v) is None
@@ -88,13 +88,13 @@ def test_layout_matches_llamacpp_examples():
 
 
 def test_shared_bytes_by_hand():
-    assert scalar.layout(sc()).shared_bytes == 16 * 33 * 16                          # Q only, f32
-    assert scalar.layout(sc(kv_staging=True)).shared_bytes == (16 + 32) * 33 * 16    # + K/V tile
-    assert scalar.layout(sc(kv_staging=True, acc=16)).shared_bytes == (16 + 32) * 33 * 8
+    assert scalar.layout(sc()).shared_bytes == 16 * 33 * 16                            # Q only, f32
+    assert scalar.layout(sc(schedule="stage")).shared_bytes == (16 + 32) * 33 * 16      # + K/V tile
+    assert scalar.layout(sc(schedule="stage", acc=16)).shared_bytes == (16 + 32) * 33 * 8
     # Decode merge: Q row + 4 subgroups x (O row + (m, l)).
     assert scalar.layout(sc(br=1, bc=64, row_split=1)).shared_bytes == 33 * 16 + 4 * (32 * 16 + 8)
     # MLA: the staged tile is as wide as the wider head.
-    v = sc(head_k=576, head_v=512, br=1, bc=32, row_split=1, kv_staging=True)
+    v = sc(head_k=576, head_v=512, br=1, bc=32, row_split=1, schedule="stage")
     assert scalar.layout(v).kv_stride4 == 576 // 4 + 1
 
 
@@ -102,8 +102,8 @@ _SHARED_RE = re.compile(r"^shared (\w+) (\w+)\[(\d+)\];$", re.M)
 
 
 @pytest.mark.parametrize("v", [
-    sc(), sc(kv_staging=True), sc(kv_staging=True, acc=16), sc(br=1, bc=64, row_split=1),
-    sc(br=1, bc=64, row_split=1, acc=16, kv_staging=True, split_k=True),
+    sc(), sc(schedule="stage"), sc(schedule="stage", acc=16), sc(br=1, bc=64, row_split=1),
+    sc(br=1, bc=64, row_split=1, acc=16, schedule="stage", split_k=True),
     sc(head_k=576, head_v=512, br=2, bc=32, wg=256, row_split=2, d_split=16),
 ], ids=lambda v: v.uri)
 def test_rendered_shared_arrays_are_exactly_the_layout(v):
@@ -181,13 +181,13 @@ def test_candidates_follow_the_device_subgroup_sizes():
 # --- defaults ---------------------------------------------------------------------------------
 def test_default_matches_llamacpp_on_nvidia():
     d = scalar.default(ProblemClass(head_k=128, head_v=128, nq_bucket=3), H100)
-    assert (d.br, d.bc, d.wg, d.d_split, d.row_split, d.kv_staging) == (16, 32, 128, 8, 4, True)
+    assert (d.br, d.bc, d.wg, d.d_split, d.row_split, d.schedule) == (16, 32, 128, 8, 4, "stage")
     d = scalar.default(ProblemClass(head_k=128, head_v=128, nq_bucket=0), H100)
-    assert (d.br, d.bc, d.row_split, d.kv_staging) == (1, 64, 1, False)  # one row: no reuse
+    assert (d.br, d.bc, d.row_split, d.schedule) == (1, 64, 1, "base")  # one row: no reuse
     d = scalar.default(ProblemClass(head_k=40, head_v=40, nq_bucket=3), H100)
     assert (d.d_split, d.bc) == (2, 64)              # 40 = 8 * 5: two lanes, Bc 64
     d = scalar.default(ProblemClass(head_k=256, head_v=256, nq_bucket=3), H100)
-    assert not d.kv_staging                          # staging only below 256
+    assert d.schedule == "base"                      # staging only below 256
 
 
 def test_default_keeps_the_unrolled_tile_small_on_cpu_drivers():
@@ -226,7 +226,7 @@ def _representative() -> list[Variant]:
     out.append(scalar.default(ProblemClass(head_k=72, head_v=72, k_type="iq4_nl", v_type="bf16",
                                            features=FEATURES, nq_bucket=0), LAVAPIPE))
     out.append(sc(mask=True, causal=True, alibi=True, softcap=True, sinks=True, aligned=True,
-                  kv_staging=True))
+                  schedule="stage"))
     out.append(sc(br=1, bc=64, row_split=1, acc=16, k_type="q5_1", v_type="q4_0", split_k=True,
                   sinks=True, mask=True))
     out.append(sc(wg=8, subgroup=8, d_split=1, row_split=8, br=8, bc=8, k_type="f32", v_type="f32"))

@@ -51,6 +51,14 @@ if ! command -v cc >/dev/null || ! command -v c++ >/dev/null; then
     apt_install gcc g++ libc6-dev
 fi
 
+# --- Vulkan headers: `kgen export --format c` writes C that includes <vulkan/vulkan.h>; the tests
+# compile it, and link a small C engine against the loader (libvulkan.so) ---------------------
+if [ ! -f /usr/include/vulkan/vulkan.h ] || ! have_deb libvulkan-dev; then
+    say "installing the Vulkan headers and loader link (libvulkan-dev): the C dispatcher tests build against them"
+    apt_update
+    apt_install libvulkan-dev
+fi
+
 # --- GLSL compiler: the first that compiles the coopmat2 probe ------------------------------
 compiles_probe() {  # $1 = compiler binary; glslc and glslang take different flags
     local bin="$1" out; out="$(mktemp --suffix=.spv)"

@@ -10,9 +10,10 @@ from ..tools.export import FORMATS, ExportError, export
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="write the tuned kernels and their dispatch table "
-                              "(JSON + .spv files, or one C header) for embedding")
+                              "(JSON + .spv files, one C header, or a C dispatcher) for embedding")
     p.add_argument("--format", choices=FORMATS, required=True,
-                   help="json: DIR/kgen_dispatch.json + DIR/spirv/*.spv; c-header: DIR/kgen_fa.h")
+                   help="json: DIR/kgen_dispatch.json + DIR/spirv/*.spv; c-header: the table, DIR/kgen_fa_table.h; "
+                        "c: a dispatcher, DIR/kgen_fa.h + DIR/kgen_fa.c")
     p.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--device-key", metavar="K", help="only this device (its DeviceIdentity key)")
     p.add_argument("--db", metavar="PATH", help="tuning DB (default: KGEN_DB or ~/.cache/kgen/tuning.sqlite)")

@@ -13,7 +13,7 @@ from ..problem import mismatch
 from ..shapes import Shapes, as_inputs, fold_gqa
 from ..space import why_invalid
 from ..variant import PathKind, Variant
-from .choose import call_dims, call_reason, choose_variant, kernel_layouts, split_values
+from .choose import aligned_for, call_dims, call_reason, choose_variant, kernel_layouts, split_values
 from .recipe import recipe
 
 F32 = np.dtype("<f4")
@@ -42,8 +42,9 @@ class Plan:
         self.device = open_for_kernels(device)
         caps = self.device.caps
         if variant is None:
-            variant, splits, how = choose_variant(s, caps, path, split_k,
-                                                  fits_call=lambda v: call_reason(v, s, self.kv_layouts))
+            # The layout rules judge the twin the call runs (aligned_for), as the C lookup does.
+            variant, splits, how = choose_variant(
+                s, caps, path, split_k, fits_call=lambda v: call_reason(aligned_for(v, s.n_kv), s, self.kv_layouts))
         else:
             splits, how = split_k or 1, "given"
         if (reason := why_invalid(variant, caps) or call_reason(variant, s, self.kv_layouts)) is not None:
@@ -81,6 +82,7 @@ class Plan:
             sizes["mask"] = max(4, 2 * math.prod(s.mask_shape))
         if s.sinks:
             sizes["sinks"] = s.heads_q * 4
+        sizes["o"] = s.batch * s.heads_q * s.n_q * s.head_v * 4
         self._buffers = {name: dev.buffer(n) for name, n in (sizes | r.sizes(dims)).items()}
         for b in r.scratch:
             if b.zero_once:
@@ -206,7 +208,7 @@ class Plan:
     def result(self) -> np.ndarray:
         s = self.shapes
         n = s.batch * s.heads_q * s.n_q * s.head_v
-        out = np.frombuffer(self._buffers[self.recipe.result].read(n * 4), dtype=F32).copy()
+        out = np.frombuffer(self._buffers["o"].read(n * 4), dtype=F32).copy()
         return out.reshape(s.batch, s.heads_q, s.n_q, s.head_v)
 
     def __call__(self, q, k, v, *, mask=None, sinks=None) -> np.ndarray:

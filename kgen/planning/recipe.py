@@ -8,8 +8,9 @@ push-constant fields plus extent.DIMS), so one recipe serves every shape of its 
 `Plan` evaluates it for its shapes and records it, `kgen export` writes it into the dispatch
 table and renders it as C, and an engine that follows the table runs what a Plan runs.
 
-Buffer names are the caller's tensors (CALLER_BUFFERS) or a scratch buffer of the recipe. With V
-inside K's bytes (v_in_k) the caller gives K's buffer for "v".
+Buffer names are the caller's tensors (CALLER_BUFFERS: the output "o" among them, bound where the
+last step writes O) or a scratch buffer of the recipe. With V inside K's bytes (v_in_k) the caller
+gives K's buffer for "v".
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from ..passes import kernel_push, passes_before
 from ..render import REDUCE_WG, _within_group_limit, reduce_chunks, reduce_grid, render, render_split_k_reduce
 from ..variant import Variant
 
-CALLER_BUFFERS = ("q", "k", "v", "mask", "sinks")
+CALLER_BUFFERS = ("q", "k", "v", "mask", "sinks", "o")
 ROWS = mul("n_batch", "n_head_q", "n_q")   # output rows of a call
 
 # Split-k push values for `splits` KV splits requested: each split is whole bc-column tiles, so
@@ -77,7 +78,7 @@ class Recipe:
     steps: tuple[Step, ...]
     scratch: tuple[Scratch, ...]
     kernel_push: dict[str, Expr]   # push fields the "kernel" steps take instead of the caller's
-    result: str                    # the buffer that holds O, (B, Hq, Nq, Dv) f32
+    output: str                    # the abi binding the caller's O, (B, Hq, Nq, Dv) f32, is bound to
 
     @property
     def fa(self) -> Step:
@@ -100,13 +101,16 @@ def reduce_name(head_v: int, sinks: bool) -> str:
 @functools.lru_cache(maxsize=512)
 def recipe(v: Variant) -> Recipe:
     """The steps of variant `v` (its split_k and fused_reduce say whether a reduce runs)."""
-    scratch = [Scratch("out", mul(4 * v.head_v, "split_count", ROWS))]
-    if v.split_k or v.fused_reduce:   # fused: the kernel writes `reduced` even for one split
-        scratch += [Scratch("stats", mul(8, "split_count", ROWS)), Scratch("reduced", mul(4 * v.head_v, ROWS))]
+    # The split rows go to scratch and a reduce (or the fused kernel) writes O; fused, the kernel
+    # writes `reduced` even for one split.
+    output = "reduced" if v.split_k or v.fused_reduce else "out"
+    scratch = []
+    if output == "reduced":
+        scratch += [Scratch("out", mul(4 * v.head_v, "split_count", ROWS)), Scratch("stats", mul(8, "split_count", ROWS))]
     if v.fused_reduce:
         scratch.append(Scratch("split_arrivals", mul(4, ROWS), zero_once=True))
-    kernel_binds = {name: name for name in CALLER_BUFFERS if _reads(v, name)}
-    kernel_binds |= {b.name: b.name for b in scratch}
+    kernel_binds = {name: name for name in CALLER_BUFFERS[:-1] if _reads(v, name)}
+    kernel_binds |= {b.name: b.name for b in scratch} | {output: "o"}
     steps = []
     for i, p in enumerate(passes_before(v)):
         # Each reads one caller buffer and writes its own, which the kernel then takes instead:
@@ -122,8 +126,7 @@ def recipe(v: Variant) -> Recipe:
         steps.append(Step(reduce_name(v.head_v, v.sinks), "reduce",
                           functools.partial(render_split_k_reduce, v.head_v, v.sinks, REDUCE_WG), REDUCE_WG,
                           binds, "kernel", reduce_grid(reduce_chunks(v.head_v)), barrier=True))
-    result = "reduced" if v.split_k or v.fused_reduce else "out"
-    return Recipe(v, tuple(steps), tuple(scratch), kernel_push(v), result)
+    return Recipe(v, tuple(steps), tuple(scratch), kernel_push(v), output)
 
 
 @functools.lru_cache(maxsize=256)

@@ -1,7 +1,9 @@
 """Export tuning winners for embedding: their SPIR-V plus a dispatch table a C/C++ engine can use.
 
-Two formats: `json` (`spirv/<name>.spv` files and `kgen_dispatch.json`) and `c-header` (one
-self-contained `kgen_fa.h`). Both are written from the same rows, and every interface number in
+Three formats: `json` (`spirv/<name>.spv` files and `kgen_dispatch.json`), `c-header` (the table
+alone, one self-contained `kgen_fa_table.h`) and `c` (`kgen_fa.h` + `kgen_fa.c`: a dispatcher that
+plans a call and records the entry's recipe into the engine's command buffer). All are written
+from the same rows, and every interface number in
 them (push-constant layout, bindings, KV types, features, bucket edges, workgroup grid) comes from
 the module that owns it (`abi`, `types`, `variant`, `problem`), never restated here by hand.
 """
@@ -21,27 +23,30 @@ import jinja2
 
 from .. import abi, extent
 from ..errors import KgenError
+from ..paths.coopmat1 import kv_rule
 from ..paths.shared import FUSED_STATS_SLOTS
 from ..planning.dispatch import BUCKET_FIELDS, NEAREST_TIERS
-from ..planning.recipe import SPLIT_COUNT, Recipe, Step, fa_grid, recipe, split_kv
+from ..planning.recipe import CALLER_BUFFERS, SPLIT_COUNT, Recipe, Step, fa_grid, recipe, split_kv
 from ..problem import mismatch
 from ..render import reduce_chunks, reduce_grid
 from ..identity import BuildIdentity, DeviceIdentity
 from ..problem import BUCKETS, bucket_range
 from ..tunedb import Winner
 from ..types import KV_TYPES
-from ..variant import FEATURES, Variant
+from ..variant import FEATURES, HEAD_MAX, HEAD_MIN, HEAD_STEP, Variant
 
 FORMAT_NAME = "kgen-fa-dispatch"
-FORMAT_VERSION = 6  # 6: every entry carries its recipe (kgen.planning.recipe: steps, scratch, result)
+FORMAT_VERSION = 7  # 7: O is a caller buffer ("o", bound at the recipe's `output` binding), not scratch;
+                    # 6: every entry carries its recipe (kgen.planning.recipe: steps, scratch, result)
                     # and both alignment twins of its kernel; grids are kgen.extent formulas; the
                     # nearest-class tiers and the split values are written as the dispatcher's;
                     # 2: a grid axis has a scale (the reduce pass's column chunks); 3: fused_reduce entries;
                     # 4: passes before the kernel (kgen.passes), formulas as kgen.extent expressions;
                     # 5: builds are kgen version + compiler (no template hash); entries carry the
                     # kernel digest their timing was taken with (kgen.identity.kernel_digest)
-FORMATS = ("json", "c-header")
-JSON_FILE, HEADER_FILE, SPIRV_DIR = "kgen_dispatch.json", "kgen_fa.h", "spirv"
+FORMATS = ("json", "c-header", "c")
+JSON_FILE, HEADER_FILE, SPIRV_DIR = "kgen_dispatch.json", "kgen_fa_table.h", "spirv"
+API_HEADER, API_SOURCE = "kgen_fa.h", "kgen_fa.c"
 SPIRV_MAGIC = 0x07230203
 TEMPLATES = Path(__file__).resolve().parent / "export_templates"
 
@@ -63,7 +68,10 @@ NOTES = (
     "summed per tier, tiers compared in order (the first tier weighs most), ties to the first "
     "entry in the table. No entry: use your own default kernel.",
     "Kernel: `shader` when n_kv % bc == 0 and `twin` otherwise if the entry is aligned; the "
-    "other way round if it is not (`aligned` says which `shader` is). Both have the same recipe.",
+    "other way round if it is not (`aligned` says which `shader` is). Both have the same recipe. "
+    "An entry serves a call only where its kernel reads K and V with offsets and strides that "
+    "are multiples of `kv_unit` elements (the f16 copy's, after a kv_to_f16 pass), and, with "
+    "`kv_min_tile`, an unaligned n_kv of at least bc; otherwise take the next nearest entry.",
     "Pipeline: one descriptor set, the storage buffers of `bindings`, and one push-constant "
     "range of push_constants.bytes bytes (compute stage). Create the FA pipeline with "
     "VkPipelineShaderStageRequiredSubgroupSizeCreateInfo(required_subgroup_size) and, where the "
@@ -74,11 +82,12 @@ NOTES = (
     "\"kernel\" takes them with the entry's kernel_push fields set instead (the f16 copy's layout "
     "after a kv_to_f16 pass).",
     "Run the entry's recipe: its steps in order, each binding `binds` (abi binding -> buffer: "
-    "q, k, v, mask, sinks are yours, with V inside K's bytes give K's buffer for v; the others "
-    "are its `scratch` buffers, sized by their formulas, kept between calls), dispatching `grid` "
-    "workgroups, with a compute-to-compute barrier before each step whose `barrier` is true "
-    "(false: it runs beside the step before). The result O, (B, Hq, Nq, Dv) f32, is in the "
-    "scratch buffer `result`. Unused bindings are bound to any small dummy buffer.",
+    "q, k, v, mask, sinks and o are yours, with V inside K's bytes give K's buffer for v; the "
+    "others are its `scratch` buffers, sized by their formulas, kept between calls), dispatching "
+    "`grid` workgroups, with a compute-to-compute barrier before each step whose `barrier` is true "
+    "(false: it runs beside the step before). The last step writes O, (B, Hq, Nq, Dv) f32 "
+    "contiguous, into your buffer o (bound at `output`). Unused bindings are bound to any small "
+    "dummy buffer.",
     "Zero a scratch buffer with zero_once (fused_reduce's split_arrivals) once when you "
     "create it: every run leaves it zero again, so two runs must not use one buffer at the "
     "same time. Run the steps at every call: they read Q, the mask or the cache as they are now.",
@@ -241,13 +250,14 @@ def dispatch_table(rows: list[Row]) -> dict:
                 "variant": v.uri, **shader(r.shader), "grid": grid(r.recipe.fa.grid), "br": v.br, "bc": v.bc,
                 "splits": w.splits, "aligned": v.aligned, "twin": shader(r.twin),
                 "fused_reduce": v.fused_reduce, "median_us": w.median_us, "kernel": w.kernel,
+                "reduce_chunks": reduce_chunks(v.head_v), **_kv_rule(v),
                 "reduce": reduce and {**shader(reduce[1]), "grid": grid(reduce[0].grid)},
                 "passes_before": [pass_entry(r, st, s) for st, s in r.passes],
                 "kernel_push": {name: formula(e) for name, e in r.recipe.kernel_push.items()},
                 "recipe": {"steps": [step(st, s) for st, s in r.steps],
                            "scratch": [{"name": b.name, "bytes": formula(b.nbytes), "zero_once": b.zero_once}
                                        for b in r.recipe.scratch],
-                           "result": r.recipe.result}}
+                           "output": r.recipe.output}}
 
     def pass_entry(r: Row, st: Step, s: Shader) -> dict:
         """A step before the kernel as the table lists it: which binding it reads, and where the
@@ -294,6 +304,13 @@ def _write_json(rows: list[Row], out: Path) -> list[Path]:
     return written + [out / JSON_FILE]
 
 
+def _kv_rule(v: Variant) -> dict:
+    """kv_unit: K/V offsets and strides where the kernel reads them are multiples of it;
+    kv_min_tile: the unaligned kernel needs n_kv >= bc."""
+    unit, whole_tile = kv_rule(v)
+    return {"kv_unit": unit, "kv_min_tile": int(whole_tile)}
+
+
 def _shaders(rows: list[Row]) -> list[Shader]:
     return list({s.sha256: s for r in rows for s in (r.shader, r.twin, *(s for _, s in r.steps))}.values())
 
@@ -320,7 +337,7 @@ def _c_range(r: dict) -> str:
 def render_header(rows: list[Row]) -> str:
     shaders = _shaders(rows)
     dt = dispatch_table(rows)
-    return _environment().get_template("kgen_fa.h.j2").render(
+    return _environment().get_template("kgen_fa_table.h.j2").render(
         table=dt, pairs=list(zip(rows, dt["entries"])), shaders=shaders,
         words={s.sha256: [", ".join(f"0x{w:08x}u" for w in s.words[i:i + 6]) for i in range(0, len(s.words), 6)]
                for s in shaders},
@@ -376,7 +393,63 @@ def _write_header(rows: list[Row], out: Path) -> list[Path]:
     return [out / HEADER_FILE]
 
 
-WRITERS = {"json": _write_json, "c-header": _write_header}
+# --- c: the dispatcher ---------------------------------------------------------------------------
+def _c_dims(name: str) -> str:
+    return f"d->{name}"
+
+
+def render_c(rows: list[Row]) -> tuple[str, str]:
+    """kgen_fa.h and kgen_fa.c: the dispatcher API and its implementation with the table."""
+    shaders = _shaders(rows)
+    dt = dispatch_table(rows)
+    pairs = list(zip(rows, dt["entries"]))
+    devices = list({r.device.key: r.device for r in rows}.values())
+    buffer_index = {name: i for i, name in enumerate(CALLER_BUFFERS)}
+    call_features = [f for f in FEATURES if f != "split_k"]
+
+    def binds(r: Row, st: Step) -> str:
+        scratch = {b.name: len(CALLER_BUFFERS) + i for i, b in enumerate(r.recipe.scratch)}
+        bound = {abi.BINDING[b]: buffer_index.get(buf, scratch.get(buf)) for b, buf in st.binds}
+        return ", ".join(f"{bound[b.index]}u" if b.index in bound else "KGEN_FA_UNBOUND_" for b in abi.BINDINGS)
+
+    uint_push = [f.name for f in abi.PUSH_FIELDS if f.glsl == "uint"]
+    c_split = lambda name: {"split_kv": "split_kv", "n_kv": "pc->n_kv"}.get(name) or f"e->{name}"
+    env = _environment()
+    values = dict(
+        table=dt, pairs=pairs, shaders=shaders, devices=devices, kv_types=KV_TYPES, features=list(FEATURES),
+        call_features=call_features, call_mask=" | ".join(f"KGEN_FA_FEATURE_{f.upper()}" for f in call_features),
+        words={s.sha256: [", ".join(f"0x{w:08x}u" for w in s.words[i:i + 6]) for i in range(0, len(s.words), 6)]
+               for s in shaders},
+        shader_index={s.sha256: i for i, s in enumerate(shaders)},
+        uuid={d.key: ", ".join(f"0x{b:02x}" for b in _uuid_bytes(d)) for d in devices},
+        device_index={d.key: i for i, d in enumerate(devices)},
+        twin_uri=[r.variant.replace(aligned=not r.variant.aligned).uri for r in rows],
+        caller_buffers=CALLER_BUFFERS, push_fields=push_layout(), push_words=abi.PUSH_BYTES // 4,
+        dim_names=uint_push + list(extent.DIMS) + list(ENTRY_VALUES), push_dim_names=uint_push,
+        c_grids=[[[extent.c_expr(e, _c_dims, "ull") for e in st.grid] for st in r.recipe.steps] for r in rows],
+        c_scratch=[[extent.c_expr(b.nbytes, _c_dims, "ull") for b in r.recipe.scratch] for r in rows],
+        c_kernel_push=[[(name, extent.c_expr(e, _c_dims, "ull")) for name, e in r.recipe.kernel_push.items()] for r in rows],
+        c_binds=[[binds(r, st) for st in r.recipe.steps] for r in rows],
+        zero_once=[next((i for i, b in enumerate(r.recipe.scratch) if b.zero_once), -1) for r in rows],
+        max_steps=max(len(r.recipe.steps) for r in rows), max_scratch=max(1, max(len(r.recipe.scratch) for r in rows)),
+        c_features=lambda names: " | ".join([f"KGEN_FA_FEATURE_{f.upper()}" for f in names] + ["0u"]),
+        c_split_kv=extent.c_expr(split_kv("bc"), c_split), c_split_count=extent.c_expr(SPLIT_COUNT, c_split),
+        split_text=f"split_kv = {extent.text(split_kv('bc'))}, split_count = {extent.text(SPLIT_COUNT)}",
+        tiers=[[(name, BUCKET_FIELDS[name]) for name in tier] for tier in NEAREST_TIERS],
+        bucket_names=[name for name, _, _ in BUCKETS],
+        buckets=[(name, [e for e in edges if e is not None]) for name, edges, _ in BUCKETS],
+        head_min=HEAD_MIN, head_max=HEAD_MAX, head_step=HEAD_STEP)
+    return (env.get_template("kgen_fa_api.h.j2").render(**values), env.get_template("kgen_fa.c.j2").render(**values))
+
+
+def _write_c(rows: list[Row], out: Path) -> list[Path]:
+    header, source = render_c(rows)
+    (out / API_HEADER).write_text(header)
+    (out / API_SOURCE).write_text(source)
+    return [out / API_HEADER, out / API_SOURCE]
+
+
+WRITERS = {"json": _write_json, "c-header": _write_header, "c": _write_c}
 
 
 # --- publishing ----------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def test_json_export_writes_spirv_and_the_dispatch_table(entries, tmp_path):
     assert table["notes"] and ex.eval_grid(big["grid"], {"n_q": 77, "n_head_q": 3, "n_batch": 2, "split_count": 1}) == (-(-77 // big["br"]), 3, 2)
     assert big["twin"]["shader"] == big["variant"].replace("_aligned", "") if big["aligned"] else \
         big["twin"]["shader"] == big["variant"] + "_aligned"
-    assert [st["role"] for st in decode["recipe"]["steps"]] == ["fa", "reduce"] and decode["recipe"]["result"] == "reduced"
+    assert [st["role"] for st in decode["recipe"]["steps"]] == ["fa", "reduce"] and decode["recipe"]["output"] == "reduced"
 
 
 def test_json_layout_and_grid_follow_abi_and_the_kernel_contract(entries, tmp_path):
@@ -92,7 +92,7 @@ def test_json_layout_and_grid_follow_abi_and_the_kernel_contract(entries, tmp_pa
 
 C_PROGRAM = r"""
 #include <stdio.h>
-#include "kgen_fa.h"
+#include "kgen_fa_table.h"
 
 static void show(const char *what, const kgen_fa_entry *e) {
     if (!e) { printf("%s NULL\n", what); return; }
@@ -130,7 +130,7 @@ int main(void) {
 @pytest.fixture(scope="module")
 def header(entries, tmp_path_factory):
     out = tmp_path_factory.mktemp("hdr") / "include"
-    assert ex.export(entries, out, "c-header") == [out / "kgen_fa.h"]
+    assert ex.export(entries, out, "c-header") == [out / "kgen_fa_table.h"]
     return out
 
 
@@ -226,12 +226,12 @@ def test_cli_exports_the_current_builds_winners(entries, tmp_path, monkeypatch, 
     assert main(["export", "--format", "c-header", "-o", str(tmp_path / "h"), "--db", str(db)]) == 0
     assert FakeDB.calls == [(None, BuildIdentity.current())]
     out, err = capsys.readouterr()
-    assert (tmp_path / "h" / "kgen_fa.h").is_file() and "3 entries" in out
+    assert (tmp_path / "h" / "kgen_fa_table.h").is_file() and "3 entries" in out
     assert "left out 1 winner(s) whose kernels changed" in err
     # Both formats can share a folder.
     assert main(["export", "--format", "json", "-o", str(tmp_path / "h"), "--db", str(db),
                  "--device-key", DEVICE.key]) == 0
-    assert {p.name for p in (tmp_path / "h").iterdir()} == {"kgen_fa.h", "kgen_dispatch.json", "spirv"}
+    assert {p.name for p in (tmp_path / "h").iterdir()} == {"kgen_fa_table.h", "kgen_dispatch.json", "spirv"}
 
     assert main(["export", "--format", "json", "-o", str(tmp_path / "x"), "--db", str(db),
                  "--device-key", "0123456789abcdef"]) == 2
@@ -244,9 +244,9 @@ def test_cli_exports_the_current_builds_winners(entries, tmp_path, monkeypatch, 
 
 
 PASS_URIS = [
-    # o_split (P2's winner's form): the mask and Q in fragment order
+    # osplit (P2's winner's form): the mask and Q in fragment order
     "fa_cm1_k576_v512_f16f16_acc32_br64_bc32_wg256_sg32_regs1_osplit_vink_m16n8k16_mask_aligned",
-    # reg_softmax on a q8_0 cache (P5's): K and V to f16, the mask in fragment order
+    # regs on a q8_0 cache (P5's): K and V to f16, the mask in fragment order
     "fa_cm1_k128_v128_q8_0q8_0_acc32_br128_bc64_wg256_sg32_regs1_kvf16_m16n8k16_mask_aligned",
     # coopmat2: K and V to f16, the mask's tiles classified
     "fa_cm2_k128_v128_q8_0q8_0_acc32_br64_bc32_wg128_sg32_kvf16_mtiles_mask",
@@ -297,7 +297,7 @@ def test_passes_before_the_kernel_are_exported(uri, tmp_path):
 PASS_PROGRAM = r"""
 #include <stdio.h>
 #include <string.h>
-#include "kgen_fa.h"
+#include "kgen_fa_table.h"
 
 int main(void) {
     unsigned i, j;
@@ -365,7 +365,7 @@ def test_c_header_carries_the_passes_before_the_kernel(tmp_path, compiler, flags
 
 FUSED_PROGRAM = r"""
 #include <stdio.h>
-#include "kgen_fa.h"
+#include "kgen_fa_table.h"
 
 int main(void) {
     const kgen_fa_entry *e = &kgen_fa_entries[0];
@@ -459,7 +459,8 @@ def _run_as_the_table_says(table: dict, spirv_dir, e: dict, q, k: Cache, v: Cach
     rows = b * hq * nq
     recipe = e["recipe"]
     data = {"q": q.astype(np.float32), "k": np.frombuffer(k.raw, np.uint8), "v": np.frombuffer(v.raw, np.uint8),
-            "mask": np.zeros(4, np.uint32) if mask is None else mask.astype(np.float16), "sinks": np.zeros(4, np.uint32)}
+            "mask": np.zeros(4, np.uint32) if mask is None else mask.astype(np.float16), "sinks": np.zeros(4, np.uint32),
+            "o": np.zeros(rows * dv, np.float32)}
     data |= {sc["name"]: np.zeros(evaluate(sc["bytes"]["expr"], dims), np.uint8) for sc in recipe["scratch"]}
     bufs = {name: dev.buffer(max(16, x.nbytes)) for name, x in data.items()}
     if v is k:
@@ -480,9 +481,9 @@ def _run_as_the_table_says(table: dict, spirv_dir, e: dict, q, k: Cache, v: Cach
                           i > 0 and not st["barrier"]))
         with dev.sequence(steps, timed=False) as seq:
             seq.run(wait=True)
-            bufs[recipe["result"]].write(np.full(rows * dv, np.nan, np.float32))
+            bufs["o"].write(np.full(rows * dv, np.nan, np.float32))
             seq.run(wait=True)
-        result = np.frombuffer(bufs[recipe["result"]].read(rows * dv * 4), np.float32).reshape(b, hq, nq, dv)
+        result = np.frombuffer(bufs["o"].read(rows * dv * 4), np.float32).reshape(b, hq, nq, dv)
         arrivals = np.frombuffer(bufs["split_arrivals"].read(rows * 4), np.uint32) if "split_arrivals" in bufs \
             else np.zeros(rows, np.uint32)
         return result, arrivals

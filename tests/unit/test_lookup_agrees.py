@@ -30,7 +30,7 @@ CALLS = 600
 
 PROGRAM = r"""
 #include <stdio.h>
-#include "kgen_fa.h"
+#include "kgen_fa_table.h"
 
 int main(void) {
     kgen_fa_device dev = kgen_fa_entries[0].device;

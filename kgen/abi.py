@@ -47,6 +47,10 @@ PUSH_FIELDS: tuple[PushField, ...] = (
     PushField("window", "uint", "sliding window width with the causal feature (0 = none)"),
     PushField("split_kv", "uint", "split-k: KV columns per split (a multiple of bc)"),
     PushField("split_count", "uint", "split-k: number of splits (grid z = n_batch * split_count)"),
+    # O's final rows only; split-k partial rows are contiguous scratch (kgen.planning.recipe).
+    PushField("o_stride_row", "uint", "O: elements between query rows (f32, multiples of 4)"),
+    PushField("o_stride_head", "uint", "O: elements between heads"),
+    PushField("o_stride_batch", "uint", "O: elements between batches"),
 )
 PUSH_BYTES = 4 * len(PUSH_FIELDS)
 # 128 bytes is the smallest maxPushConstantsSize Vulkan allows: every device takes the block.
@@ -90,9 +94,9 @@ BINDINGS: tuple[Binding, ...] = (
     Binding(2, "v", "V in the variant's v_type, by the v strides and v_offset"),
     Binding(3, "mask", "additive mask, f16, (Nq, Nkv) rows by the mask strides"),
     Binding(4, "sinks", "one f32 logit per query head"),
-    Binding(5, "out", "O, f32, (B, Hq, Nq, Dv) contiguous; with split_k: (splits, B, Hq, Nq, Dv)"),
+    Binding(5, "out", "O, f32, (B, Hq, Nq, Dv) by the o strides; with split_k: partial rows (splits, B, Hq, Nq, Dv) contiguous"),
     Binding(6, "stats", "split_k only: f32 (max, sum) per (split, b, h, row)"),
-    Binding(7, "reduced", "split_k reduce pass (or fused_reduce kernel) only: the final O, f32, (B, Hq, Nq, Dv)"),
+    Binding(7, "reduced", "split_k reduce pass (or fused_reduce kernel) only: the final O, f32, (B, Hq, Nq, Dv) by the o strides"),
     Binding(8, "mask_tiles", "mask_tiles only: u32 class per (mask plane, br row tile, bc KV tile)"),
     Binding(9, "split_arrivals", "fused_reduce only: u32 per (b, h, row): splits of the row tile "
             "starting there that have finished; zero before a call, and the kernel leaves it zero"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import knobs
-from .shapes import Shapes, as_inputs, fold_gqa, shapes_of
+from .shapes import Shapes, as_inputs, check_strides, fold_for_layouts, shapes_of
 from .variant import PathKind
 
 
@@ -38,12 +38,15 @@ def resolve_path(path: "str | PathKind | None") -> PathKind | None:
 
 def plan(q, k, v, *, mask=None, causal=False, window=None, scale=None, softcap=0.0,
          alibi_max_bias=0.0, sinks=None, k_type=None, v_type=None, precision="f32", path=None,
-         device=None, split_k: int | None = None, variant=None, autotune: bool | None = None):
+         device=None, split_k: int | None = None, variant=None, autotune: bool | None = None,
+         q_strides=None, o_strides=None):
     """A reusable, device-resident attention for these shapes and features. q, k, v (and mask)
     may be arrays or anything with `.shape`; the data is given to the call. Close it when done
     (or use it as a context manager). The variant is the tuned decision for the shapes' class
     (see `kgen tune`), else the heuristic default; `autotune=True` (or KGEN_AUTOTUNE=1) tunes
-    a class with no exact decision first, on these shapes, and stores the result."""
+    a class with no exact decision first, on these shapes, and stores the result. `q_strides`,
+    `o_strides`: (row, head, batch) element strides of Q and O on the device (an engine's layout,
+    e.g. ggml's (B, Nq, Hq, D) output); the call still takes and returns (B, Hq, Nq, D) arrays."""
     from .planning.plan import Plan
     q, k, v, mask, sinks = as_inputs(q, k, v, mask, sinks)   # lists to arrays; the rest refused
     shapes = shapes_of(q, k, v, mask=mask, causal=causal, window=window, scale=scale, softcap=softcap,
@@ -52,19 +55,24 @@ def plan(q, k, v, *, mask=None, causal=False, window=None, scale=None, softcap=0
     from .kvtensor import layout_of
     kv_layouts = {"k": layout_of(k, shapes.k_type, tuple(k.shape)), "v": layout_of(v, shapes.v_type, tuple(v.shape))}
     path = resolve_path(path)
+    b, hq, nq = shapes.batch, shapes.heads_q, shapes.n_q
+    q_strides = check_strides("q_strides", q_strides, b, hq, nq, shapes.head_k)
+    o_strides = check_strides("o_strides", o_strides, b, hq, nq, shapes.head_v)
     if path is None and variant is None and (autotune if autotune is not None else knobs.get("KGEN_AUTOTUNE")):
         from .planning.probe import open_for_kernels
         device = open_for_kernels(device)
-        _tune_if_untuned(fold_gqa(shapes), device)
-    return Plan(shapes, path=path, device=device, split_k=split_k, variant=variant, kv_layouts=kv_layouts)
+        _tune_if_untuned(fold_for_layouts(shapes, q_strides, o_strides)[0], device)
+    return Plan(shapes, path=path, device=device, split_k=split_k, variant=variant, kv_layouts=kv_layouts,
+                q_strides=q_strides, o_strides=o_strides)
 
 
 def attention(q, k, v, *, mask=None, causal=False, window=None, scale=None, softcap=0.0,
               alibi_max_bias=0.0, sinks=None, k_type=None, v_type=None, precision="f32",
-              path=None, device=None, autotune: bool | None = None) -> np.ndarray:
-    """Flash attention on a Vulkan device; returns (B, Hq, Nq, Dv) float32. See README: Quick start."""
+              path=None, device=None, autotune: bool | None = None, out=None) -> np.ndarray:
+    """Flash attention on a Vulkan device; returns (B, Hq, Nq, Dv) float32 (written into `out`
+    if given). See README: Quick start."""
     q, k, v, mask, sinks = as_inputs(q, k, v, mask, sinks, data=True)   # before any device work
     with plan(q, k, v, mask=mask, causal=causal, window=window, scale=scale, softcap=softcap,
               alibi_max_bias=alibi_max_bias, sinks=sinks, k_type=k_type, v_type=v_type,
               precision=precision, path=path, device=device, autotune=autotune) as p:
-        return p(q, k, v, mask=mask, sinks=sinks)
+        return p(q, k, v, mask=mask, sinks=sinks, out=out)

@@ -95,6 +95,75 @@ def fold_gqa(s: Shapes) -> Shapes:
     return dataclasses.replace(s, heads_q=s.heads_kv, n_q=gqa * s.n_q, causal=False, mask_shape=mask)
 
 
+Strides = tuple[int, int, int]   # (row, head, batch) in elements
+
+
+def dense_strides(n_q: int, heads: int, d: int) -> Strides:
+    """A contiguous (B, H, N, D) tensor's strides."""
+    return d, n_q * d, heads * n_q * d
+
+
+def check_strides(name: str, strides, batch: int, heads: int, n_q: int, d: int) -> Strides:
+    """`strides` (None: dense) of an f32 Q or O as the kernels address it, or a ValueError
+    naming the argument: whole 16-byte units (the kernels move rows as vec4) and rows of D
+    elements that do not overlap."""
+    if strides is None:
+        return dense_strides(n_q, heads, d)
+    try:
+        row, head, b = (int(x) for x in strides)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={strides!r}: (row, head, batch) strides in elements") from None
+    if any(x < 0 or x % 4 for x in (row, head, b)):
+        raise ValueError(f"{name}={strides!r}: non-negative multiples of 4 elements (16 bytes)")
+    starts = np.sort((np.arange(batch)[:, None, None] * b + np.arange(heads)[None, :, None] * head
+                      + np.arange(n_q)[None, None, :] * row).ravel())
+    if starts.size > 1 and int(np.diff(starts).min()) < d:
+        raise ValueError(f"{name}={strides!r}: rows of {d} elements overlap (a dense (B, H, N, D) "
+                         f"layout is {dense_strides(n_q, heads, d)})")
+    return row, head, b
+
+
+def strided_extent(strides: Strides, batch: int, heads: int, n_q: int, d: int) -> int:
+    """Elements from the first to one past the last element of a tensor with these strides."""
+    row, head, b = strides
+    return (batch - 1) * b + (heads - 1) * head + (n_q - 1) * row + d
+
+
+def strided_copy(x: np.ndarray, strides: Strides) -> np.ndarray:
+    """`x` (B, H, N, D) as f32, laid out flat by (row, head, batch) element strides."""
+    b, h, n, d = x.shape
+    if strides == dense_strides(n, h, d):
+        return np.ascontiguousarray(x, dtype=np.float32)
+    flat = np.zeros(strided_extent(strides, b, h, n, d), np.float32)
+    np.lib.stride_tricks.as_strided(flat, x.shape, [4 * s for s in strides[::-1]] + [4])[...] = x
+    return flat
+
+
+def folded_strides(strides: Strides, n_q: int, gqa: int) -> Strides | None:
+    """The (row, head, batch) strides of a Q or O after fold_gqa stacks each group's `gqa` heads
+    as rows of one head, or None where the layout cannot be addressed that way: one query row
+    per head (rows are the heads), or heads whose rows are back to back."""
+    row, head, batch = strides
+    if n_q == 1:
+        return head, gqa * head, batch
+    if head == n_q * row:
+        return row, gqa * head, batch
+    return None
+
+
+def fold_for_layouts(s: "Shapes", q_strides: Strides, o_strides: Strides) -> tuple["Shapes", Strides, Strides]:
+    """fold_gqa(s) where both Q's and O's layouts allow it (folded_strides), with the strides the
+    kernel then uses; else `s` and the strides as given. The C dispatcher folds by this rule."""
+    folded = fold_gqa(s)
+    if folded is s:
+        return s, q_strides, o_strides
+    gqa = s.heads_q // s.heads_kv
+    q, o = folded_strides(q_strides, s.n_q, gqa), folded_strides(o_strides, s.n_q, gqa)
+    if q is None or o is None:
+        return s, q_strides, o_strides
+    return folded, q, o
+
+
 ACCEPTED = "a numpy array, an array-like of numbers (nested list/tuple) or any array with .shape"
 
 

@@ -45,6 +45,9 @@ layout(push_constant) uniform Push {
     uint  window;  // sliding window width with the causal feature (0 = none)
     uint  split_kv;  // split-k: KV columns per split (a multiple of bc)
     uint  split_count;  // split-k: number of splits (grid z = n_batch * split_count)
+    uint  o_stride_row;  // O: elements between query rows (f32, multiples of 4)
+    uint  o_stride_head;  // O: elements between heads
+    uint  o_stride_batch;  // O: elements between batches
 } pc;
 
 // ---- buffers (kgen/abi.py: BINDINGS) ----
@@ -456,7 +459,7 @@ void main() {
             [[unroll]] for (uint i = 0u; i < ACC_LEN; ++i) {
                 const uint qi = my_row[t][SLOT_OF[i]], d = j * MN + FRAG_COL[lane * ACC_LEN + i];
                 if (qi < pc.n_q && d < HSV) {
-                    out_data[((out_split * pc.n_head_q + h) * pc.n_q + qi) * HSV + d] = O[t][j][i] * f[SLOT_OF[i]];
+                    out_data[b * pc.o_stride_batch + h * pc.o_stride_head + qi * pc.o_stride_row + d] = O[t][j][i] * f[SLOT_OF[i]];
                 }
             }
         }

@@ -45,6 +45,9 @@ layout(push_constant) uniform Push {
     uint  window;  // sliding window width with the causal feature (0 = none)
     uint  split_kv;  // split-k: KV columns per split (a multiple of bc)
     uint  split_count;  // split-k: number of splits (grid z = n_batch * split_count)
+    uint  o_stride_row;  // O: elements between query rows (f32, multiples of 4)
+    uint  o_stride_head;  // O: elements between heads
+    uint  o_stride_batch;  // O: elements between batches
 } pc;
 
 // ---- buffers (kgen/abi.py: BINDINGS) ----
@@ -439,7 +442,7 @@ void main() {
             const uint i_q = row0 + r * MM + rr, d = j * MN + cc;
             if (i_q < pc.n_q && d < HSV) {
                 const uint s = stage + rr * MN + cc;
-                const uint o = ((out_split * pc.n_head_q + h) * pc.n_q + i_q) * HSV + d;
+                const uint o = b * pc.o_stride_batch + h * pc.o_stride_head + i_q * pc.o_stride_row + d;
                 out_data4[o / 4u] = vec4(Ssh[s], Ssh[s + 1u], Ssh[s + 2u], Ssh[s + 3u]);
             }
         }

@@ -48,6 +48,9 @@ layout(push_constant) uniform Push {
     uint  window;  // sliding window width with the causal feature (0 = none)
     uint  split_kv;  // split-k: KV columns per split (a multiple of bc)
     uint  split_count;  // split-k: number of splits (grid z = n_batch * split_count)
+    uint  o_stride_row;  // O: elements between query rows (f32, multiples of 4)
+    uint  o_stride_head;  // O: elements between heads
+    uint  o_stride_batch;  // O: elements between batches
 } pc;
 
 // ---- buffers (kgen/abi.py: BINDINGS) ----
@@ -277,15 +280,15 @@ void main() {
         o = coopMatMulAdd(pa, vt, O_ACC(alpha_o) * o);
     }
 
-    const uint row0 = (b * pc.n_head_q + h) * pc.n_q;
-
     // O / l, rows past Nq and columns past HV dropped by the Constant clamp mode.
     coopMatPerElementNV(l, l, inverse_or_zero, m);
     ROWS_O inv_l;
     coopMatReduceNV(inv_l, l, gl_CooperativeMatrixReduceRowNV, spread);
     const ROWS_O result = ROWS_O(o) * inv_l;
+    // The final O by the o strides, from this head's row 0.
     tensorLayoutNV<2, gl_CooperativeMatrixClampModeConstantNV> out_layout = createTensorLayoutNV(2, gl_CooperativeMatrixClampModeConstantNV);
-    out_layout = setTensorLayoutDimensionNV(out_layout, row0 + pc.n_q, HV);
-    out_layout = setTensorLayoutStrideNV(out_layout, HV, 1);
-    coopMatStoreTensorNV(result, out_data, 0, sliceTensorLayoutNV(out_layout, row0 + i0, BR, 0, HVP));
+    out_layout = setTensorLayoutDimensionNV(out_layout, pc.n_q, HV);
+    out_layout = setTensorLayoutStrideNV(out_layout, pc.o_stride_row, 1);
+    coopMatStoreTensorNV(result, out_data, b * pc.o_stride_batch + h * pc.o_stride_head,
+                         sliceTensorLayoutNV(out_layout, i0, BR, 0, HVP));
 }

@@ -46,6 +46,9 @@ layout(push_constant) uniform Push {
     uint  window;
     uint  split_kv;
     uint  split_count;
+    uint  o_stride_row;
+    uint  o_stride_head;
+    uint  o_stride_batch;
 } pc;
 
 layout(std430, binding = 4) readonly buffer SinkBuf { float sink_data[]; };
@@ -156,6 +159,6 @@ void main() {
         [[unroll]] for (uint k = 1u; k < GROUPS; ++k) {
             o += red4[k * LANES + tid % LANES];
         }
-        out4[row * COLS4 + c4] = o * inv_l;
+        out4[(b * pc.o_stride_batch + h * pc.o_stride_head + gl_WorkGroupID.x * pc.o_stride_row) / 4u + c4] = o * inv_l;
     }
 }

@@ -38,6 +38,9 @@ layout(push_constant) uniform Push {
     uint  window;
     uint  split_kv;
     uint  split_count;
+    uint  o_stride_row;
+    uint  o_stride_head;
+    uint  o_stride_batch;
 } pc;
 
 layout(std430, binding = 3) readonly buffer MaskBuf { float16_t mask_data[]; };

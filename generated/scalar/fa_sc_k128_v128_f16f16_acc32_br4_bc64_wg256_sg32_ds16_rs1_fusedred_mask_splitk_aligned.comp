@@ -41,6 +41,9 @@ layout(push_constant) uniform Push {
     uint  window;  // sliding window width with the causal feature (0 = none)
     uint  split_kv;  // split-k: KV columns per split (a multiple of bc)
     uint  split_count;  // split-k: number of splits (grid z = n_batch * split_count)
+    uint  o_stride_row;  // O: elements between query rows (f32, multiples of 4)
+    uint  o_stride_head;  // O: elements between heads
+    uint  o_stride_batch;  // O: elements between batches
 } pc;
 
 // ---- buffers (kgen/abi.py: BINDINGS) ----
@@ -118,8 +121,8 @@ shared vec2 sh_ml[32];
 
 // Partial result of one split (the reduce pass combines splits and applies sinks): O / l, and
 // (m, l) for the reduce weights. A split that saw nothing stores zeros and (MASKED, 0).
-void store_row(uint row_out, uint d4, vec4 o, float m, float l) {
-    out_data4[row_out * HSV4 + d4] = m > MASKED_LIMIT ? o / l : vec4(0.0);
+void store_row(uint row_at, uint d4, vec4 o, float m, float l) {
+    out_data4[row_at / 4u + d4] = m > MASKED_LIMIT ? o / l : vec4(0.0);
 }
 
 // ---- fused split-k reduce (kgen/render.py: fused_reduce_lanes) ----
@@ -145,6 +148,12 @@ const uint FUSED_HV4 = 32u;
 const uint FUSED_LANES = 2u;  // lanes per output vec4: lane k takes splits k, k + LANES, ...
 const uint FUSED_UNROLL = 8u;                 // partial rows each lane has in flight
 const uint FUSED_WG = 256u;
+
+// Element offset in O of row `row` of the (b, h, row) order, by the o strides.
+uint o_row_at(const uint row) {
+    const uint i = row % pc.n_q, bh = row / pc.n_q;
+    return (bh / pc.n_head_q) * pc.o_stride_batch + (bh % pc.n_head_q) * pc.o_stride_head + i * pc.o_stride_row;
+}
 
 // (m, l, o) += (m2, l2, o2), where o and l are sums weighted by exp(score - m).
 void fused_merge(inout float m, inout float l, inout vec4 o, const float m2, const float l2, const vec4 o2) {
@@ -203,7 +212,7 @@ void split_k_finish(const uint row_first, const uint row_count) {
         }
         if (my_lane == 0u) {
             // Nothing visible in any split: the row is 0, never 0/0.
-            reduced4[(row_first + r) * FUSED_HV4 + c4] = m > MASKED_LIMIT && l > 0.0 ? o / l : vec4(0.0);
+            reduced4[o_row_at(row_first + r) / 4u + c4] = m > MASKED_LIMIT && l > 0.0 ? o / l : vec4(0.0);
         }
     }
     if (gl_LocalInvocationIndex == 0u) {
@@ -381,7 +390,7 @@ void main() {
                 [[unroll]] for (uint p = 0u; p < ROWGROUP_SUBGROUPS; ++p) {
                     acc += w[p] * sh_o[(slot0 + p) * HSV4 + d4];
                 }
-                store_row(out_base + i, d4, acc, m_row, l_row);
+                store_row((out_base + i) * (HSV4 * 4u), d4, acc, m_row, l_row);
             }
             if (lane == 0u) stats_data[out_base + i] = vec2(m_row, l_row);
         }

@@ -41,6 +41,9 @@ layout(push_constant) uniform Push {
     uint  window;  // sliding window width with the causal feature (0 = none)
     uint  split_kv;  // split-k: KV columns per split (a multiple of bc)
     uint  split_count;  // split-k: number of splits (grid z = n_batch * split_count)
+    uint  o_stride_row;  // O: elements between query rows (f32, multiples of 4)
+    uint  o_stride_head;  // O: elements between heads
+    uint  o_stride_batch;  // O: elements between batches
 } pc;
 
 // ---- buffers (kgen/abi.py: BINDINGS) ----
@@ -118,8 +121,8 @@ shared vec2 sh_ml[4];
 
 // Partial result of one split (the reduce pass combines splits and applies sinks): O / l, and
 // (m, l) for the reduce weights. A split that saw nothing stores zeros and (MASKED, 0).
-void store_row(uint row_out, uint d4, vec4 o, float m, float l) {
-    out_data4[row_out * HSV4 + d4] = m > MASKED_LIMIT ? o / l : vec4(0.0);
+void store_row(uint row_at, uint d4, vec4 o, float m, float l) {
+    out_data4[row_at / 4u + d4] = m > MASKED_LIMIT ? o / l : vec4(0.0);
 }
 
 void main() {
@@ -274,7 +277,7 @@ void main() {
                 [[unroll]] for (uint p = 0u; p < ROWGROUP_SUBGROUPS; ++p) {
                     acc += w[p] * sh_o[(slot0 + p) * HSV4 + d4];
                 }
-                store_row(out_base + i, d4, acc, m_row, l_row);
+                store_row((out_base + i) * (HSV4 * 4u), d4, acc, m_row, l_row);
             }
             if (lane == 0u) stats_data[out_base + i] = vec2(m_row, l_row);
         }

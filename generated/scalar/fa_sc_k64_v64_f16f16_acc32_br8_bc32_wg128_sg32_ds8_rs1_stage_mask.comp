@@ -41,6 +41,9 @@ layout(push_constant) uniform Push {
     uint  window;  // sliding window width with the causal feature (0 = none)
     uint  split_kv;  // split-k: KV columns per split (a multiple of bc)
     uint  split_count;  // split-k: number of splits (grid z = n_batch * split_count)
+    uint  o_stride_row;  // O: elements between query rows (f32, multiples of 4)
+    uint  o_stride_head;  // O: elements between heads
+    uint  o_stride_batch;  // O: elements between batches
 } pc;
 
 // ---- buffers (kgen/abi.py: BINDINGS) ----
@@ -120,12 +123,12 @@ shared vec2 sh_ml[32];
 
 // Final O row = sum_j p_j v_j / l.
 // A row that saw nothing visible (m below MASKED_LIMIT) stores zeros, never 0/0.
-void store_row(uint row_out, uint d4, vec4 o, float m, float l) {
+void store_row(uint row_at, uint d4, vec4 o, float m, float l) {
     float scale = 0.0;
     if (m > MASKED_LIMIT) {
         scale = 1.0 / l;
     }
-    out_data4[row_out * HSV4 + d4] = o * scale;
+    out_data4[row_at / 4u + d4] = o * scale;
 }
 
 void main() {
@@ -143,7 +146,7 @@ void main() {
     const uint b = gl_WorkGroupID.z;
     const uint kv_start = 0u;
     const uint kv_end = pc.n_kv;
-    const uint out_base = (b * pc.n_head_q + h) * pc.n_q;
+    const uint out_base = b * pc.o_stride_batch + h * pc.o_stride_head;  // element of this head's O row 0
     const uint k_base = pc.k_offset + b * pc.k_stride_batch + hk * pc.k_stride_head;
     const uint v_base = pc.v_offset + b * pc.v_stride_batch + hk * pc.v_stride_head;
     const float slope = 1.0;
@@ -318,7 +321,7 @@ void main() {
                 [[unroll]] for (uint p = 0u; p < ROWGROUP_SUBGROUPS; ++p) {
                     acc += w[p] * sh_o[(slot0 + p) * HSV4 + d4];
                 }
-                store_row(out_base + i, d4, acc, m_row, l_row);
+                store_row(out_base + i * pc.o_stride_row, d4, acc, m_row, l_row);
             }
         }
     }

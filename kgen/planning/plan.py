@@ -10,7 +10,7 @@ from ..errors import UnsupportedVariant
 from ..kvtensor import KVTensor, KvLayout, layout_of, views_k
 from ..paths.shared import FUSED_STATS_SLOTS
 from ..problem import mismatch
-from ..shapes import Shapes, as_inputs, fold_gqa
+from ..shapes import Shapes, as_inputs, check_strides, fold_for_layouts, strided_copy, strided_extent
 from ..space import why_invalid
 from ..variant import PathKind, Variant
 from .choose import aligned_for, call_dims, call_reason, choose_variant, kernel_layouts, split_values
@@ -22,10 +22,16 @@ F32 = np.dtype("<f4")
 class Plan:
     def __init__(self, shapes: Shapes, *, path: PathKind | None = None, device=None,
                  split_k: int | None = None, variant: Variant | None = None,
-                 kv_layouts: dict[str, KvLayout] | None = None):
+                 kv_layouts: dict[str, KvLayout] | None = None, q_strides=None, o_strides=None):
         from .probe import open_for_kernels  # the only place a plan reaches Vulkan from
         self.shapes = shapes               # what the caller passes and gets back
-        self.kernel_shapes = s = fold_gqa(shapes)  # what the kernel computes (same bytes)
+        # Q and O on the device by these (row, head, batch) strides (dense by default).
+        self.q_strides = check_strides("q_strides", q_strides, shapes.batch, shapes.heads_q, shapes.n_q, shapes.head_k)
+        self.o_strides = check_strides("o_strides", o_strides, shapes.batch, shapes.heads_q, shapes.n_q, shapes.head_v)
+        # What the kernel computes (the same bytes), and how it addresses Q and O.
+        self.kernel_shapes, self.kernel_q_strides, self.kernel_o_strides = fold_for_layouts(
+            shapes, self.q_strides, self.o_strides)
+        s = self.kernel_shapes
         self.kv_layouts = kv_layouts or {
             "k": layout_of(None, s.k_type, (s.batch, s.heads_kv, s.n_kv, s.head_k)),
             "v": layout_of(None, s.v_type, (s.batch, s.heads_kv, s.n_kv, s.head_v))}
@@ -75,14 +81,16 @@ class Plan:
         s, dev, r = self.kernel_shapes, self.device, self.recipe
         dims = self.dims()
         groups = [step.groups(dims) for step in r.steps]   # every grid checked before any allocation
-        sizes = {"q": s.batch * s.heads_q * s.n_q * s.head_k * 4, "k": self.kv_layouts["k"].nbytes}
+        c = self.shapes
+        sizes = {"q": 4 * strided_extent(self.q_strides, c.batch, c.heads_q, c.n_q, c.head_k),
+                 "k": self.kv_layouts["k"].nbytes}
         if not self.v_in_k:
             sizes["v"] = self.kv_layouts["v"].nbytes
         if s.mask_shape is not None:
             sizes["mask"] = max(4, 2 * math.prod(s.mask_shape))
         if s.sinks:
             sizes["sinks"] = s.heads_q * 4
-        sizes["o"] = s.batch * s.heads_q * s.n_q * s.head_v * 4
+        sizes["o"] = 4 * strided_extent(self.o_strides, c.batch, c.heads_q, c.n_q, c.head_v)
         self._buffers = {name: dev.buffer(n) for name, n in (sizes | r.sizes(dims)).items()}
         for b in r.scratch:
             if b.zero_once:
@@ -120,7 +128,8 @@ class Plan:
         m1 = 2.0 ** (-s.alibi_max_bias / 2 / slopes_n2)
         return abi.pack(
             n_q=s.n_q, n_kv=n_kv, n_head_q=s.heads_q, gqa_ratio=s.heads_q // s.heads_kv, n_batch=s.batch,
-            q_stride_row=s.head_k, q_stride_head=s.n_q * s.head_k, q_stride_batch=s.heads_q * s.n_q * s.head_k,
+            q_stride_row=self.kernel_q_strides[0], q_stride_head=self.kernel_q_strides[1],
+            q_stride_batch=self.kernel_q_strides[2],
             k_stride_row=kl.strides[0], k_stride_head=kl.strides[1], k_stride_batch=kl.strides[2],
             v_stride_row=vl.strides[0], v_stride_head=vl.strides[1], v_stride_batch=vl.strides[2],
             k_offset=kl.offset, v_offset=vl.offset,
@@ -129,7 +138,9 @@ class Plan:
             mask_stride_batch=mh * mq * n_kv if mb > 1 else 0,
             scale=s.scale if s.scale is not None else 1.0 / math.sqrt(s.head_k),
             softcap=s.softcap, alibi_m0=m0, alibi_m1=m1, alibi_n2=slopes_n2,
-            window=s.window, split_kv=self.split_kv, split_count=self.splits)
+            window=s.window, split_kv=self.split_kv, split_count=self.splits,
+            o_stride_row=self.kernel_o_strides[0], o_stride_head=self.kernel_o_strides[1],
+            o_stride_batch=self.kernel_o_strides[2])
 
     # --- use -------------------------------------------------------------------------------
     def upload(self, q, k, v, mask=None, sinks=None) -> None:
@@ -139,7 +150,7 @@ class Plan:
         for name, x in (("q", q), ("k", k), ("v", v), ("sinks", sinks)):
             if x is not None and not isinstance(x, KVTensor) and not np.isfinite(np.asarray(x)).all():
                 raise ValueError(f"{name} has NaN or Inf values: kgen computes on finite inputs only")
-        self._buffers["q"].write(np.ascontiguousarray(q, dtype=F32))
+        self._buffers["q"].write(strided_copy(np.asarray(q, dtype=F32), self.q_strides))
         for name, x, t, d in (("k", k, s.k_type, s.head_k), ("v", v, s.v_type, s.head_v)):
             _expect(x, name, (s.batch, s.heads_kv, s.n_kv, d))
             planned, given = self.kv_layouts[name], layout_of(x, t, tuple(x.shape))
@@ -205,16 +216,25 @@ class Plan:
             lines.append(line)
         return lines
 
-    def result(self) -> np.ndarray:
+    def result(self, out: np.ndarray | None = None) -> np.ndarray:
+        """O as (B, Hq, Nq, Dv) float32, read through the plan's o_strides; into `out` if given."""
         s = self.shapes
-        n = s.batch * s.heads_q * s.n_q * s.head_v
-        out = np.frombuffer(self._buffers["o"].read(n * 4), dtype=F32).copy()
-        return out.reshape(s.batch, s.heads_q, s.n_q, s.head_v)
+        shape = (s.batch, s.heads_q, s.n_q, s.head_v)
+        if out is not None:
+            _check_out(out, shape)
+        raw = np.frombuffer(self._buffers["o"].read(self._buffers["o"].nbytes), dtype=F32)
+        rows = np.lib.stride_tricks.as_strided(raw, shape, [4 * x for x in self.o_strides[::-1]] + [4])
+        if out is None:
+            return rows.copy()
+        out[...] = rows
+        return out
 
-    def __call__(self, q, k, v, *, mask=None, sinks=None) -> np.ndarray:
+    def __call__(self, q, k, v, *, mask=None, sinks=None, out: np.ndarray | None = None) -> np.ndarray:
+        if out is not None:   # checked before any device work
+            _check_out(out, (self.shapes.batch, self.shapes.heads_q, self.shapes.n_q, self.shapes.head_v))
         self.upload(q, k, v, mask=mask, sinks=sinks)
         self.run_device()
-        return self.result()
+        return self.result(out)
 
     def close(self) -> None:
         if self._sequence is not None:
@@ -229,6 +249,12 @@ class Plan:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _check_out(out, shape: tuple) -> None:
+    if tuple(np.shape(out)) != shape or getattr(out, "dtype", None) != np.float32:
+        raise ValueError(f"out: a float32 array of shape {shape}, got {getattr(out, 'dtype', type(out))} "
+                         f"{tuple(np.shape(out))}")
 
 
 def _expect(x, name: str, shape: tuple) -> None:

@@ -26,6 +26,12 @@ const uint FUSED_LANES = {{ fused_lanes }}u;  // lanes per output vec4: lane k t
 const uint FUSED_UNROLL = 8u;                 // partial rows each lane has in flight
 const uint FUSED_WG = {{ v.wg }}u;
 
+// Element offset in O of row `row` of the (b, h, row) order, by the o strides.
+uint o_row_at(const uint row) {
+    const uint i = row % pc.n_q, bh = row / pc.n_q;
+    return (bh / pc.n_head_q) * pc.o_stride_batch + (bh % pc.n_head_q) * pc.o_stride_head + i * pc.o_stride_row;
+}
+
 // (m, l, o) += (m2, l2, o2), where o and l are sums weighted by exp(score - m).
 void fused_merge(inout float m, inout float l, inout vec4 o, const float m2, const float l2, const vec4 o2) {
     const float m_new = max(m, m2);
@@ -88,7 +94,7 @@ void split_k_finish(const uint row_first, const uint row_count) {
             fused_merge(m, l, o, sink, 1.0, vec4(0.0));
 {% endif %}
             // Nothing visible in any split: the row is 0, never 0/0.
-            reduced4[(row_first + r) * FUSED_HV4 + c4] = m > MASKED_LIMIT && l > 0.0 ? o / l : vec4(0.0);
+            reduced4[o_row_at(row_first + r) / 4u + c4] = m > MASKED_LIMIT && l > 0.0 ? o / l : vec4(0.0);
         }
     }
     if (gl_LocalInvocationIndex == 0u) {

@@ -53,7 +53,11 @@
             const uint i_q = row0 + r * MM + rr, d = j * MN + cc;
             if (i_q < pc.n_q && d < HSV) {
                 const uint s = stage + rr * MN + cc;
+{% if v.split_k %}
                 const uint o = ((out_split * pc.n_head_q + h) * pc.n_q + i_q) * HSV + d;
+{% else %}
+                const uint o = b * pc.o_stride_batch + h * pc.o_stride_head + i_q * pc.o_stride_row + d;
+{% endif %}
                 out_data4[o / 4u] = vec4(Ssh[s], Ssh[s + 1u], Ssh[s + 2u], Ssh[s + 3u]);
             }
         }

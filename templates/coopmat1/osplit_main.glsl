@@ -285,7 +285,11 @@
             [[unroll]] for (uint i = 0u; i < ACC_LEN; ++i) {
                 const uint qi = row0 + my_row[t][SLOT_OF[i]], d = o_col0 + j * MN + my_col[i];
                 if (qi < pc.n_q && d < HSV) {
+{% if v.split_k %}
                     out_data[((out_split * pc.n_head_q + h) * pc.n_q + qi) * HSV + d] = O[t][j][i] * f[SLOT_OF[i]];
+{% else %}
+                    out_data[b * pc.o_stride_batch + h * pc.o_stride_head + qi * pc.o_stride_row + d] = O[t][j][i] * f[SLOT_OF[i]];
+{% endif %}
                 }
             }
         }

@@ -19,7 +19,7 @@ import kgen
 from kgen import quant, reference
 from kgen.identity import BuildIdentity, DeviceIdentity, kernel_digest
 from kgen.kvtensor import KVTensor
-from kgen.shapes import fold_gqa, shapes_of
+from kgen.shapes import dense_strides, fold_for_layouts, shapes_of, strided_copy, strided_extent
 from kgen.space import default_variant
 from kgen.tools import export as ex
 from kgen.tunedb import TuningDB, Winner
@@ -50,6 +50,7 @@ class Case:
     kv_f16: bool = False
     pad_blocks: int = 0          # K/V rows padded and the cache offset: a view into a larger cache
     lead_blocks: int = 0
+    ggml_layout: bool = False    # Q and O as ggml lays them out: (B, Nq, Hq, D)
 
 
 CASES = (
@@ -60,6 +61,8 @@ CASES = (
          pad_blocks=1, lead_blocks=3),
     Case("features", (1, 4, 4, 24, 96, 64, 64), mask="rows", causal=True, window=40, softcap=20.0,
          alibi=8.0, sinks=True),
+    Case("ggml-prefill", (2, 4, 2, 40, 260, 64, 64), mask="one", ggml_layout=True),
+    Case("ggml-decode-split", (1, 8, 2, 1, 5000, 64, 64), causal=True, splits=2, ggml_layout=True),
 )
 
 
@@ -73,10 +76,17 @@ def _shapes(case: Case):
                                  sinks=np.zeros(hq) if case.sinks else None, k_type=case.kv_type, v_type=case.kv_type)
 
 
+def _kernel_shapes(case: Case):
+    """What the kernel computes for `case` (kgen.shapes.fold_for_layouts, as the C plan folds)."""
+    b, hq, _, nq, _, dk, dv = case.shape
+    ggml = lambda d: (hq * d, d, nq * hq * d) if case.ggml_layout else dense_strides(nq, hq, d)
+    return fold_for_layouts(_shapes(case), ggml(dk), ggml(dv))[0]
+
+
 def _winner(case: Case, caps, path: PathKind) -> Winner | None:
     """The class of `case` tuned to `path`'s default variant with the case's knobs, or None where
     the path has no such variant (coopmat1 has no fused reduce)."""
-    problem = fold_gqa(_shapes(case)).problem()
+    problem = _kernel_shapes(case).problem()
     features = problem.features + (("split_k",) if case.splits > 1 else ())
     try:
         v = default_variant(dataclasses.replace(problem, features=features), caps, path)
@@ -93,7 +103,7 @@ def _device_paths(caps) -> list[PathKind]:
     out = []
     for path in PathKind:
         try:
-            default_variant(fold_gqa(_shapes(CASES[0])).problem(), caps, path)
+            default_variant(_kernel_shapes(CASES[0]).problem(), caps, path)
         except InvalidVariant:
             continue
         out.append(path)
@@ -197,16 +207,20 @@ def _call(case: Case, rng):
     features = sum(FEATURE_BIT[f] for f, on in (("mask", mask is not None), ("causal", case.causal or case.window),
                                                ("alibi", case.alibi > 0), ("softcap", case.softcap > 0),
                                                ("sinks", case.sinks)) if on)
+    q_strides = (hq * dk, dk, nq * hq * dk) if case.ggml_layout else dense_strides(nq, hq, dk)
+    o_strides = (hq * dv, dv, nq * hq * dv) if case.ggml_layout else dense_strides(nq, hq, dv)
     ints = [dk, dv, KV_INDEX[case.kv_type], KV_INDEX[case.kv_type], features, 32, 0, b, hq, hkv, nq, nkv,
-            *k_strides, k_off, *v_strides, v_off, mb, mh, mr, row_stride, case.window]
+            *k_strides, k_off, *v_strides, v_off, mb, mh, mr, row_stride, case.window,
+            *(q_strides if case.ggml_layout else (0, 0, 0)), *(o_strides if case.ggml_layout else (0, 0, 0))]
     floats = [0.0, case.softcap, case.alibi]
-    data = [q.astype(np.float32), np.frombuffer(k_raw, np.uint8), np.frombuffer(v_raw, np.uint8),
+    q_dev = strided_copy(q, q_strides)
+    data = [q_dev, np.frombuffer(k_raw, np.uint8), np.frombuffer(v_raw, np.uint8),
             None if mask_rows is None else mask_rows.astype(np.float16), None if sinks is None else sinks.astype(np.float32)]
     kd, vd = quant.roundtrip(k, kt), quant.roundtrip(v, kt)
     ref = reference.attention(q, kd, vd, mask=None if mask is None else mask.astype(np.float16).astype(np.float64),
                               causal=case.causal, window=case.window or None, softcap=case.softcap,
                               alibi_max_bias=case.alibi, sinks=sinks)
-    return ints, floats, data, ref, q, kq, vq, mask, sinks
+    return ints, floats, data, ref, q, kq, vq, mask, sinks, o_strides
 
 
 @pytest.mark.parametrize("push_descriptor", [False, True], ids=["pools", "push"])
@@ -220,8 +234,10 @@ def test_the_c_engine_runs_every_case_as_kgen_plan_would(engine, push_descriptor
         eng = Engine(host, index, push_descriptor)
         try:
             for case in cases:
-                ints, floats, data, ref, q, kq, vq, mask, sinks = _call(case, rng)
-                status, report, out = eng.run(ints, floats, data, ref.shape)
+                ints, floats, data, ref, q, kq, vq, mask, sinks, o_strides = _call(case, rng)
+                b, hq, _, nq, _, _, dv = case.shape
+                status, report, raw = eng.run(ints, floats, data, (strided_extent(o_strides, b, hq, nq, dv),))
+                out = np.lib.stride_tricks.as_strided(raw, ref.shape, [4 * s for s in o_strides[::-1]] + [4])
                 label = f"{path.value} {case.name}"
                 assert status == 0, f"{label}: {report}"
                 variant, problem, splits, scratch, exact = report.split("|")
@@ -229,7 +245,9 @@ def test_the_c_engine_runs_every_case_as_kgen_plan_would(engine, push_descriptor
                 err = reference.nmse(out, ref)
                 assert err <= 5e-4, f"{label}: NMSE {err:.3g} ({variant})"
                 with kgen.plan(q, kq, vq, mask=mask, causal=case.causal, window=case.window or None,
-                               softcap=case.softcap, alibi_max_bias=case.alibi, sinks=sinks) as p:
+                               softcap=case.softcap, alibi_max_bias=case.alibi, sinks=sinks,
+                               q_strides=tuple(ints[25:28]) if case.ggml_layout else None,
+                               o_strides=o_strides) as p:
                     assert (variant, int(splits)) == (p.variant.uri, p.splits), label
                     assert exact == "1" and p.how.startswith("tuned, exact"), label
                     assert int(scratch) >= sum(p.recipe.sizes(p.dims()).values()), label

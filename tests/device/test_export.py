@@ -150,7 +150,7 @@ def test_c_header_compiles_and_looks_up(entries, header, tmp_path, compiler, fla
                                                                   check=True).stdout.splitlines())
     (_, _, plain), (_, _, big), (_, _, decode) = entries
     words = len(ex.collect(entries[:1])[0].shader.spirv) // 4
-    assert lines["push"] == f"{abi.PUSH_BYTES} {abi.PUSH_BYTES - 4}"
+    assert lines["push"] == f"{abi.PUSH_BYTES} {4 * [f.name for f in abi.PUSH_FIELDS].index('split_count')}"
     assert lines["exact"] == f"{plain.variant} splits=1 reduce=0 words={words} magic=1"
     assert lines["exact_big"].startswith(f"{big.variant} splits=1")          # nkv bucket 4
     assert lines["nearest"].startswith(f"{plain.variant} splits=1")          # gqa bucket 2 away; the nkv4 entry is 3 away
@@ -452,7 +452,8 @@ def _run_as_the_table_says(table: dict, spirv_dir, e: dict, q, k: Cache, v: Cach
         v_stride_row=v.strides[0], v_stride_head=v.strides[1], v_stride_batch=v.strides[2], v_offset=v.offset,
         mask_stride_row=nkv if mask_rows > 1 else 0, mask_stride_head=mask_rows * nkv if mask_h > 1 else 0,
         mask_stride_batch=mask_h * mask_rows * nkv if mask_b > 1 else 0,
-        scale=1.0 / np.sqrt(dk), split_kv=split_kv, split_count=split_count)
+        scale=1.0 / np.sqrt(dk), split_kv=split_kv, split_count=split_count,
+        o_stride_row=dv, o_stride_head=nq * dv, o_stride_batch=hq * nq * dv)
     dims = {name: value for name, value in push.items() if isinstance(value, int)} | dict(
         n_head_kv=hkv, mask_rows=mask_rows, mask_planes=mask_b * mask_h)
     pushes = {"caller": push, "kernel": push | {name: evaluate(f["expr"], dims) for name, f in e["kernel_push"].items()}}

@@ -12,7 +12,7 @@ import kgen
 from kgen.kvtensor import layout_of
 from kgen.planning import plan as plan_module
 from kgen.planning import probe
-from kgen.shapes import as_inputs, shapes_of
+from kgen.shapes import as_inputs, dense_strides, shapes_of
 
 RNG = np.random.default_rng(0)
 Q = RNG.standard_normal((1, 2, 3, 64)).astype(np.float32)
@@ -97,6 +97,7 @@ def _fake_plan(mask=None, sinks=None) -> plan_module.Plan:
     p.shapes = shapes_of(Q, K, V, mask=mask, sinks=sinks)
     p.kv_layouts = {"k": layout_of(None, p.shapes.k_type, K.shape), "v": layout_of(None, p.shapes.v_type, V.shape)}
     p.v_in_k = False
+    p.q_strides = dense_strides(p.shapes.n_q, p.shapes.heads_q, p.shapes.head_k)
     p._buffers = {name: _Buffer() for name in ("q", "k", "v", "mask", "sinks")}
     return p
 

@@ -268,7 +268,7 @@ static void host_buffer_destroy(host_buffer *b) {
 
 /* One call. ints: head_k, head_v, k_type, v_type, features, acc, v_in_k, n_batch, n_head_q,
  * n_head_kv, n_q, n_kv, k_stride[3], k_offset, v_stride[3], v_offset, mask_batch, mask_heads,
- * mask_rows, mask_row_stride, window; floats: scale, softcap, max_bias. data[i]/bytes[i]: q, k,
+ * mask_rows, mask_row_stride, window, q_stride[3], o_stride[3]; floats: scale, softcap, max_bias. data[i]/bytes[i]: q, k,
  * v, mask, sinks (NULL/0: not bound; v_in_k binds K for V). The call runs `runs` times (O and
  * scratch are filled with NaN bytes before each but the first), then O is copied to `o`.
  * `drop` >= 0 passes that kgen_fa_buffers member (q, k, v, mask, sinks, o, scratch) as VK_NULL_HANDLE.
@@ -300,6 +300,8 @@ int kgen_host_run(const uint32_t *ints, const float *floats, const void *const *
     call.v_offset = ints[19];
     call.mask_batch = ints[20]; call.mask_heads = ints[21]; call.mask_rows = ints[22]; call.mask_row_stride = ints[23];
     call.window = ints[24];
+    for (i = 0; i < 3; ++i) call.q_stride[i] = ints[25 + i];
+    for (i = 0; i < 3; ++i) call.o_stride[i] = ints[28 + i];
     call.scale = floats[0]; call.softcap = floats[1]; call.max_bias = floats[2];
 
     status = kgen_fa_plan_call(host.ctx, &call, &plan, &why);

@@ -86,7 +86,7 @@ NOTES = (
     "others are its `scratch` buffers, sized by their formulas, kept between calls), dispatching "
     "`grid` workgroups, with a compute-to-compute barrier before each step whose `barrier` is true "
     "(false: it runs beside the step before). The last step writes O, (B, Hq, Nq, Dv) f32 "
-    "contiguous, into your buffer o (bound at `output`). Unused bindings are bound to any small "
+    "by the o_stride push fields, into your buffer o (bound at `output`). Unused bindings are bound to any small "
     "dummy buffer.",
     "Zero a scratch buffer with zero_once (fused_reduce's split_arrivals) once when you "
     "create it: every run leaves it zero again, so two runs must not use one buffer at the "

@@ -297,3 +297,19 @@ def test_the_c_dispatcher_refuses_bad_calls_by_name_and_reports_what_it_does_not
         assert status == INVALID and "buffers.scratch: VK_NULL_HANDLE" in why
     finally:
         eng.close()
+
+
+def test_threads_planning_at_once_share_one_context(engine):
+    """The first plans of an entry, from 8 threads on a fresh context: every one succeeds with
+    the same pipelines (created once, under the context's lock), and the call then runs right."""
+    index, _, built = engine
+    host, _, cases = built[PathKind.SCALAR]
+    host.kgen_host_plan_threads.argtypes = [ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_float), ctypes.c_int]
+    eng = Engine(host, index, False)
+    try:
+        ints, floats, data, ref, *_ = _call(cases[0], np.random.default_rng(2))
+        assert host.kgen_host_plan_threads((ctypes.c_uint32 * len(ints))(*ints), (ctypes.c_float * 3)(*floats), 8) == 8
+        status, report, out = eng.run(ints, floats, data, ref.shape)
+        assert status == 0 and reference.nmse(out, ref) <= 5e-4, report
+    finally:
+        eng.close()

@@ -5,6 +5,7 @@
  * (tests/device/test_engine_c.py). Host-visible buffers keep it short; speed is not its job. */
 #include "kgen_fa.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -266,6 +267,25 @@ static void host_buffer_destroy(host_buffer *b) {
     if (b->buffer != VK_NULL_HANDLE) vkDestroyBuffer(host.device, b->buffer, NULL);
 }
 
+/* The call of kgen_host_run's ints and floats. */
+static void host_call_of(const uint32_t *ints, const float *floats, kgen_fa_call *c) {
+    int i;
+    memset(c, 0, sizeof *c);
+    c->head_k = ints[0]; c->head_v = ints[1]; c->k_type = ints[2]; c->v_type = ints[3];
+    c->features = ints[4]; c->acc = ints[5]; c->v_in_k = ints[6];
+    c->n_batch = ints[7]; c->n_head_q = ints[8]; c->n_head_kv = ints[9]; c->n_q = ints[10]; c->n_kv = ints[11];
+    for (i = 0; i < 3; ++i) c->k_stride[i] = ints[12 + i];
+    c->k_offset = ints[15];
+    for (i = 0; i < 3; ++i) c->v_stride[i] = ints[16 + i];
+    c->v_offset = ints[19];
+    c->mask_batch = ints[20]; c->mask_heads = ints[21]; c->mask_rows = ints[22]; c->mask_row_stride = ints[23];
+    c->window = ints[24];
+    for (i = 0; i < 3; ++i) c->q_stride[i] = ints[25 + i];
+    for (i = 0; i < 3; ++i) c->o_stride[i] = ints[28 + i];
+    c->scale = floats[0]; c->softcap = floats[1]; c->max_bias = floats[2];
+
+}
+
 /* One call. ints: head_k, head_v, k_type, v_type, features, acc, v_in_k, n_batch, n_head_q,
  * n_head_kv, n_q, n_kv, k_stride[3], k_offset, v_stride[3], v_offset, mask_batch, mask_heads,
  * mask_rows, mask_row_stride, window, q_stride[3], o_stride[3]; floats: scale, softcap, max_bias. data[i]/bytes[i]: q, k,
@@ -290,20 +310,7 @@ int kgen_host_run(const uint32_t *ints, const float *floats, const void *const *
     int status = 0, run, i;
     VkResult r;
 
-    memset(&call, 0, sizeof call);
-    call.head_k = ints[0]; call.head_v = ints[1]; call.k_type = ints[2]; call.v_type = ints[3];
-    call.features = ints[4]; call.acc = ints[5]; call.v_in_k = ints[6];
-    call.n_batch = ints[7]; call.n_head_q = ints[8]; call.n_head_kv = ints[9]; call.n_q = ints[10]; call.n_kv = ints[11];
-    for (i = 0; i < 3; ++i) call.k_stride[i] = ints[12 + i];
-    call.k_offset = ints[15];
-    for (i = 0; i < 3; ++i) call.v_stride[i] = ints[16 + i];
-    call.v_offset = ints[19];
-    call.mask_batch = ints[20]; call.mask_heads = ints[21]; call.mask_rows = ints[22]; call.mask_row_stride = ints[23];
-    call.window = ints[24];
-    for (i = 0; i < 3; ++i) call.q_stride[i] = ints[25 + i];
-    for (i = 0; i < 3; ++i) call.o_stride[i] = ints[28 + i];
-    call.scale = floats[0]; call.softcap = floats[1]; call.max_bias = floats[2];
-
+    host_call_of(ints, floats, &call);
     status = kgen_fa_plan_call(host.ctx, &call, &plan, &why);
     if (status != KGEN_FA_OK) {
         snprintf(report, size, "%s: %s", kgen_fa_status_name((kgen_fa_status)status), why.text);
@@ -371,4 +378,38 @@ done:
     for (i = 0; i < HOST_BUFFERS; ++i) host_buffer_destroy(&hb[i]);
     kgen_fa_context_recycle(host.ctx);
     return status;
+}
+
+/* `threads` threads plan the same call at once on the shared context (the first plan of an
+ * entry creates its pipelines under the context's lock). Returns how many got KGEN_FA_OK with
+ * the same pipelines as the first thread's plan. */
+typedef struct host_planner {
+    const kgen_fa_call *call;
+    kgen_fa_plan plan;
+    int status;
+} host_planner;
+
+static void *host_plan_thread(void *arg) {
+    host_planner *p = (host_planner *)arg;
+    p->status = kgen_fa_plan_call(host.ctx, p->call, &p->plan, NULL);
+    return NULL;
+}
+
+int kgen_host_plan_threads(const uint32_t *ints, const float *floats, int threads) {
+    kgen_fa_call call;
+    host_planner planners[32];
+    pthread_t ids[32];
+    int i, same = 0;
+    host_call_of(ints, floats, &call);
+    if (threads > 32) threads = 32;
+    for (i = 0; i < threads; ++i) {
+        planners[i].call = &call;
+        pthread_create(&ids[i], NULL, host_plan_thread, &planners[i]);
+    }
+    for (i = 0; i < threads; ++i) pthread_join(ids[i], NULL);
+    for (i = 0; i < threads; ++i) {
+        same += planners[i].status == KGEN_FA_OK &&
+                memcmp(planners[i].plan.pipeline, planners[0].plan.pipeline, sizeof planners[0].plan.pipeline) == 0;
+    }
+    return same;
 }

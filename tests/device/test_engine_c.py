@@ -51,6 +51,7 @@ class Case:
     pad_blocks: int = 0          # K/V rows padded and the cache offset: a view into a larger cache
     lead_blocks: int = 0
     ggml_layout: bool = False    # Q and O as ggml lays them out: (B, Nq, Hq, D)
+    v_in_k: bool = False         # V is the first Dv columns of K's rows (MLA): K's buffer serves both
 
 
 CASES = (
@@ -63,6 +64,9 @@ CASES = (
          alibi=8.0, sinks=True),
     Case("ggml-prefill", (2, 4, 2, 40, 260, 64, 64), mask="one", ggml_layout=True),
     Case("ggml-decode-split", (1, 8, 2, 1, 5000, 64, 64), causal=True, splits=2, ggml_layout=True),
+    Case("q4-decode", (2, 8, 4, 1, 400, 128, 128), kv_type="q4_0", mask="one"),
+    Case("mla-v-in-k", (1, 16, 1, 3, 120, 576, 512), causal=True, v_in_k=True),
+    Case("ragged-causal", (1, 2, 2, 40, 24, 64, 64), causal=True),   # Nq > Nkv: the first rows see nothing
 )
 
 
@@ -70,10 +74,13 @@ def _shapes(case: Case):
     b, hq, hkv, nq, nkv, dk, dv = case.shape
     q = np.zeros((b, hq, nq, dk))
     k, v = np.zeros((b, hkv, nkv, dk)), np.zeros((b, hkv, nkv, dv))
+    if case.v_in_k:
+        k = KVTensor.from_array(k, case.kv_type)
+        v = KVTensor(k.data, case.kv_type, (b, hkv, nkv, dv), k.strides)
     mask = None if case.mask is None else np.zeros((b, 1, nq, nkv) if case.mask == "rows" else (1, 1, 1, nkv))
-    return shapes_of(q, k, v, mask=mask, causal=case.causal, window=case.window or None,
-                                 softcap=case.softcap, alibi_max_bias=case.alibi,
-                                 sinks=np.zeros(hq) if case.sinks else None, k_type=case.kv_type, v_type=case.kv_type)
+    return shapes_of(q, k, v, mask=mask, causal=case.causal, window=case.window or None, softcap=case.softcap,
+                     alibi_max_bias=case.alibi, sinks=np.zeros(hq) if case.sinks else None,
+                     k_type=case.kv_type, v_type=case.kv_type)
 
 
 def _kernel_shapes(case: Case):
@@ -187,14 +194,20 @@ def _call(case: Case, rng):
     k = rng.standard_normal((b, hkv, nkv, dk))
     v = rng.standard_normal((b, hkv, nkv, dv))
     k_raw, k_strides, k_off = _cache(k, case.kv_type, case.pad_blocks, case.lead_blocks)
-    v_raw, v_strides, v_off = _cache(v, case.kv_type, case.pad_blocks, case.lead_blocks)
     kq = KVTensor(np.frombuffer(k_raw, np.uint8), kt, (b, hkv, nkv, dk), k_strides, k_off)
-    vq = KVTensor(np.frombuffer(v_raw, np.uint8), kt, (b, hkv, nkv, dv), v_strides, v_off)
+    if case.v_in_k:   # V is K's first dv columns: same bytes, K's strides
+        v = k[..., :dv]
+        v_raw, v_strides, v_off = None, k_strides, k_off
+        vq = KVTensor(kq.data, kt, (b, hkv, nkv, dv), k_strides, k_off)
+    else:
+        v_raw, v_strides, v_off = _cache(v, case.kv_type, case.pad_blocks, case.lead_blocks)
+        vq = KVTensor(np.frombuffer(v_raw, np.uint8), kt, (b, hkv, nkv, dv), v_strides, v_off)
     mask = mask_rows = None
     mb = mh = mr = 1
     row_stride = 0
     if case.mask == "rows":
         mask = np.where(rng.random((b, 1, nq, nkv)) < 0.2, -np.inf, rng.standard_normal((b, 1, nq, nkv)))
+        mask[..., :2 * nq // 3, 16:48] = -np.inf   # whole hidden blocks, as a padded batch has
         mask[..., -1] = 0.0   # every row sees a key
         row_stride = nkv + 8   # padded rows, as ggml pads them
         mask_rows = np.full((b, 1, nq, row_stride), -np.inf)
@@ -209,14 +222,15 @@ def _call(case: Case, rng):
                                                ("sinks", case.sinks)) if on)
     q_strides = (hq * dk, dk, nq * hq * dk) if case.ggml_layout else dense_strides(nq, hq, dk)
     o_strides = (hq * dv, dv, nq * hq * dv) if case.ggml_layout else dense_strides(nq, hq, dv)
-    ints = [dk, dv, KV_INDEX[case.kv_type], KV_INDEX[case.kv_type], features, 32, 0, b, hq, hkv, nq, nkv,
+    ints = [dk, dv, KV_INDEX[case.kv_type], KV_INDEX[case.kv_type], features, 32, int(case.v_in_k), b, hq, hkv, nq, nkv,
             *k_strides, k_off, *v_strides, v_off, mb, mh, mr, row_stride, case.window,
             *(q_strides if case.ggml_layout else (0, 0, 0)), *(o_strides if case.ggml_layout else (0, 0, 0))]
     floats = [0.0, case.softcap, case.alibi]
     q_dev = strided_copy(q, q_strides)
-    data = [q_dev, np.frombuffer(k_raw, np.uint8), np.frombuffer(v_raw, np.uint8),
+    data = [q_dev, np.frombuffer(k_raw, np.uint8), None if v_raw is None else np.frombuffer(v_raw, np.uint8),
             None if mask_rows is None else mask_rows.astype(np.float16), None if sinks is None else sinks.astype(np.float32)]
-    kd, vd = quant.roundtrip(k, kt), quant.roundtrip(v, kt)
+    kd = quant.roundtrip(k, kt)
+    vd = kd[..., :dv] if case.v_in_k else quant.roundtrip(v, kt)
     ref = reference.attention(q, kd, vd, mask=None if mask is None else mask.astype(np.float16).astype(np.float64),
                               causal=case.causal, window=case.window or None, softcap=case.softcap,
                               alibi_max_bias=case.alibi, sinks=sinks)

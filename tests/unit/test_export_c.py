@@ -94,3 +94,15 @@ def test_each_entry_follows_its_recipe(exported):
             assert bound == dict(step.binds), step.name
         assert (r.output, "o") in r.fa.binds or (r.output, "o") in r.steps[-1].binds
         assert len(re.findall(rf"static uint64_t kgen_fa_e{i}_b\d+_bytes_", source)) == len(r.scratch)
+
+
+def test_the_embedding_guide_example_compiles_against_an_export(exported, tmp_path):
+    """docs/embedding.md's example, as written, against this export's kgen_fa.h."""
+    from pathlib import Path
+    out, _, _ = exported
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "embedding.md").read_text()
+    example = guide.split("```c\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "example.c").write_text(example)
+    done = subprocess.run(["cc", "-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", "-I", str(out), "-c",
+                           str(tmp_path / "example.c"), "-o", str(tmp_path / "example.o")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -3,12 +3,16 @@
  * records it with kgen_fa_record() into its own command buffer, submits, and copies O back.
  * Built as a shared library with the exported kgen_fa.c and driven through ctypes
  * (tests/device/test_engine_c.py). Host-visible buffers keep it short; speed is not its job. */
+#if !defined(_POSIX_C_SOURCE)
+#define _POSIX_C_SOURCE 200809L   /* clock_gettime */
+#endif
 #include "kgen_fa.h"
 
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Structs newer than some Vulkan headers (VK_KHR_cooperative_matrix, VK_NV_cooperative_matrix2). */
 typedef struct {
@@ -35,6 +39,7 @@ static struct {
     uint32_t family;
     VkCommandPool pool;
     VkPhysicalDeviceMemoryProperties memory;
+    float timestamp_period;   /* ns per tick */
     kgen_fa_context *ctx;
     int validation_errors;
 } host;
@@ -143,6 +148,11 @@ int kgen_host_open(int index, int validation, int push_descriptor, char *message
     }
     host.physical = physical[index];
     vkGetPhysicalDeviceMemoryProperties(host.physical, &host.memory);
+    {
+        VkPhysicalDeviceProperties props;
+        vkGetPhysicalDeviceProperties(host.physical, &props);
+        host.timestamp_period = props.limits.timestampPeriod;
+    }
     vkGetPhysicalDeviceQueueFamilyProperties(host.physical, &n_families, families);
     for (host.family = 0; host.family < n_families; ++host.family) {
         if (families[host.family].queueFlags & VK_QUEUE_COMPUTE_BIT) break;
@@ -231,8 +241,13 @@ typedef struct host_buffer {
     VkDeviceSize size;
 } host_buffer;
 
+static VkResult host_buffer_alloc(host_buffer *b, VkDeviceSize size, VkMemoryPropertyFlags want);
+
 static VkResult host_buffer_create(host_buffer *b, VkDeviceSize size) {
-    const VkMemoryPropertyFlags want = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
+    return host_buffer_alloc(b, size, VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT);
+}
+
+static VkResult host_buffer_alloc(host_buffer *b, VkDeviceSize size, VkMemoryPropertyFlags want) {
     VkBufferCreateInfo info;
     VkMemoryRequirements req;
     VkMemoryAllocateInfo alloc;
@@ -243,7 +258,7 @@ static VkResult host_buffer_create(host_buffer *b, VkDeviceSize size) {
     memset(&info, 0, sizeof info);
     info.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO;
     info.size = b->size;
-    info.usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT;
+    info.usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT;
     r = vkCreateBuffer(host.device, &info, NULL, &b->buffer);
     if (r != VK_SUCCESS) return r;
     vkGetBufferMemoryRequirements(host.device, b->buffer, &req);
@@ -258,7 +273,7 @@ static VkResult host_buffer_create(host_buffer *b, VkDeviceSize size) {
     r = vkAllocateMemory(host.device, &alloc, NULL, &b->memory);
     if (r != VK_SUCCESS) return r;
     r = vkBindBufferMemory(host.device, b->buffer, b->memory, 0);
-    if (r != VK_SUCCESS) return r;
+    if (r != VK_SUCCESS || !(want & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT)) return r;
     return vkMapMemory(host.device, b->memory, 0, VK_WHOLE_SIZE, 0, &b->mapped);
 }
 
@@ -412,4 +427,154 @@ int kgen_host_plan_threads(const uint32_t *ints, const float *floats, int thread
                 memcmp(planners[i].plan.pipeline, planners[0].plan.pipeline, sizeof planners[0].plan.pipeline) == 0;
     }
     return same;
+}
+
+static int compare_doubles(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double host_now_us(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e6 + (double)t.tv_nsec * 1e-3;
+}
+
+#define HOST_MAX_SETS 16
+
+/* Times one call the way kgen bench times a plan: buffers in device-local memory (uploaded once
+ * through a staging buffer), `sets` copies of every buffer taken in turn so that inputs leave
+ * the L2 cache between runs, `warmup` untimed records, then `repeats` records back to back in one
+ * command buffer with a timestamp before and after each and a barrier between them.
+ * times[0]: median GPU us of one call; times[1]: median CPU us of one kgen_fa_record.
+ * Returns a kgen_fa_status, or 100. */
+int kgen_host_time(const uint32_t *ints, const float *floats, const void *const *data, const uint64_t *bytes,
+                   uint64_t o_bytes, int sets, int warmup, int repeats, double *times, char *report, size_t size) {
+    kgen_fa_call call;
+    kgen_fa_plan plan;
+    kgen_fa_message why;
+    kgen_fa_buffers bufs[HOST_MAX_SETS];
+    host_buffer hb[HOST_MAX_SETS][HOST_BUFFERS], staging;
+    VkCommandBufferAllocateInfo cmd_info;
+    VkCommandBufferBeginInfo begin;
+    VkQueryPoolCreateInfo query_info;
+    VkQueryPool queries = VK_NULL_HANDLE;
+    VkSubmitInfo submit;
+    VkCommandBuffer cmd = VK_NULL_HANDLE;
+    VkMemoryBarrier barrier;
+    uint64_t *ticks = NULL;
+    double *gpu = NULL, *cpu = NULL;
+    VkDeviceSize offset = 0;
+    int status = 0, i, j;
+    VkResult r;
+
+    host_call_of(ints, floats, &call);
+    if (repeats < 1 || repeats > 4096) repeats = 100;
+    if (sets < 1 || sets > HOST_MAX_SETS) sets = 1;
+    if (warmup < 0) warmup = 0;
+    status = kgen_fa_plan_call(host.ctx, &call, &plan, &why);
+    if (status != KGEN_FA_OK) {
+        snprintf(report, size, "%s: %s", kgen_fa_status_name((kgen_fa_status)status), why.text);
+        return status;
+    }
+    snprintf(report, size, "%s|%s|%u|%llu|%u", plan.variant, plan.problem, plan.splits,
+             (unsigned long long)plan.scratch_bytes, plan.exact);
+    memset(hb, 0, sizeof hb);
+    memset(&staging, 0, sizeof staging);
+    memset(bufs, 0, sizeof bufs);
+    ticks = (uint64_t *)calloc(2u * (size_t)repeats, sizeof *ticks);
+    gpu = (double *)calloc((size_t)repeats, sizeof *gpu);
+    cpu = (double *)calloc((size_t)repeats, sizeof *cpu);
+    for (i = 0; i < 5; ++i) offset += (bytes[i] + 255u) / 256u * 256u;
+    r = host_buffer_create(&staging, offset ? offset : 16);
+    if (r != VK_SUCCESS) { status = fail(report, size, "staging buffer", r); goto done; }
+    for (j = 0; j < sets; ++j) {
+        kgen_fa_buffer *slots = &bufs[j].q;
+        for (i = 0; i < HOST_BUFFERS; ++i) {
+            VkDeviceSize n = i < 5 ? (VkDeviceSize)bytes[i] : i == 5 ? (VkDeviceSize)o_bytes : plan.scratch_bytes;
+            if (n == 0 || (i == 2 && call.v_in_k)) continue;
+            r = host_buffer_alloc(&hb[j][i], n, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT);
+            if (r != VK_SUCCESS) { status = fail(report, size, "device buffer", r); goto done; }
+            slots[i].buffer = hb[j][i].buffer;
+            slots[i].range = VK_WHOLE_SIZE;
+        }
+        if (call.v_in_k) slots[2] = slots[1];
+    }
+    memset(&cmd_info, 0, sizeof cmd_info);
+    cmd_info.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO;
+    cmd_info.commandPool = host.pool;
+    cmd_info.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
+    cmd_info.commandBufferCount = 1;
+    r = vkAllocateCommandBuffers(host.device, &cmd_info, &cmd);
+    if (r != VK_SUCCESS) { status = fail(report, size, "vkAllocateCommandBuffers", r); goto done; }
+    memset(&query_info, 0, sizeof query_info);
+    query_info.sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO;
+    query_info.queryType = VK_QUERY_TYPE_TIMESTAMP;
+    query_info.queryCount = 2u * (uint32_t)repeats;
+    r = vkCreateQueryPool(host.device, &query_info, NULL, &queries);
+    if (r != VK_SUCCESS) { status = fail(report, size, "vkCreateQueryPool", r); goto done; }
+    memset(&begin, 0, sizeof begin);
+    begin.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO;
+    begin.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT;
+    memset(&barrier, 0, sizeof barrier);
+    barrier.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER;
+    barrier.srcAccessMask = VK_ACCESS_TRANSFER_WRITE_BIT | VK_ACCESS_SHADER_WRITE_BIT;
+    barrier.dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
+    vkBeginCommandBuffer(cmd, &begin);
+    vkCmdResetQueryPool(cmd, queries, 0, 2u * (uint32_t)repeats);
+    offset = 0;
+    for (i = 0; i < 5; ++i) {   /* the inputs, once per set */
+        VkBufferCopy copy;
+        if (bytes[i] == 0 || hb[0][i].buffer == VK_NULL_HANDLE) continue;
+        memcpy((char *)staging.mapped + offset, data[i], (size_t)bytes[i]);
+        copy.srcOffset = offset;
+        copy.dstOffset = 0;
+        copy.size = bytes[i];
+        for (j = 0; j < sets; ++j) vkCmdCopyBuffer(cmd, staging.buffer, hb[j][i].buffer, 1, &copy);
+        offset += (bytes[i] + 255u) / 256u * 256u;
+    }
+    for (i = -warmup; i < repeats; ++i) {
+        const kgen_fa_buffers *b = &bufs[(i + warmup) % sets];
+        double t0;
+        vkCmdPipelineBarrier(cmd, VK_PIPELINE_STAGE_TRANSFER_BIT | VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                             VK_PIPELINE_STAGE_TRANSFER_BIT | VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &barrier, 0, NULL, 0, NULL);
+        if (i >= 0) vkCmdWriteTimestamp(cmd, VK_PIPELINE_STAGE_TOP_OF_PIPE_BIT, queries, 2u * (uint32_t)i);
+        t0 = host_now_us();
+        status = kgen_fa_record(host.ctx, &plan, cmd, b, &why);
+        if (i >= 0) cpu[i] = host_now_us() - t0;
+        if (status != KGEN_FA_OK) {
+            vkEndCommandBuffer(cmd);
+            snprintf(report, size, "%s: %s", kgen_fa_status_name((kgen_fa_status)status), why.text);
+            goto done;
+        }
+        if (i >= 0) vkCmdWriteTimestamp(cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, queries, 2u * (uint32_t)i + 1u);
+    }
+    vkEndCommandBuffer(cmd);
+    memset(&submit, 0, sizeof submit);
+    submit.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO;
+    submit.commandBufferCount = 1;
+    submit.pCommandBuffers = &cmd;
+    r = vkQueueSubmit(host.queue, 1, &submit, VK_NULL_HANDLE);
+    if (r == VK_SUCCESS) r = vkQueueWaitIdle(host.queue);
+    if (r == VK_SUCCESS)
+        r = vkGetQueryPoolResults(host.device, queries, 0, 2u * (uint32_t)repeats, 2u * (size_t)repeats * sizeof *ticks,
+                                  ticks, sizeof *ticks, VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT);
+    if (r != VK_SUCCESS) { status = fail(report, size, "submit / timestamps", r); goto done; }
+    for (i = 0; i < repeats; ++i) gpu[i] = (double)(ticks[2 * i + 1] - ticks[2 * i]) * host.timestamp_period * 1e-3;
+    qsort(gpu, (size_t)repeats, sizeof *gpu, compare_doubles);
+    qsort(cpu, (size_t)repeats, sizeof *cpu, compare_doubles);
+    times[0] = gpu[repeats / 2];
+    times[1] = cpu[repeats / 2];
+done:
+    if (queries != VK_NULL_HANDLE) vkDestroyQueryPool(host.device, queries, NULL);
+    if (cmd != VK_NULL_HANDLE) vkFreeCommandBuffers(host.device, host.pool, 1, &cmd);
+    for (j = 0; j < sets; ++j) {
+        for (i = 0; i < HOST_BUFFERS; ++i) host_buffer_destroy(&hb[j][i]);
+    }
+    host_buffer_destroy(&staging);
+    free(ticks);
+    free(gpu);
+    free(cpu);
+    kgen_fa_context_recycle(host.ctx);
+    return status;
 }

@@ -87,8 +87,8 @@ float fa_score(float qk, uint mask_row_base, uint i, uint j, float slope) {
     return fa_score_with(qk, 0.0, i, j, slope);
 }
 
-// K and V as 16-byte elements (8 halves): kv_direct loads matrix operands straight from here,
-// kv_stream and reg_softmax copy whole tiles to shared memory in these units.
+// K and V as 16-byte elements (8 halves): the direct schedule loads matrix operands straight
+// from here, the stream, regs and osplit schedules copy whole tiles to shared memory in these units.
 // Offsets and row strides are multiples of 8 halves (kgen.planning checks them).
 layout(std430, binding = 1) readonly buffer KDirect { uvec4 k_direct[]; };
 layout(std430, binding = 2) readonly buffer VDirect { uvec4 v_direct[]; };

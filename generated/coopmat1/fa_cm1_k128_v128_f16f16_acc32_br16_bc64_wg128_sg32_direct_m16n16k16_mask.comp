@@ -94,8 +94,8 @@ uint mask_row(uint b, uint h, uint i) {
     return b * pc.mask_stride_batch + h * pc.mask_stride_head + i * pc.mask_stride_row;
 }
 
-// K and V as 16-byte elements (8 halves): kv_direct loads matrix operands straight from here,
-// kv_stream and reg_softmax copy whole tiles to shared memory in these units.
+// K and V as 16-byte elements (8 halves): the direct schedule loads matrix operands straight
+// from here, the stream, regs and osplit schedules copy whole tiles to shared memory in these units.
 // Offsets and row strides are multiples of 8 halves (kgen.planning checks them).
 layout(std430, binding = 1) readonly buffer KDirect { uvec4 k_direct[]; };
 layout(std430, binding = 2) readonly buffer VDirect { uvec4 v_direct[]; };
@@ -126,7 +126,7 @@ const uint Q_BATCH = 4u;  // Q vec4 loads in flight per thread
 const uint K_STEP = 0u;  // vec4s per thread of one K staging step
 const uint V_STEP = 0u;  // vec4s per thread of one V staging step
 const uint STAGED = 0u;
-const uint K_BATCH = 8u;  // K^T operands in flight per subgroup (kv_direct)
+const uint K_BATCH = 8u;  // K^T operands in flight per subgroup
 const uint V_BATCH = 4u;  // V operands in flight per subgroup
 const uint S_STRIDE = 68u;
 const uint P_STRIDE = 72u;
@@ -203,7 +203,7 @@ float row_sum(float x) {
 
 // For each of this thread's rows: score the raw q.k values of keys kv_at.. (fa_score: scale,
 // softcap, mask, ALiBi, causal; rows past Nq and keys outside kv_lo..kv_end-1 become MASKED;
-// kv_lo > kv_at only for a kv_direct tail tile), fold the tile's row max into m,
+// kv_lo > kv_at only for a direct-schedule tail tile), fold the tile's row max into m,
 // write p = exp(s - m) as f16 to Psh (masked scores give exactly 0), add the p actually used
 // to l, and put alpha = exp(m_old - m_new) MN times into Rsh for the O rescale.
 void softmax_tile(uint kv_at, uint kv_lo, uint kv_end, uint row0, uint b, uint h, float slope,

@@ -94,8 +94,8 @@ uint mask_row(uint b, uint h, uint i) {
     return b * pc.mask_stride_batch + h * pc.mask_stride_head + i * pc.mask_stride_row;
 }
 
-// K and V as 16-byte elements (8 halves): kv_direct loads matrix operands straight from here,
-// kv_stream and reg_softmax copy whole tiles to shared memory in these units.
+// K and V as 16-byte elements (8 halves): the direct schedule loads matrix operands straight
+// from here, the stream, regs and osplit schedules copy whole tiles to shared memory in these units.
 // Offsets and row strides are multiples of 8 halves (kgen.planning checks them).
 layout(std430, binding = 1) readonly buffer KDirect { uvec4 k_direct[]; };
 layout(std430, binding = 2) readonly buffer VDirect { uvec4 v_direct[]; };
@@ -363,9 +363,8 @@ void main() {
         }
     }
 
-    // Two barriers per tile, and no global load is in flight across one: the H100 waits at a
-    // barrier for the loads issued before it (with the next K loaded before the P V barrier
-    // instead of after it, P1 ran 8% slower).
+    // Two barriers per tile, and no global load is in flight across one: NVIDIA GPUs wait at a
+    // barrier for the loads issued before it, so the next K is loaded after the P V barrier.
     barrier();  // Ksh is free (Q's operands went through it)
     if (kv_start < kv_stop) {
         load_k(k_base, kv_start, kv_end);
@@ -374,7 +373,7 @@ void main() {
     for (uint kv0 = kv_start; kv0 < kv_stop; kv0 += BC) {
         barrier();  // Ksh holds this tile's K, and every subgroup finished the last P V (Vsh is free)
         load_v(v_base, kv0, kv_end);  // in flight during S and the softmax
-        // Loaded here, they arrive during S (a tile ahead, across barriers, P5 ran 5-10% slower).
+        // Loaded here, they arrive during S (loaded a tile ahead, they would wait at barriers).
         load_mask(mask_tile, kv0);
 
         // ---- S = Q K^T for this subgroup's rows, all BC columns: each K operand serves RT tiles ----

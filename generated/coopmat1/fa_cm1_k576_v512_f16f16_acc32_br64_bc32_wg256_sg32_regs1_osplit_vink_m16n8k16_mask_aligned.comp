@@ -94,8 +94,8 @@ uint mask_row(uint b, uint h, uint i) {
     return b * pc.mask_stride_batch + h * pc.mask_stride_head + i * pc.mask_stride_row;
 }
 
-// K and V as 16-byte elements (8 halves): kv_direct loads matrix operands straight from here,
-// kv_stream and reg_softmax copy whole tiles to shared memory in these units.
+// K and V as 16-byte elements (8 halves): the direct schedule loads matrix operands straight
+// from here, the stream, regs and osplit schedules copy whole tiles to shared memory in these units.
 // Offsets and row strides are multiples of 8 halves (kgen.planning checks them).
 layout(std430, binding = 1) readonly buffer KDirect { uvec4 k_direct[]; };
 layout(std430, binding = 2) readonly buffer VDirect { uvec4 v_direct[]; };
@@ -323,8 +323,8 @@ void main() {
     // every subgroup's P V is done.
     for (uint kv0 = kv_start; kv0 < kv_stop; kv0 += BC) {
         barrier();  // Ksh holds this tile
-        // The next tile's loads are in flight through the whole tile (issued after P's barrier,
-        // P2 ran 1% slower).
+        // The next tile's loads are in flight through the whole tile (issued after P's barrier
+        // they would have less time to land).
         const bool more = kv0 + BC < kv_stop;
         if (more) {
             load_k(k_base, kv0 + BC, kv_end);

@@ -266,7 +266,7 @@ float row_sum(float x) {
 
 // For each of this thread's rows: score the raw q.k values of keys kv_at.. (fa_score: scale,
 // softcap, mask, ALiBi, causal; rows past Nq and keys outside kv_lo..kv_end-1 become MASKED;
-// kv_lo > kv_at only for a kv_direct tail tile), fold the tile's row max into m,
+// kv_lo > kv_at only for a direct-schedule tail tile), fold the tile's row max into m,
 // write p = exp(s - m) as f16 to Psh (masked scores give exactly 0), add the p actually used
 // to l, and put alpha = exp(m_old - m_new) MN times into Rsh for the O rescale.
 void softmax_tile(uint kv_at, uint kv_lo, uint kv_end, uint row0, uint b, uint h, float slope,

@@ -6,7 +6,7 @@
 // LANES vec4 columns: its threads share out the splits as well as the columns, so that many loads
 // are in flight at once (a loop over the splits in each thread waited on one load per split and
 // took longer than the FA pass itself). Chunks give a decode, which has few rows, enough
-// workgroups: one per row left most of the GPU idle (H100, MLA decode: 16 workgroups, 8.7 us).
+// workgroups: one per row leaves most of a GPU idle (an MLA decode has 16 rows).
 // The first round of partial rows is loaded before the max and the sum are worked out: its
 // loads do not depend on them, and waiting for the stats first cost a second memory round trip
 // (after GQA folding a decode has few rows, so each workgroup's latency is the pass's time).

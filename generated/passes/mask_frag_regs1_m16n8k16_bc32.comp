@@ -56,8 +56,8 @@ const uint FRAG_ROW[LANES * SLOTS] = uint[](0u, 8u, 0u, 8u, 0u, 8u, 0u, 8u, 1u, 
 const uint FRAG_COL[LANES * ACC_LEN] = uint[](0u, 1u, 0u, 1u, 2u, 3u, 2u, 3u, 4u, 5u, 4u, 5u, 6u, 7u, 6u, 7u, 0u, 1u, 0u, 1u, 2u, 3u, 2u, 3u, 4u, 5u, 4u, 5u, 6u, 7u, 6u, 7u, 0u, 1u, 0u, 1u, 2u, 3u, 2u, 3u, 4u, 5u, 4u, 5u, 6u, 7u, 6u, 7u, 0u, 1u, 0u, 1u, 2u, 3u, 2u, 3u, 4u, 5u, 4u, 5u, 6u, 7u, 6u, 7u, 0u, 1u, 0u, 1u, 2u, 3u, 2u, 3u, 4u, 5u, 4u, 5u, 6u, 7u, 6u, 7u, 0u, 1u, 0u, 1u, 2u, 3u, 2u, 3u, 4u, 5u, 4u, 5u, 6u, 7u, 6u, 7u, 0u, 1u, 0u, 1u, 2u, 3u, 2u, 3u, 4u, 5u, 4u, 5u, 6u, 7u, 6u, 7u, 0u, 1u, 0u, 1u, 2u, 3u, 2u, 3u, 4u, 5u, 4u, 5u, 6u, 7u, 6u, 7u);
 
 // The workgroup's 16 rows x COLS columns go through shared memory: read row by row (whole
-// cache lines), then gathered in fragment order (read straight from the mask, the gathers ran at
-// a fifth of copy speed on the H100).
+// cache lines), then gathered in fragment order (gathers straight from the mask run far below
+// copy speed).
 const uint COLS = CHUNKS_PER_GROUP * CHUNK, STRIDE = COLS + 1u;  // + 1: gathered rows on different banks
 shared float tile[16u * STRIDE];
 // Where each lane's 8 values sit in a chunk of `tile`, from the tables: read by lane, the

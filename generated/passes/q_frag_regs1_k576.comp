@@ -49,8 +49,8 @@ const uint A_ROW[LANES * 8u] = uint[](0u, 0u, 0u, 0u, 8u, 8u, 8u, 8u, 0u, 0u, 0u
 const uint A_COL[LANES * 8u] = uint[](0u, 1u, 8u, 9u, 0u, 1u, 8u, 9u, 2u, 3u, 10u, 11u, 2u, 3u, 10u, 11u, 4u, 5u, 12u, 13u, 4u, 5u, 12u, 13u, 6u, 7u, 14u, 15u, 6u, 7u, 14u, 15u, 0u, 1u, 8u, 9u, 0u, 1u, 8u, 9u, 2u, 3u, 10u, 11u, 2u, 3u, 10u, 11u, 4u, 5u, 12u, 13u, 4u, 5u, 12u, 13u, 6u, 7u, 14u, 15u, 6u, 7u, 14u, 15u, 0u, 1u, 8u, 9u, 0u, 1u, 8u, 9u, 2u, 3u, 10u, 11u, 2u, 3u, 10u, 11u, 4u, 5u, 12u, 13u, 4u, 5u, 12u, 13u, 6u, 7u, 14u, 15u, 6u, 7u, 14u, 15u, 0u, 1u, 8u, 9u, 0u, 1u, 8u, 9u, 2u, 3u, 10u, 11u, 2u, 3u, 10u, 11u, 4u, 5u, 12u, 13u, 4u, 5u, 12u, 13u, 6u, 7u, 14u, 15u, 6u, 7u, 14u, 15u, 0u, 1u, 8u, 9u, 0u, 1u, 8u, 9u, 2u, 3u, 10u, 11u, 2u, 3u, 10u, 11u, 4u, 5u, 12u, 13u, 4u, 5u, 12u, 13u, 6u, 7u, 14u, 15u, 6u, 7u, 14u, 15u, 0u, 1u, 8u, 9u, 0u, 1u, 8u, 9u, 2u, 3u, 10u, 11u, 2u, 3u, 10u, 11u, 4u, 5u, 12u, 13u, 4u, 5u, 12u, 13u, 6u, 7u, 14u, 15u, 6u, 7u, 14u, 15u, 0u, 1u, 8u, 9u, 0u, 1u, 8u, 9u, 2u, 3u, 10u, 11u, 2u, 3u, 10u, 11u, 4u, 5u, 12u, 13u, 4u, 5u, 12u, 13u, 6u, 7u, 14u, 15u, 6u, 7u, 14u, 15u, 0u, 1u, 8u, 9u, 0u, 1u, 8u, 9u, 2u, 3u, 10u, 11u, 2u, 3u, 10u, 11u, 4u, 5u, 12u, 13u, 4u, 5u, 12u, 13u, 6u, 7u, 14u, 15u, 6u, 7u, 14u, 15u);
 
 // Each workgroup takes 16 rows x COLS columns through shared memory: read row by row (whole
-// cache lines), then gathered in fragment order (gathered straight from Q, the pass ran at a
-// seventh of copy speed on the H100).
+// cache lines), then gathered in fragment order (gathers straight from Q run far below copy
+// speed).
 const uint COLS = 64u, STRIDE = COLS + 1u;  // + 1: the 8 rows a gather reads are on different banks
 shared float tile[16u * STRIDE];
 // The tables, copied to shared memory: read by lane they are divergent constant loads.

@@ -128,12 +128,12 @@ void store_row(uint row_at, uint d4, vec4 o, float m, float l) {
 // ---- fused split-k reduce (kgen/render.py: fused_reduce_lanes) ----
 // Every workgroup counts its arrival for its row tile; the last of the tile's splits to arrive
 // combines all their partial rows into the final O. That saves the reduce pass's launch and its
-// second wait on memory (about 3 us of a 37 us decode on the H100).
+// second wait on memory (docs/performance.md has the figures).
 // What the last workgroup reads, and why it sees the other workgroups' writes:
 // - stats: several tiles' (max, sum) share a cache line, and an earlier last workgroup on this
 //   compute unit may have cached it before every split had written it: read `coherent`, once,
-//   into shared memory (one load per thread in parallel; coherent loads in a per-thread loop ran
-//   one after another, 0.2 us each on the H100);
+//   into shared memory (one load per thread in parallel: coherent loads in a per-thread loop run
+//   one after another);
 // - partial rows: plain loads. Each line of a partial row is written by one workgroup, and no
 //   workgroup reads it before the tile's last arrival, so no cache holds an older copy (caches
 //   are invalidated between dispatches).

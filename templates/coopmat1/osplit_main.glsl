@@ -62,8 +62,8 @@
     // every subgroup's P V is done.
     for (uint kv0 = kv_start; kv0 < kv_stop; kv0 += BC) {
         barrier();  // Ksh holds this tile
-        // The next tile's loads are in flight through the whole tile (issued after P's barrier,
-        // P2 ran 1% slower).
+        // The next tile's loads are in flight through the whole tile (issued after P's barrier
+        // they would have less time to land).
         const bool more = kv0 + BC < kv_stop;
         if (more) {
             load_k(k_base, kv0 + BC, kv_end);

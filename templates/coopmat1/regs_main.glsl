@@ -91,9 +91,8 @@
         sync_count[tid] = 0u;
     }
 {% else %}
-    // Two barriers per tile, and no global load is in flight across one: the H100 waits at a
-    // barrier for the loads issued before it (with the next K loaded before the P V barrier
-    // instead of after it, P1 ran 8% slower).
+    // Two barriers per tile, and no global load is in flight across one: NVIDIA GPUs wait at a
+    // barrier for the loads issued before it, so the next K is loaded after the P V barrier.
 {% endif %}
     barrier();  // Ksh is free (Q's operands went through it)
     if (kv_start < kv_stop) {
@@ -112,7 +111,7 @@
 {% endif %}
         load_v(v_base, kv0, kv_end);  // in flight during S and the softmax
 {% if v.mask %}
-        // Loaded here, they arrive during S (a tile ahead, across barriers, P5 ran 5-10% slower).
+        // Loaded here, they arrive during S (loaded a tile ahead, they would wait at barriers).
         {{ "load_mask(mask_tile, kv0);" if L.mask_frag else "load_mask(mask_base, kv0, kv_end);" }}
 {% endif %}
 

@@ -16,7 +16,7 @@
     through `t`_origin. `rows` and `cols` are formats taking the origin's row / column ("%s"). With
     `wide` (f16 direct loads), also `t`_wide_layout, used at element offset `t`_base when `t`_wide
     says base and row stride are 16-byte aligned: then the compiler knows every row is, and loads
-    wide (about 5x faster on an H100 than through the origin, measured for f16 K and V). -#}
+    wide (far faster than through the origin; docs/performance.md has the figures). -#}
 {% macro tensor2d(t, mode, block, rows, cols, stride, layout_stride, wide) %}
     const uvec2 {{ t }}_origin = origin({{ t }}_base, {{ stride }});
 {{ tensor(t ~ "_layout", mode, block, rows % (t ~ "_origin.x + "), cols % (t ~ "_origin.y + "), layout_stride) }}

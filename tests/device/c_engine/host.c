@@ -301,6 +301,32 @@ static void host_call_of(const uint32_t *ints, const float *floats, kgen_fa_call
 
 }
 
+static VkResult host_command_buffer(VkCommandBuffer *cmd) {
+    VkCommandBufferAllocateInfo info;
+    memset(&info, 0, sizeof info);
+    info.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO;
+    info.commandPool = host.pool;
+    info.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
+    info.commandBufferCount = 1;
+    return vkAllocateCommandBuffers(host.device, &info, cmd);
+}
+
+/* Plans the call of ints/floats; `report` gets "variant|problem|splits|scratch_bytes|exact"
+ * or the status and its message. */
+static int host_plan(const uint32_t *ints, const float *floats, kgen_fa_call *call, kgen_fa_plan *plan,
+                     char *report, size_t size) {
+    kgen_fa_message why;
+    int status;
+    host_call_of(ints, floats, call);
+    status = kgen_fa_plan_call(host.ctx, call, plan, &why);
+    if (status != KGEN_FA_OK)
+        snprintf(report, size, "%s: %s", kgen_fa_status_name((kgen_fa_status)status), why.text);
+    else
+        snprintf(report, size, "%s|%s|%u|%llu|%u", plan->variant, plan->problem, plan->splits,
+                 (unsigned long long)plan->scratch_bytes, plan->exact);
+    return status;
+}
+
 /* One call. ints: head_k, head_v, k_type, v_type, features, acc, v_in_k, n_batch, n_head_q,
  * n_head_kv, n_q, n_kv, k_stride[3], k_offset, v_stride[3], v_offset, mask_batch, mask_heads,
  * mask_rows, mask_row_stride, window, q_stride[3], o_stride[3]; floats: scale, softcap, max_bias. data[i]/bytes[i]: q, k,
@@ -316,7 +342,6 @@ int kgen_host_run(const uint32_t *ints, const float *floats, const void *const *
     kgen_fa_buffers bufs;
     kgen_fa_buffer *slots = &bufs.q;
     host_buffer hb[HOST_BUFFERS];
-    VkCommandBufferAllocateInfo cmd_info;
     VkCommandBufferBeginInfo begin;
     VkSubmitInfo submit;
     VkCommandBuffer cmd = VK_NULL_HANDLE;
@@ -325,14 +350,8 @@ int kgen_host_run(const uint32_t *ints, const float *floats, const void *const *
     int status = 0, run, i;
     VkResult r;
 
-    host_call_of(ints, floats, &call);
-    status = kgen_fa_plan_call(host.ctx, &call, &plan, &why);
-    if (status != KGEN_FA_OK) {
-        snprintf(report, size, "%s: %s", kgen_fa_status_name((kgen_fa_status)status), why.text);
-        return status;
-    }
-    snprintf(report, size, "%s|%s|%u|%llu|%u", plan.variant, plan.problem, plan.splits,
-             (unsigned long long)plan.scratch_bytes, plan.exact);
+    status = host_plan(ints, floats, &call, &plan, report, size);
+    if (status != KGEN_FA_OK) return status;
     memset(hb, 0, sizeof hb);
     memset(&bufs, 0, sizeof bufs);
     for (i = 0; i < HOST_BUFFERS; ++i) {
@@ -350,12 +369,7 @@ int kgen_host_run(const uint32_t *ints, const float *floats, const void *const *
     }
     if (call.v_in_k) slots[2] = slots[1];
     if (drop >= 0 && drop < HOST_BUFFERS) slots[drop].buffer = VK_NULL_HANDLE;
-    memset(&cmd_info, 0, sizeof cmd_info);
-    cmd_info.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO;
-    cmd_info.commandPool = host.pool;
-    cmd_info.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
-    cmd_info.commandBufferCount = 1;
-    r = vkAllocateCommandBuffers(host.device, &cmd_info, &cmd);
+    r = host_command_buffer(&cmd);
     if (r != VK_SUCCESS) { status = fail(report, size, "vkAllocateCommandBuffers", r); goto done; }
     memset(&fence_info, 0, sizeof fence_info);
     fence_info.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO;
@@ -455,7 +469,6 @@ int kgen_host_time(const uint32_t *ints, const float *floats, const void *const 
     kgen_fa_message why;
     kgen_fa_buffers bufs[HOST_MAX_SETS];
     host_buffer hb[HOST_MAX_SETS][HOST_BUFFERS], staging;
-    VkCommandBufferAllocateInfo cmd_info;
     VkCommandBufferBeginInfo begin;
     VkQueryPoolCreateInfo query_info;
     VkQueryPool queries = VK_NULL_HANDLE;
@@ -468,17 +481,11 @@ int kgen_host_time(const uint32_t *ints, const float *floats, const void *const 
     int status = 0, i, j;
     VkResult r;
 
-    host_call_of(ints, floats, &call);
     if (repeats < 1 || repeats > 4096) repeats = 100;
     if (sets < 1 || sets > HOST_MAX_SETS) sets = 1;
     if (warmup < 0) warmup = 0;
-    status = kgen_fa_plan_call(host.ctx, &call, &plan, &why);
-    if (status != KGEN_FA_OK) {
-        snprintf(report, size, "%s: %s", kgen_fa_status_name((kgen_fa_status)status), why.text);
-        return status;
-    }
-    snprintf(report, size, "%s|%s|%u|%llu|%u", plan.variant, plan.problem, plan.splits,
-             (unsigned long long)plan.scratch_bytes, plan.exact);
+    status = host_plan(ints, floats, &call, &plan, report, size);
+    if (status != KGEN_FA_OK) return status;
     memset(hb, 0, sizeof hb);
     memset(&staging, 0, sizeof staging);
     memset(bufs, 0, sizeof bufs);
@@ -500,12 +507,7 @@ int kgen_host_time(const uint32_t *ints, const float *floats, const void *const 
         }
         if (call.v_in_k) slots[2] = slots[1];
     }
-    memset(&cmd_info, 0, sizeof cmd_info);
-    cmd_info.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO;
-    cmd_info.commandPool = host.pool;
-    cmd_info.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
-    cmd_info.commandBufferCount = 1;
-    r = vkAllocateCommandBuffers(host.device, &cmd_info, &cmd);
+    r = host_command_buffer(&cmd);
     if (r != VK_SUCCESS) { status = fail(report, size, "vkAllocateCommandBuffers", r); goto done; }
     memset(&query_info, 0, sizeof query_info);
     query_info.sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO;

@@ -315,6 +315,8 @@ def test_the_c_dispatcher_refuses_bad_calls_by_name_and_reports_what_it_does_not
         assert status == INVALID and "acc=8" in why
         status, why = run(features=ints[4] | FEATURE_BIT["alibi"])
         assert status == INVALID and "max_bias=0" in why
+        status, why = run(dense=True, features=0, n_kv=1 << 26)   # 2 x 2^26 rows of 64 elements: past 2^32
+        assert status == INVALID and "K: its last element is at" in why and "32-bit" in why
         status, why = run(dense=True, head_k=128, head_v=128)   # valid, but no tuned class
         assert status == NOT_COVERED and "no tuned kernel for head 128/128" in why
         status, why = run(head_k=128, head_v=128)

@@ -334,26 +334,32 @@ def _c_range(r: dict) -> str:
     return f"{{ {r['bucket']}u, {r['min']}u, {'UINT32_MAX' if r['max'] is None else str(r['max']) + 'u'} }}"
 
 
+def _c_values(rows: list[Row], shaders: list[Shader]) -> dict:
+    """What the C templates (table header and dispatcher) render alike: SPIR-V words, device
+    UUIDs, feature flags, the split formulas' text, the nearest-class tiers and bucket edges."""
+    return dict(
+        words={s.sha256: [", ".join(f"0x{w:08x}u" for w in s.words[i:i + 6]) for i in range(0, len(s.words), 6)]
+               for s in shaders},
+        uuid={r.device.key: ", ".join(f"0x{b:02x}" for b in _uuid_bytes(r.device)) for r in rows},
+        c_features=lambda names: " | ".join([f"KGEN_FA_FEATURE_{f.upper()}" for f in names] + ["0u"]),
+        split_text=f"split_kv = {extent.text(split_kv('bc'))}, split_count = {extent.text(SPLIT_COUNT)}",
+        tiers=[[(name, BUCKET_FIELDS[name]) for name in tier] for tier in NEAREST_TIERS],
+        buckets=[(name, [e for e in edges if e is not None]) for name, edges, _ in BUCKETS],
+        kv_types=KV_TYPES, features=FEATURES, push_fields=push_layout())
+
+
 def render_header(rows: list[Row]) -> str:
     shaders = _shaders(rows)
     dt = dispatch_table(rows)
     return _environment().get_template("kgen_fa_table.h.j2").render(
-        table=dt, pairs=list(zip(rows, dt["entries"])), shaders=shaders,
-        words={s.sha256: [", ".join(f"0x{w:08x}u" for w in s.words[i:i + 6]) for i in range(0, len(s.words), 6)]
-               for s in shaders},
+        **_c_values(rows, shaders), table=dt, pairs=list(zip(rows, dt["entries"])), shaders=shaders,
         c_name={s.sha256: f"kgen_fa_spv_{s.name}" for s in shaders},
-        uuid={r.device.key: ", ".join(f"0x{b:02x}" for b in _uuid_bytes(r.device)) for r in rows},
-        c_features=lambda names: " | ".join([f"KGEN_FA_FEATURE_{f.upper()}" for f in names] + ["0u"]),
         reduce_chunks=reduce_chunks,
         c_ranges=lambda e: ", ".join(_c_range(e[name]) for name, _, _ in BUCKETS),
         fa_grid=[extent.c_expr(e, _c_dim) for e in fa_grid("br")],
         reduce_grid=[extent.c_expr(e, _c_dim) for e in reduce_grid("reduce_chunks")],
         fa_grid_text=grid(fa_grid("br"))["text"], reduce_grid_text=grid(reduce_grid("reduce_chunks"))["text"],
         split_kv=extent.c_expr(split_kv("bc"), _c_split_dim), split_count=extent.c_expr(SPLIT_COUNT, _c_split_dim),
-        split_text=f"split_kv = {extent.text(split_kv('bc'))}, split_count = {extent.text(SPLIT_COUNT)}",
-        tiers=[[(name, BUCKET_FIELDS[name]) for name in tier] for tier in NEAREST_TIERS],
-        buckets=[(name, [e for e in edges if e is not None]) for name, edges, _ in BUCKETS],
-        kv_types=KV_TYPES, features=FEATURES, push_fields=push_layout(),
         passes={i: [_c_pass(r, st) for st, _ in r.passes] for i, r in enumerate(rows) if r.passes},
         kernel_push={i: fields for i, r in enumerate(rows)
                      if (fields := [(name, extent.c_expr(e, _c_dim)) for name, e in r.recipe.kernel_push.items()])},
@@ -416,15 +422,12 @@ def render_c(rows: list[Row]) -> tuple[str, str]:
     c_split = lambda name: {"split_kv": "split_kv", "n_kv": "pc->n_kv"}.get(name) or f"e->{name}"
     env = _environment()
     values = dict(
-        table=dt, pairs=pairs, shaders=shaders, devices=devices, kv_types=KV_TYPES, features=list(FEATURES),
+        **_c_values(rows, shaders), table=dt, pairs=pairs, shaders=shaders, devices=devices,
         call_features=call_features, call_mask=" | ".join(f"KGEN_FA_FEATURE_{f.upper()}" for f in call_features),
-        words={s.sha256: [", ".join(f"0x{w:08x}u" for w in s.words[i:i + 6]) for i in range(0, len(s.words), 6)]
-               for s in shaders},
         shader_index={s.sha256: i for i, s in enumerate(shaders)},
-        uuid={d.key: ", ".join(f"0x{b:02x}" for b in _uuid_bytes(d)) for d in devices},
         device_index={d.key: i for i, d in enumerate(devices)},
         twin_uri=[r.variant.replace(aligned=not r.variant.aligned).uri for r in rows],
-        caller_buffers=CALLER_BUFFERS, push_fields=push_layout(), push_words=abi.PUSH_BYTES // 4,
+        caller_buffers=CALLER_BUFFERS, push_words=abi.PUSH_BYTES // 4,
         dim_names=uint_push + list(extent.DIMS) + list(ENTRY_VALUES), push_dim_names=uint_push,
         c_grids=[[[extent.c_expr(e, _c_dims, "ull") for e in st.grid] for st in r.recipe.steps] for r in rows],
         c_scratch=[[extent.c_expr(b.nbytes, _c_dims, "ull") for b in r.recipe.scratch] for r in rows],
@@ -432,12 +435,8 @@ def render_c(rows: list[Row]) -> tuple[str, str]:
         c_binds=[[binds(r, st) for st in r.recipe.steps] for r in rows],
         zero_once=[next((i for i, b in enumerate(r.recipe.scratch) if b.zero_once), -1) for r in rows],
         max_steps=max(len(r.recipe.steps) for r in rows), max_scratch=max(1, max(len(r.recipe.scratch) for r in rows)),
-        c_features=lambda names: " | ".join([f"KGEN_FA_FEATURE_{f.upper()}" for f in names] + ["0u"]),
         c_split_kv=extent.c_expr(split_kv("bc"), c_split), c_split_count=extent.c_expr(SPLIT_COUNT, c_split),
-        split_text=f"split_kv = {extent.text(split_kv('bc'))}, split_count = {extent.text(SPLIT_COUNT)}",
-        tiers=[[(name, BUCKET_FIELDS[name]) for name in tier] for tier in NEAREST_TIERS],
         bucket_names=[name for name, _, _ in BUCKETS],
-        buckets=[(name, [e for e in edges if e is not None]) for name, edges, _ in BUCKETS],
         head_min=HEAD_MIN, head_max=HEAD_MAX, head_step=HEAD_STEP)
     return (env.get_template("kgen_fa_api.h.j2").render(**values), env.get_template("kgen_fa.c.j2").render(**values))
 

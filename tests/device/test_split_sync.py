@@ -18,10 +18,9 @@ from kgen.profiles import H100
 from kgen.render import render
 from kgen.space import why_invalid
 from kgen.variant import Schedule, Variant
-from runtime import open_device
 
 from test_attention import check, run_plan
-from test_reg_softmax import BASE, case_variant
+from test_reg_softmax import BASE, case_variant, scheme_on_device
 SCHEMES = (1, 2)
 
 
@@ -111,11 +110,6 @@ def test_representative_variants_compile(tmp_path):
     assert not failures, "\n\n".join(failures.values())
 
 
-def _runs_here() -> bool:
-    caps = open_device(None).caps
-    return coopmat1.supports(caps) is None and why_invalid(Variant(**BASE, split_sync=1), caps) is None
-
-
 # (name, Hq, Hkv, Nq, Nkv, head_k, head_v, mask, causal, splits, br, bc, mat_n, row tiles); one
 # row tile per subgroup, as the rules require.
 CASES = [
@@ -132,7 +126,7 @@ CASES = [
 def test_kernels_match_the_reference(case, sync):
     variant, splits, q, k, v, mask = case_variant(case, split_sync=sync)
     kw = dict(mask=mask, causal=variant.causal)
-    if not _runs_here():
+    if not scheme_on_device(dict(BASE, split_sync=1)):
         with pytest.raises(KgenError, match="coopmat1|cooperative|fragment|forward progress"):
             kgen.plan(q, k, v, variant=variant, split_k=splits, **kw)
         return

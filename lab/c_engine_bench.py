@@ -2,7 +2,7 @@
 this device exported with `kgen export --format c`, built into the test engine
 (tests/device/c_engine/host.c), each case planned and recorded by kgen_fa_record into the engine's
 own command buffer and timed with GPU timestamps (device-local buffers, the same input rotation
-and warm-up as kgen bench, push descriptors); beside it `kgen bench`'s median for the same case,
+and warm-up as kgen bench, push descriptors, a state buffer zeroed once unless --fill); beside it `kgen bench`'s median for the same case,
 and the CPU cost of one kgen_fa_record call.
 
     .venv/bin/python lab/c_engine_bench.py [--suite h100-anchors] [--case "P1 "] [--repeats 100] [--json FILE]
@@ -36,8 +36,8 @@ def build(out: Path) -> ctypes.CDLL:
     host.kgen_host_open.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
     host.kgen_host_time.argtypes = [ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_float),
                                     ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_uint64), ctypes.c_uint64,
-                                    ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_double),
-                                    ctypes.c_char_p, ctypes.c_size_t]
+                                    ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                    ctypes.POINTER(ctypes.c_double), ctypes.c_char_p, ctypes.c_size_t]
     return host
 
 
@@ -62,6 +62,8 @@ def main() -> int:
     ap.add_argument("--case", action="append")
     ap.add_argument("--repeats", type=int, default=100)
     ap.add_argument("--json")
+    ap.add_argument("--fill", action="store_true",
+                    help="no state buffer: each record zeroes the fused reduce's counters in scratch")
     args = ap.parse_args()
     from kgen.runtime import open_device
     from kgen.timing import rotation_sets
@@ -92,7 +94,8 @@ def main() -> int:
                 (ctypes.c_uint32 * len(ints))(*ints), (ctypes.c_float * 3)(*floats),
                 (ctypes.c_void_p * 5)(*[None if a is None else a.ctypes.data for a in arrays]),
                 (ctypes.c_uint64 * 5)(*[0 if a is None else a.nbytes for a in arrays]),
-                4 * case.batch * case.heads_q * case.n_q * case.head_v, sets, warmup, args.repeats, times, report, 512)
+                4 * case.batch * case.heads_q * case.n_q * case.head_v, sets, warmup, args.repeats,
+                int(not args.fill), times, report, 512)
             text = report.value.decode()
             if status != 0:
                 print(f"{case.name:<22} C engine: {text}")

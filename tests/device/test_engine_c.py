@@ -146,10 +146,10 @@ def engine(tmp_path_factory):
         host.kgen_host_run.argtypes = [ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_float),
                                        ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_uint64),
                                        ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_int,
-                                       ctypes.c_char_p, ctypes.c_size_t]
+                                       ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
         host.kgen_host_time.argtypes = [ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_float),
                                         ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_uint64),
-                                        ctypes.c_uint64, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                        ctypes.c_uint64, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                                         ctypes.POINTER(ctypes.c_double), ctypes.c_char_p, ctypes.c_size_t]
         built[path] = (host, folder, [c for c, _ in cases])
     return device.index, "VK_KHR_push_descriptor" in caps.extensions, built
@@ -164,18 +164,19 @@ class Engine:
         assert status == 0, message.value.decode()
 
     def run(self, ints: list[int], floats: list[float], data: list, out_shape: tuple, runs: int = 2,
-            drop: int = -1):
+            drop: int = -1, keep_state: int = 0):
         arrays = [None if x is None else np.ascontiguousarray(x) for x in data]
         pointers = (ctypes.c_void_p * 5)(*[None if a is None else a.ctypes.data for a in arrays])
         sizes = (ctypes.c_uint64 * 5)(*[0 if a is None else a.nbytes for a in arrays])
         out = np.zeros(out_shape, np.float32)
         report = ctypes.create_string_buffer(512)
         status = self.host.kgen_host_run((ctypes.c_uint32 * len(ints))(*ints), (ctypes.c_float * 3)(*floats),
-                                         pointers, sizes, out.ctypes.data, out.nbytes, runs, drop, report, 512)
+                                         pointers, sizes, out.ctypes.data, out.nbytes, runs, drop, keep_state,
+                                         report, 512)
         return status, report.value.decode(), out
 
     def time(self, ints: list[int], floats: list[float], data: list, o_bytes: int, *, sets: int = 2,
-             warmup: int = 3, repeats: int = 10) -> tuple[int, str, float, float]:
+             warmup: int = 3, repeats: int = 10, keep_state: bool = True) -> tuple[int, str, float, float]:
         """(status, report, median GPU us of a call, median CPU us of one kgen_fa_record)."""
         arrays = [None if x is None else np.ascontiguousarray(x) for x in data]
         pointers = (ctypes.c_void_p * 5)(*[None if a is None else a.ctypes.data for a in arrays])
@@ -183,7 +184,8 @@ class Engine:
         times = (ctypes.c_double * 2)()
         report = ctypes.create_string_buffer(512)
         status = self.host.kgen_host_time((ctypes.c_uint32 * len(ints))(*ints), (ctypes.c_float * 3)(*floats),
-                                          pointers, sizes, o_bytes, sets, warmup, repeats, times, report, 512)
+                                          pointers, sizes, o_bytes, sets, warmup, repeats, int(keep_state), times,
+                                          report, 512)
         return status, report.value.decode(), times[0], times[1]
 
     def close(self):
@@ -253,8 +255,11 @@ def _call(case: Case, rng):
     return ints, floats, data, ref, q, kq, vq, mask, sinks, o_strides
 
 
-@pytest.mark.parametrize("push_descriptor", [False, True], ids=["pools", "push"])
-def test_the_c_engine_runs_every_case_as_kgen_plan_would(engine, push_descriptor, monkeypatch):
+# Descriptor pools with the counters in scratch, zeroed by each record; push descriptors with a
+# state buffer zeroed once. Each call runs twice, scratch NaN-filled before the second: a kernel
+# that left the state nonzero shows in the second run's output.
+@pytest.mark.parametrize("push_descriptor, keep_state", [(False, 0), (True, 1)], ids=["pools-fill", "push-state"])
+def test_the_c_engine_runs_every_case_as_kgen_plan_would(engine, push_descriptor, keep_state, monkeypatch):
     index, has_push, built = engine
     if push_descriptor and not has_push:
         pytest.fail("the device has no VK_KHR_push_descriptor: the push-descriptor path is untested here")
@@ -266,11 +271,12 @@ def test_the_c_engine_runs_every_case_as_kgen_plan_would(engine, push_descriptor
             for case in cases:
                 ints, floats, data, ref, q, kq, vq, mask, sinks, o_strides = _call(case, rng)
                 b, hq, _, nq, _, _, dv = case.shape
-                status, report, raw = eng.run(ints, floats, data, (strided_extent(o_strides, b, hq, nq, dv),))
+                status, report, raw = eng.run(ints, floats, data, (strided_extent(o_strides, b, hq, nq, dv),),
+                                              keep_state=keep_state)
                 out = np.lib.stride_tricks.as_strided(raw, ref.shape, [4 * s for s in o_strides[::-1]] + [4])
                 label = f"{path.value} {case.name}"
                 assert status == 0, f"{label}: {report}"
-                variant, problem, splits, scratch, exact = report.split("|")
+                variant, problem, splits, scratch, exact, state = report.split("|")
                 assert np.isfinite(out).all(), label
                 err = reference.nmse(out, ref)
                 assert err <= 5e-4, f"{label}: NMSE {err:.3g} ({variant})"
@@ -281,6 +287,7 @@ def test_the_c_engine_runs_every_case_as_kgen_plan_would(engine, push_descriptor
                     assert (variant, int(splits)) == (p.variant.uri, p.splits), label
                     assert exact == "1" and p.how.startswith("tuned, exact"), label
                     assert int(scratch) >= sum(p.recipe.sizes(p.dims()).values()), label
+                    assert (int(state) > 0) == p.variant.fused_reduce, label
         finally:
             eng.close()
 
@@ -327,6 +334,11 @@ def test_the_c_dispatcher_refuses_bad_calls_by_name_and_reports_what_it_does_not
         split = _call(CASES[1], rng)
         status, why, _ = eng.run(*split[:3], split[3].shape, runs=1, drop=6)
         assert status == INVALID and "buffers.scratch: VK_NULL_HANDLE" in why
+        fused = next((c for c in cases if c.fused), None)
+        assert fused is not None, "the scalar path runs the fused reduce"
+        call = _call(fused, rng)
+        status, why, _ = eng.run(*call[:3], call[3].shape, runs=1, keep_state=2)
+        assert status == INVALID and "buffers.state.range=" in why and "the plan needs" in why
     finally:
         eng.close()
 

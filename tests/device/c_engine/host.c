@@ -28,7 +28,7 @@ typedef struct {
 #define HOST_STYPE_COOPMAT_FEATURES ((VkStructureType)1000506000)
 #define HOST_STYPE_COOPMAT2_FEATURES ((VkStructureType)1000593000)
 
-enum { HOST_BUFFERS = 7 };   /* q, k, v, mask, sinks, o, scratch */
+enum { HOST_BUFFERS = 8 };   /* q, k, v, mask, sinks, o, scratch, state */
 
 static struct {
     VkInstance instance;
@@ -301,6 +301,15 @@ static void host_call_of(const uint32_t *ints, const float *floats, kgen_fa_call
 
 }
 
+/* Bytes of host buffer i (kgen_fa_buffers' order) for a call: state only when the host keeps it. */
+static VkDeviceSize host_buffer_bytes(int i, const uint64_t *bytes, uint64_t o_bytes, const kgen_fa_plan *plan,
+                                      int keep_state) {
+    if (i < 5) return (VkDeviceSize)bytes[i];
+    if (i == 5) return (VkDeviceSize)o_bytes;
+    if (i == 6) return plan->scratch_bytes;
+    return keep_state ? plan->state_bytes : 0u;
+}
+
 static VkResult host_command_buffer(VkCommandBuffer *cmd) {
     VkCommandBufferAllocateInfo info;
     memset(&info, 0, sizeof info);
@@ -311,7 +320,7 @@ static VkResult host_command_buffer(VkCommandBuffer *cmd) {
     return vkAllocateCommandBuffers(host.device, &info, cmd);
 }
 
-/* Plans the call of ints/floats; `report` gets "variant|problem|splits|scratch_bytes|exact"
+/* Plans the call of ints/floats; `report` gets "variant|problem|splits|scratch_bytes|exact|state_bytes"
  * or the status and its message. */
 static int host_plan(const uint32_t *ints, const float *floats, kgen_fa_call *call, kgen_fa_plan *plan,
                      char *report, size_t size) {
@@ -322,8 +331,8 @@ static int host_plan(const uint32_t *ints, const float *floats, kgen_fa_call *ca
     if (status != KGEN_FA_OK)
         snprintf(report, size, "%s: %s", kgen_fa_status_name((kgen_fa_status)status), why.text);
     else
-        snprintf(report, size, "%s|%s|%u|%llu|%u", plan->variant, plan->problem, plan->splits,
-                 (unsigned long long)plan->scratch_bytes, plan->exact);
+        snprintf(report, size, "%s|%s|%u|%llu|%u|%llu", plan->variant, plan->problem, plan->splits,
+                 (unsigned long long)plan->scratch_bytes, plan->exact, (unsigned long long)plan->state_bytes);
     return status;
 }
 
@@ -332,10 +341,12 @@ static int host_plan(const uint32_t *ints, const float *floats, kgen_fa_call *ca
  * mask_rows, mask_row_stride, window, q_stride[3], o_stride[3]; floats: scale, softcap, max_bias. data[i]/bytes[i]: q, k,
  * v, mask, sinks (NULL/0: not bound; v_in_k binds K for V). The call runs `runs` times (O and
  * scratch are filled with NaN bytes before each but the first), then O is copied to `o`.
- * `drop` >= 0 passes that kgen_fa_buffers member (q, k, v, mask, sinks, o, scratch) as VK_NULL_HANDLE.
- * `report`: "variant|problem|splits|scratch_bytes|exact". Returns a kgen_fa_status, or 100. */
+ * `drop` >= 0 passes that kgen_fa_buffers member (q, k, v, mask, sinks, o, scratch, state) as VK_NULL_HANDLE.
+ * `keep_state`: 1 passes a state buffer, zeroed once before the first run (0: the record zeroes
+ * the counters inside scratch); 2 passes it with a range 4 bytes short of plan.state_bytes.
+ * `report`: "variant|problem|splits|scratch_bytes|exact|state_bytes". Returns a kgen_fa_status, or 100. */
 int kgen_host_run(const uint32_t *ints, const float *floats, const void *const *data, const uint64_t *bytes,
-                  float *o, uint64_t o_bytes, int runs, int drop, char *report, size_t size) {
+                  float *o, uint64_t o_bytes, int runs, int drop, int keep_state, char *report, size_t size) {
     kgen_fa_call call;
     kgen_fa_plan plan;
     kgen_fa_message why;
@@ -355,7 +366,7 @@ int kgen_host_run(const uint32_t *ints, const float *floats, const void *const *
     memset(hb, 0, sizeof hb);
     memset(&bufs, 0, sizeof bufs);
     for (i = 0; i < HOST_BUFFERS; ++i) {
-        VkDeviceSize n = i < 5 ? (VkDeviceSize)bytes[i] : i == 5 ? (VkDeviceSize)o_bytes : plan.scratch_bytes;
+        VkDeviceSize n = host_buffer_bytes(i, bytes, o_bytes, &plan, keep_state);
         if (n == 0 || (i == 2 && call.v_in_k)) continue;
         r = host_buffer_create(&hb[i], n);
         if (r != VK_SUCCESS) {
@@ -363,11 +374,13 @@ int kgen_host_run(const uint32_t *ints, const float *floats, const void *const *
             goto done;
         }
         if (i < 5) memcpy(hb[i].mapped, data[i], (size_t)n);
+        if (i == 7) memset(hb[i].mapped, 0, (size_t)n);   /* once: every call leaves it zero */
         slots[i].buffer = hb[i].buffer;
         slots[i].offset = 0;
         slots[i].range = VK_WHOLE_SIZE;
     }
     if (call.v_in_k) slots[2] = slots[1];
+    if (keep_state == 2 && slots[7].buffer != VK_NULL_HANDLE) slots[7].range = plan.state_bytes - 4u;
     if (drop >= 0 && drop < HOST_BUFFERS) slots[drop].buffer = VK_NULL_HANDLE;
     r = host_command_buffer(&cmd);
     if (r != VK_SUCCESS) { status = fail(report, size, "vkAllocateCommandBuffers", r); goto done; }
@@ -463,7 +476,8 @@ static double host_now_us(void) {
  * times[0]: median GPU us of one call; times[1]: median CPU us of one kgen_fa_record.
  * Returns a kgen_fa_status, or 100. */
 int kgen_host_time(const uint32_t *ints, const float *floats, const void *const *data, const uint64_t *bytes,
-                   uint64_t o_bytes, int sets, int warmup, int repeats, double *times, char *report, size_t size) {
+                   uint64_t o_bytes, int sets, int warmup, int repeats, int keep_state, double *times,
+                   char *report, size_t size) {
     kgen_fa_call call;
     kgen_fa_plan plan;
     kgen_fa_message why;
@@ -498,7 +512,7 @@ int kgen_host_time(const uint32_t *ints, const float *floats, const void *const 
     for (j = 0; j < sets; ++j) {
         kgen_fa_buffer *slots = &bufs[j].q;
         for (i = 0; i < HOST_BUFFERS; ++i) {
-            VkDeviceSize n = i < 5 ? (VkDeviceSize)bytes[i] : i == 5 ? (VkDeviceSize)o_bytes : plan.scratch_bytes;
+            VkDeviceSize n = host_buffer_bytes(i, bytes, o_bytes, &plan, keep_state);
             if (n == 0 || (i == 2 && call.v_in_k)) continue;
             r = host_buffer_alloc(&hb[j][i], n, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT);
             if (r != VK_SUCCESS) { status = fail(report, size, "device buffer", r); goto done; }
@@ -534,6 +548,9 @@ int kgen_host_time(const uint32_t *ints, const float *floats, const void *const 
         copy.size = bytes[i];
         for (j = 0; j < sets; ++j) vkCmdCopyBuffer(cmd, staging.buffer, hb[j][i].buffer, 1, &copy);
         offset += (bytes[i] + 255u) / 256u * 256u;
+    }
+    for (j = 0; j < sets; ++j) {   /* the state, zeroed once */
+        if (hb[j][7].buffer != VK_NULL_HANDLE) vkCmdFillBuffer(cmd, hb[j][7].buffer, 0, VK_WHOLE_SIZE, 0u);
     }
     for (i = -warmup; i < repeats; ++i) {
         const kgen_fa_buffers *b = &bufs[(i + warmup) % sets];

@@ -462,13 +462,13 @@ def test_an_older_schemas_export_is_refused_naming_its_version(tmp_path, monkeyp
 def test_the_filed_h100_export_imports(tmp_path):
     """The H100 tuning DB, exported in the current format, imports whole and adopts its winners."""
     from pathlib import Path
-    path = Path(__file__).parents[2] / "benchmarks/results/2026-11-25-h100-tuning-schema2.json"
+    path = Path(__file__).parents[2] / "benchmarks/results/2026-12-07-h100-tuning-465c4be.json"
     data = json.loads(path.read_text())
     assert data["schema"] == tunedb.SCHEMA_VERSION
     [device] = [DeviceIdentity(**{k: v for k, v in d.items() if k != "key"}) for d in data["devices"]]
     [build] = [BuildIdentity(**{k: v for k, v in b.items() if k != "key"}) for b in data["builds"]]
     with TuningDB(tmp_path / "t.sqlite") as db:
-        assert db.import_json(data) == 1 + 1 + 485 + 7
+        assert db.import_json(data) == 1 + 1 + 561 + 7
         assert len(db.winners()) == 7 and db.export_json() == data
         mla = ProblemClass.parse("576/512 f16/f16 acc32 mask+v_in_k nq3 nkv3 gqa4")
         w = db.winner(device, build, mla)

@@ -339,6 +339,13 @@ def test_the_c_dispatcher_refuses_bad_calls_by_name_and_reports_what_it_does_not
         call = _call(fused, rng)
         status, why, _ = eng.run(*call[:3], call[3].shape, runs=1, keep_state=2)
         assert status == INVALID and "buffers.state.range=" in why and "the plan needs" in why
+        # Each caller buffer's range one word short of what the plan says the call reads or writes:
+        # refused by name (the other cases pass each range at their data's size, so the plan's
+        # figures are not overstated).
+        features = _call(next(c for c in cases if c.sinks), rng)
+        for i, name in enumerate(("q", "k", "v", "mask", "sinks", "o")):
+            status, why, _ = eng.run(*features[:3], features[3].shape, runs=1, drop=100 + i)
+            assert status == INVALID and f"buffers.{name}.range=" in why and "the plan needs" in why, (name, why)
     finally:
         eng.close()
 

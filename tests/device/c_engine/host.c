@@ -341,7 +341,8 @@ static int host_plan(const uint32_t *ints, const float *floats, kgen_fa_call *ca
  * mask_rows, mask_row_stride, window, q_stride[3], o_stride[3]; floats: scale, softcap, max_bias. data[i]/bytes[i]: q, k,
  * v, mask, sinks (NULL/0: not bound; v_in_k binds K for V). The call runs `runs` times (O and
  * scratch are filled with NaN bytes before each but the first), then O is copied to `o`.
- * `drop` >= 0 passes that kgen_fa_buffers member (q, k, v, mask, sinks, o, scratch, state) as VK_NULL_HANDLE.
+ * `drop` >= 0 passes that kgen_fa_buffers member (q, k, v, mask, sinks, o, scratch, state) as VK_NULL_HANDLE;
+ * 100 + i passes caller buffer i (q .. o) with a range 4 bytes short of plan.buffer_bytes[i].
  * `keep_state`: 1 passes a state buffer, zeroed once before the first run (0: the record zeroes
  * the counters inside scratch); 2 passes it with a range 4 bytes short of plan.state_bytes.
  * `report`: "variant|problem|splits|scratch_bytes|exact|state_bytes". Returns a kgen_fa_status, or 100. */
@@ -377,11 +378,12 @@ int kgen_host_run(const uint32_t *ints, const float *floats, const void *const *
         if (i == 7) memset(hb[i].mapped, 0, (size_t)n);   /* once: every call leaves it zero */
         slots[i].buffer = hb[i].buffer;
         slots[i].offset = 0;
-        slots[i].range = VK_WHOLE_SIZE;
+        slots[i].range = i < 6 ? n : VK_WHOLE_SIZE;   /* the exact sizes: the record checks them */
     }
     if (call.v_in_k) slots[2] = slots[1];
     if (keep_state == 2 && slots[7].buffer != VK_NULL_HANDLE) slots[7].range = plan.state_bytes - 4u;
     if (drop >= 0 && drop < HOST_BUFFERS) slots[drop].buffer = VK_NULL_HANDLE;
+    if (drop >= 100 && drop < 106 && plan.buffer_bytes[drop - 100] >= 4u) slots[drop - 100].range = plan.buffer_bytes[drop - 100] - 4u;
     r = host_command_buffer(&cmd);
     if (r != VK_SUCCESS) { status = fail(report, size, "vkAllocateCommandBuffers", r); goto done; }
     memset(&fence_info, 0, sizeof fence_info);

@@ -26,7 +26,9 @@ from kgen.tunedb import TuningDB, Winner
 from kgen.types import KV_TYPES, KvType
 from kgen.errors import InvalidVariant
 from kgen.space import why_invalid
-from kgen.variant import FEATURES, PathKind
+from kgen.paths import coopmat1
+from kgen.passes import passes_before
+from kgen.variant import FEATURES, PathKind, Schedule, Variant
 
 HOST = Path(__file__).resolve().parent / "c_engine" / "host.c"
 FEATURE_BIT = {f: 1 << i for i, f in enumerate(FEATURES)}
@@ -52,6 +54,7 @@ class Case:
     lead_blocks: int = 0
     ggml_layout: bool = False    # Q and O as ggml lays them out: (B, Nq, Hq, D)
     v_in_k: bool = False         # V is the first Dv columns of K's rows (MLA): K's buffer serves both
+    regs: bool = False           # coopmat1: a register-softmax kernel (its mask fragment pass with a mask)
 
 
 CASES = (
@@ -61,8 +64,8 @@ CASES = (
     Case("q8-kvf16-offset", (2, 4, 2, 17, 160, 64, 64), kv_type="q8_0", mask="one", kv_f16=True,
          pad_blocks=1, lead_blocks=3),
     Case("features", (1, 4, 4, 24, 96, 64, 64), mask="rows", causal=True, window=40, softcap=20.0,
-         alibi=8.0, sinks=True),
-    Case("ggml-prefill", (2, 4, 2, 40, 260, 64, 64), mask="one", ggml_layout=True),
+         alibi=8.0, sinks=True, regs=True),
+    Case("ggml-prefill", (2, 4, 2, 40, 260, 64, 64), mask="one", ggml_layout=True, regs=True),
     Case("ggml-decode-split", (1, 8, 2, 1, 5000, 64, 64), causal=True, splits=2, ggml_layout=True),
     Case("q4-decode", (2, 8, 4, 1, 400, 128, 128), kv_type="q4_0", mask="one"),
     Case("mla-v-in-k", (1, 16, 1, 3, 120, 576, 512), causal=True, v_in_k=True),
@@ -100,6 +103,10 @@ def _winner(case: Case, caps, path: PathKind) -> Winner | None:
         v = v.replace(split_k=case.splits > 1, fused_reduce=case.fused, kv_f16=case.kv_f16 or v.kv_f16)
     except InvalidVariant:
         return None
+    if case.regs and path is PathKind.COOPMAT1 and caps.coopmat1_fragments:
+        regs = [k for k in coopmat1.candidates(problem, caps) if k["schedule"] is Schedule.REGS]
+        assert regs, f"{case.name}: the probed device offers no register-softmax kernel"
+        v = Variant(**regs[0])
     if why_invalid(v, caps) is not None:
         return None
     return Winner(problem, v.uri, case.splits, median_us=10.0, spread_us=0.1, kernel=kernel_digest(v.uri))
@@ -121,10 +128,10 @@ def _device_paths(caps) -> list[PathKind]:
 def engine(tmp_path_factory):
     """Per path of the device: the C engine built with the dispatcher exported from a DB of one
     tuned class per case (the cases' classes differ), that DB for kgen.plan, and the cases in it."""
-    from kgen.runtime import open_device
+    from kgen.planning.probe import open_for_kernels
     if shutil.which("cc") is None:
         pytest.fail("no cc on PATH: scripts/bootstrap.sh installs one")
-    device = open_device()
+    device = open_for_kernels()   # the fragment layout probed, as kgen.plan sees the device
     caps = device.caps
     ident, build = DeviceIdentity.of(caps), BuildIdentity.current()
     built = {}
@@ -132,6 +139,8 @@ def engine(tmp_path_factory):
         folder = tmp_path_factory.mktemp(f"engine-{path.value}")
         cases = [(c, w) for c in CASES if (w := _winner(c, caps, path)) is not None]
         assert len(cases) >= 3 and len({w.problem.key for _, w in cases}) == len(cases)
+        if path is PathKind.COOPMAT1 and caps.coopmat1_fragments:   # the mask fragment pass runs too
+            assert any(p.name.startswith("mask_frag") for _, w in cases for p in passes_before(Variant.parse(w.variant)))
         with TuningDB(folder / "tuning.sqlite") as db:
             for _, w in cases:
                 db.set_winner(ident, build, w)

@@ -291,7 +291,8 @@ void main() {
     // The fragment-ordered mask (kgen.render.mask_frag_groups): planes of 16-row tiles, each
     // row of tiles padded to whole KV tiles; chunk kv0 / 16 + cg is this block's.
     const uint mask_rows = pc.mask_stride_row == 0u ? 1u : pc.n_q;
-    const uint mask_plane = (b * pc.mask_stride_batch + h * pc.mask_stride_head) / (mask_rows * pc.n_kv);
+    const uint mask_heads = pc.mask_stride_head == 0u ? 1u : pc.n_head_q;   // the pass's planes
+    const uint mask_plane = (pc.mask_stride_batch == 0u ? 0u : b * mask_heads) + (pc.mask_stride_head == 0u ? 0u : h);
     const uint mask_row_tiles = (mask_rows + 15u) / 16u;
     const uint mask_chunks = (pc.n_kv + BC - 1u) / BC * CG;
     const uint row_tile = mask_rows == 1u ? 0u : min((row0 + rt_s * MM) / 16u, mask_row_tiles - 1u);

@@ -69,9 +69,11 @@ void main() {
     const uint chunk = gl_WorkGroupID.x * CHUNKS_PER_GROUP + tid / LANES;
     const uint row_tile = gl_WorkGroupID.y, plane = gl_WorkGroupID.z;
     const uint row_tiles = gl_NumWorkGroups.y, chunks = (pc.n_kv + BC - 1u) / BC * (BC / CHUNK);
-    // A mask of one row serves every query row; planes are stored back to back.
+    // A mask of one row serves every query row. Plane = mask batch x mask head (one of each
+    // where that stride is 0); the caller's strides place it (rows may be padded).
     const uint mask_rows = pc.mask_stride_row == 0u ? 1u : pc.n_q;
-    const uint plane_base = plane * mask_rows * pc.n_kv;
+    const uint mask_heads = pc.mask_stride_head == 0u ? 1u : pc.n_head_q;
+    const uint plane_base = plane / mask_heads * pc.mask_stride_batch + plane % mask_heads * pc.mask_stride_head;
     const uint col0 = gl_WorkGroupID.x * COLS;
     // Rows past Nq and columns past Nkv: 0 (the kernel drops those rows and hides those keys).
     for (uint e = tid; e < LANES * 8u; e += 256u) {
@@ -81,7 +83,7 @@ void main() {
     for (uint e = tid; e < 16u * COLS; e += 256u) {
         const uint r = e / COLS, c = e % COLS;
         const uint row = mask_rows == 1u ? 0u : row_tile * 16u + r, col = col0 + c;
-        tile[r * STRIDE + c] = row < mask_rows && col < pc.n_kv ? float(mask_data[plane_base + row * pc.n_kv + col]) : 0.0;
+        tile[r * STRIDE + c] = row < mask_rows && col < pc.n_kv ? float(mask_data[plane_base + row * pc.mask_stride_row + col]) : 0.0;
     }
     barrier();
     if (chunk >= chunks) {

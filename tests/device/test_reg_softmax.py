@@ -223,12 +223,13 @@ def run_pass(source: str, name: str, inputs: dict, out_bytes: int, push: bytes, 
             dev.forget(buf)
 
 
-@pytest.mark.parametrize("mat_n, bc, shape", [
-    (8, 32, (1, 1, 37, 70)),      # per-row mask, rows and columns past a tile
-    (16, 16, (2, 3, 20, 33)),     # planes by batch and head
-    (8, 64, (2, 1, 1, 50)),       # one row for every query
+@pytest.mark.parametrize("mat_n, bc, shape, pad", [
+    (8, 32, (1, 1, 37, 70), 0),      # per-row mask, rows and columns past a tile
+    (16, 16, (2, 3, 20, 33), 0),     # planes by batch and head
+    (8, 64, (2, 1, 1, 50), 0),       # one row for every query
+    (16, 16, (2, 3, 20, 33), 15),    # rows padded (an engine's row stride): the junk is never read
 ])
-def test_fragment_ordered_mask_pass(mat_n, bc, shape):
+def test_fragment_ordered_mask_pass(mat_n, bc, shape, pad):
     """The pass that puts the mask in the lanes' order runs everywhere (no coopmat in it):
     its output against the numpy model built from the scheme's tables."""
     from kgen import abi
@@ -244,11 +245,13 @@ def test_fragment_ordered_mask_pass(mat_n, bc, shape):
     mask[..., ::7] = -np.inf
     b, h, rows, n_kv = shape
     groups = mask_frag_groups(shape, bc)
-    push = abi.pack_some(n_q=rows, n_kv=n_kv, mask_stride_row=n_kv if rows > 1 else 0,
-                         mask_stride_head=rows * n_kv if h > 1 else 0,
-                         mask_stride_batch=h * rows * n_kv if b > 1 else 0)
+    row = n_kv + pad
+    stored = np.concatenate([mask, np.full((b, h, rows, pad), np.nan, np.float16)], axis=-1)
+    push = abi.pack_some(n_q=rows, n_kv=n_kv, n_head_q=h, mask_stride_row=row if rows > 1 else 0,
+                         mask_stride_head=rows * row if h > 1 else 0,
+                         mask_stride_batch=h * rows * row if b > 1 else 0)
     want = _fragment_ordered(mask, reg_layout(1, 16, mat_n, 16), mat_n, bc, tiles)
-    got = run_pass(render_mask_frag(v), "mask_frag", {"mask": mask}, 16 * MASK_FRAG_WG * math.prod(groups),
+    got = run_pass(render_mask_frag(v), "mask_frag", {"mask": stored}, 16 * MASK_FRAG_WG * math.prod(groups),
                    push, groups, want.nbytes)
     np.testing.assert_array_equal(np.frombuffer(got, np.float16).reshape(want.shape), want)
 

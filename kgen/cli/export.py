@@ -19,12 +19,31 @@ def register(subparsers) -> None:
     p.add_argument("--db", metavar="PATH", help="tuning DB (default: KGEN_DB or ~/.cache/kgen/tuning.sqlite)")
     p.add_argument("--all-builds", action="store_true",
                    help="also winners tuned by other kgen builds (default: the current build only)")
+    p.add_argument("--cover", choices=sorted(COVER_SETS),
+                   help="also every class of this case set that has no tuned winner, with kgen's heuristic "
+                        "default for the device opened here (ggml: test-backend-ops' FLASH_ATTN_EXT cases)")
+    p.add_argument("--device", help="with --cover: device index (see `kgen devices`); default: KGEN_DEVICE or the best")
     p.set_defaults(func=cmd_export)
 
 
+def _ggml_cases():
+    from ..tools.ggml_cases import eval_cases
+    return eval_cases()
+
+
+COVER_SETS = {"ggml": _ggml_cases}
+
+
 def cmd_export(args) -> int:
-    entries = read_winners(Path(args.db) if args.db else knobs.db_path(), device_key=args.device_key,
-                           all_builds=args.all_builds)
+    db = Path(args.db) if args.db else knobs.db_path()
+    try:
+        entries = read_winners(db, device_key=args.device_key, all_builds=args.all_builds)
+    except ExportError:
+        if not args.cover:
+            raise
+        entries = []   # defaults alone
+    if args.cover:
+        entries += cover(entries, args.cover, args.device)
     written = export(entries, Path(args.out), args.format)
     devices = len({d.key for d, _, _ in entries})
     print(f"kgen export: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} for {devices} device(s), "
@@ -60,3 +79,36 @@ def read_winners(db_path: Path, *, device_key: str | None, all_builds: bool) -> 
             raise ExportError(f"--device-key {device_key}: no winners for it in {db_path}{which}; "
                               f"devices there: {', '.join(known)}")
     return entries
+
+
+def cover(entries: list, name: str, device: str | None) -> list:
+    """Heuristic-default winners for the classes of case set `name` that `entries` leave
+    untuned on the device opened here; prints what the set covers and what kgen cannot serve."""
+    from ..identity import BuildIdentity, DeviceIdentity, kernel_digest
+    from ..planning.choose import choose_variant
+    from ..planning.probe import open_for_kernels
+    from ..tools.export import DEFAULT_STRATEGY
+    from ..tools.ggml_cases import classes
+    from ..tunedb import Winner
+    caps = open_for_kernels(int(device) if device is not None else None).caps
+    ident, build = DeviceIdentity.of(caps), BuildIdentity.current()
+    cases = COVER_SETS[name]()
+    problems, refused = classes(cases)
+    tuned = {w.problem.key for d, _, w in entries if d.key == ident.key}
+    shapes = {}
+    for c in cases:
+        if c.unsupported() is None:
+            shapes.setdefault(c.problem().key, c.shapes())
+    added = []
+    for p in problems:
+        if p.key in tuned:
+            continue
+        v, splits, _ = choose_variant(shapes[p.key], caps, None, None, tuned=False)
+        added.append((ident, build, Winner(p, v.uri, splits, median_us=0.0, spread_us=0.0,
+                                           strategy=DEFAULT_STRATEGY, kernel=kernel_digest(v.uri))))
+    served = len(cases) - sum(refused.values())
+    print(f"kgen export --cover {name}: {len(cases)} cases, {served} in {len(problems)} classes kgen serves "
+          f"on {caps.name} ({len(problems) - len(added)} tuned, {len(added)} heuristic defaults); "
+          f"{sum(refused.values())} left to the engine: "
+          + (", ".join(f"{why} ({n})" for why, n in sorted(refused.items())) or "none"))
+    return added

@@ -147,6 +147,9 @@ class Row:
         return tuple((st, sh) for st, sh in self.steps if st.role == "before")
 
 
+DEFAULT_STRATEGY = "heuristic default"   # a Winner that `kgen export --cover` adds untimed
+
+
 def eval_grid(grid: dict, dims: dict) -> tuple[int, int, int]:
     """Workgroup counts from a grid as written to the JSON, for a call's dimensions by name."""
     return tuple(extent.evaluate(grid[a]["expr"], dims) for a in "xyz")
@@ -250,6 +253,7 @@ def dispatch_table(rows: list[Row]) -> dict:
                 "variant": v.uri, **shader(r.shader), "grid": grid(r.recipe.fa.grid), "br": v.br, "bc": v.bc,
                 "splits": w.splits, "aligned": v.aligned, "twin": shader(r.twin),
                 "fused_reduce": v.fused_reduce, "median_us": w.median_us, "kernel": w.kernel,
+                "chosen_by": w.strategy if w.strategy == DEFAULT_STRATEGY else "tuned",
                 "reduce_chunks": reduce_chunks(v.head_v), **_kv_rule(v),
                 "reduce": reduce and {**shader(reduce[1]), "grid": grid(reduce[0].grid)},
                 "passes_before": [pass_entry(r, st, s) for st, s in r.passes],

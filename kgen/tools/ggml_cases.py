@@ -40,11 +40,13 @@ class GgmlCase:
     v_in_k: bool = False     # DeepSeek MLA: V is a view of K
 
     @property
-    def name(self) -> str:
+    def params(self) -> str:
+        """The case as test-backend-ops prints it (FLASH_ATTN_EXT(<params>)) and -p matches it."""
+        prec = "f32" if self.prec == "f32" else "def"
         return (f"hsk={self.hsk},hsv={self.hsv},nh={self.nh},nr23=[{self.nr2},{self.nr3}],kv={self.kv},"
-                f"nb={self.nb},mask={int(self.mask)},sinks={int(self.sinks)},max_bias={self.max_bias:g},"
-                f"logit_softcap={self.softcap:g},prec={self.prec},type_KV={self.type_k}/{self.type_v},"
-                f"permute={'0213' if self.permuted else '0123'}")
+                f"nb={self.nb},mask={int(self.mask)},sinks={int(self.sinks)},max_bias={self.max_bias:.6f},"
+                f"logit_softcap={self.softcap:.6f},prec={prec},type_K={self.type_k},type_V={self.type_v},"
+                f"permute=[{'0,2,1,3' if self.permuted else '0,1,2,3'}],kv_view=1,v_is_view_of_k={int(self.v_in_k)}")
 
     def unsupported(self) -> str | None:
         """Why kgen cannot serve this case, or None."""

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Builds the pinned ggml revision with its Vulkan backend and test-backend-ops, on Debian bookworm.
+#
+#   integrations/ggml/build.sh [extra cmake args...]
+#
+#   -DGGML_VK_KGEN_EXPORT=DIR compiles in a `kgen export --format c` folder (kgen_fa.h, kgen_fa.c):
+#   ggml-vulkan then records kgen's kernels for the FLASH_ATTN_EXT calls the export covers
+#   (integrations/ggml/ggml-vulkan-kgen.inc; GGML_VK_KGEN=0 turns it off at run time).
+#
+#   GGML_ARCHIVE    ggml source tarball (default ../shared/upstream/ggml-d99724f2.tar.gz beside the
+#                   repo, if present; else the commit is downloaded from GitHub)
+#   GGML_BUILD_DIR  build folder (default build/ggml under the repo root); the test binary lands in
+#                   $GGML_BUILD_DIR/bin/test-backend-ops
+#
+# Idempotent: the source is unpacked (and integrations/ggml/ggml-vulkan.patch applied) once, cmake
+# configures once per set of arguments, and ninja rebuilds only what changed.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+here="$root/integrations/ggml"
+rev=d99724f2b141fed9e1a9f402213506c081433465
+url="https://github.com/ggml-org/ggml/archive/$rev.tar.gz"
+archive="${GGML_ARCHIVE:-}"
+# The project's shared folder beside the checkout (or the workspace's, for a checkout elsewhere).
+for default_archive in "$root/../shared/upstream/ggml-${rev:0:8}.tar.gz" "/work/shared/upstream/ggml-${rev:0:8}.tar.gz"; do
+    if [ -z "$archive" ] && [ -f "$default_archive" ]; then archive="$default_archive"; fi
+done
+build="${GGML_BUILD_DIR:-$root/build/ggml}"
+mkdir -p "$build"; build="$(cd "$build" && pwd)"
+src="$build/ggml-${rev:0:8}"          # the unpacked (and patched) source tree
+patch_file="$here/ggml-vulkan.patch"
+
+say() { printf '[ggml-build] %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# --- tools: install only what is missing (as root, or through sudo) ---------------------------
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+have_deb() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+apt_updated=""
+apt_update() { [ -n "$apt_updated" ] || { as_root apt-get update -q >/dev/null; apt_updated=1; }; }
+# spirv-headers: ggml-vulkan's CMake does find_package(SPIRV-Headers CONFIG REQUIRED).
+need=()
+for p in glslc libvulkan-dev spirv-headers cmake ninja-build g++ xz-utils patch; do
+    have_deb "$p" || need+=("$p")
+done
+[ -n "$archive" ] || command -v curl >/dev/null || need+=(curl ca-certificates)
+if [ ${#need[@]} -gt 0 ]; then
+    say "installing: ${need[*]}"
+    apt_update
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# --- source: unpack once -----------------------------------------------------------------------
+if [ "$(cat "$src/.kgen-source" 2>/dev/null)" != "$rev" ]; then
+    if [ -z "$archive" ]; then
+        archive="$build/ggml-$rev.tar.gz"
+        if [ ! -s "$archive" ]; then
+            say "no local archive: downloading $url"
+            curl -fL --retry 3 -o "$archive.tmp" "$url" && mv "$archive.tmp" "$archive"
+        fi
+    fi
+    [ -f "$archive" ] || die "GGML_ARCHIVE=$archive does not exist"
+    # git archive (ours and GitHub's) records the commit in the tar header: check it is the pinned one.
+    if command -v git >/dev/null; then
+        got="$(gzip -dc "$archive" | git get-tar-commit-id || true)"
+        [ -z "$got" ] || [ "$got" = "$rev" ] || die "$archive is ggml commit $got, not $rev"
+    fi
+    say "unpacking $archive into $src"
+    rm -rf "$src" "$src.tmp"; mkdir -p "$src.tmp"
+    # --strip-components: our archive's prefix is ggml-d99724f2/, GitHub's is ggml-<full sha>/.
+    tar -xzf "$archive" -C "$src.tmp" --strip-components=1
+    echo "$rev" >"$src.tmp/.kgen-source"
+    mv "$src.tmp" "$src"
+fi
+
+# --- patch: applied once; a copy of what was applied is the stamp. When the patch file changes,
+# the old one is reverted first, so only the files it touches get rebuilt. -----------------------
+applied="$src/.kgen-applied.patch"
+if { [ -f "$patch_file" ] || [ -f "$applied" ]; } && ! cmp -s "$patch_file" "$applied" 2>/dev/null; then
+    if [ -f "$applied" ]; then
+        say "reverting the previously applied patch"
+        patch -R -p1 --batch -s -d "$src" <"$applied" >&2; rm -f "$applied"
+    fi
+    if [ -f "$patch_file" ]; then
+        say "applying $patch_file"
+        patch -p1 --forward --batch --dry-run -s -d "$src" <"$patch_file" >&2 \
+            || die "$(basename "$patch_file") does not apply to ggml $rev (tree left unpatched)"
+        patch -p1 --forward --batch -d "$src" <"$patch_file" >&2
+        cp "$patch_file" "$applied"
+    fi
+fi
+
+# --- Vulkan headers: ggml-vulkan.cpp at this revision uses VK_EXT_layer_settings (vk::LayerSettingEXT)
+# unguarded; bookworm's libvulkan-dev (1.3.239) predates it. Debian trixie's vulkan-loader source
+# (1.4.309) bundles Vulkan-Headers: take include/ from it, headers only (the loader stays bookworm's).
+vk_args=()
+if ! grep -q 'VK_EXT_layer_settings' /usr/include/vulkan/vulkan_core.h 2>/dev/null; then
+    vk_inc="$build/vulkan-headers/include"
+    if [ ! -f "$vk_inc/vulkan/vulkan.hpp" ]; then
+        say "system Vulkan headers lack VK_EXT_layer_settings: taking Vulkan-Headers from Debian trixie's vulkan-loader source"
+        src_list=/etc/apt/sources.list.d/kgen-trixie-src.sources   # the same file scripts/bootstrap.sh adds
+        if ! apt-cache showsrc vulkan-loader 2>/dev/null | grep -q '^Version: 1\.4'; then
+            [ -f "$src_list" ] || printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: trixie\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+                | as_root tee "$src_list" >/dev/null
+            apt_updated=""; apt_update
+        fi
+        dl="$build/vulkan-headers.dl"; rm -rf "$dl"; mkdir -p "$dl"
+        (cd "$dl" && apt-get source -q --download-only vulkan-loader/trixie >/dev/null 2>&1) \
+            || die "could not download vulkan-loader's trixie source package"
+        tar -xJf "$dl"/vulkan-loader_*.orig.tar.xz -C "$dl" --wildcards '*/vulkan-headers/include/*'
+        rm -rf "$vk_inc"; mkdir -p "$(dirname "$vk_inc")"
+        mv "$(find "$dl" -type d -path '*/vulkan-headers/include' | head -n1)" "$vk_inc"
+        rm -rf "$dl"
+    fi
+    vk_args=("-DVulkan_INCLUDE_DIR=$vk_inc")
+fi
+
+# --- configure: once per argument set; the log is kept so its coopmat lines can be shown again ----
+cmake_args=(-G Ninja -DGGML_VULKAN=ON -DGGML_BUILD_TESTS=ON -DCMAKE_BUILD_TYPE=Release "${vk_args[@]}"
+            "-DGGML_VK_KGEN_GLUE=$here" "$@")
+if [ ! -f "$build/build.ninja" ] || [ "$(cat "$build/.kgen-configure" 2>/dev/null)" != "${cmake_args[*]}" ]; then
+    say "configuring: cmake ${cmake_args[*]}"
+    cmake -S "$src" -B "$build" "${cmake_args[@]}" >"$build/configure.log" 2>&1 \
+        || { cat "$build/configure.log" >&2; die "cmake failed"; }
+    echo "${cmake_args[*]}" >"$build/.kgen-configure"
+fi
+# bookworm's glslc (shaderc 2023.2) lacks the coopmat extensions, and ggml's CMake then drops
+# those shaders without failing: say what it found, so a slow baseline is not a surprise.
+say "glslc: $(glslc --version | head -n1); shader extensions ggml's CMake detected:"
+grep -E 'supported by glslc|Found Vulkan' "$build/configure.log" | sed 's/^-- /    /' >&2
+if grep -q 'GL_KHR_cooperative_matrix not supported' "$build/configure.log"; then
+    say "note: no coopmat/coopmat2 shaders in this build (fine on lavapipe, which has neither; on a GPU"
+    say "      ggml would run its scalar flash-attention path, so it is no fair baseline there)"
+fi
+
+# --- build: only the ggml libraries and test-backend-ops -------------------------------------
+# The compiler output goes to build.log: gcc 12 prints hundreds of harmless -Wmaybe-uninitialized
+# warnings from its own AVX-512 headers for ggml-cpu.
+say "building ggml and test-backend-ops in $build (log: $build/build.log; ~4 min on 2 cores from scratch)"
+ninja -C "$build" ${GGML_JOBS:+-j "$GGML_JOBS"} ggml test-backend-ops >"$build/build.log" 2>&1 \
+    || { grep -E -B2 -A8 'error|FAILED' "$build/build.log" | tail -n 80 >&2; die "build failed (see $build/build.log)"; }
+say "ready: $build/bin/test-backend-ops"
+# ggml skips Vulkan devices of CPU type (lavapipe) unless they are named explicitly.
+say "on lavapipe: GGML_VK_VISIBLE_DEVICES=0 $build/bin/test-backend-ops -o FLASH_ATTN_EXT -b Vulkan0"

@@ -59,6 +59,16 @@ if [ ! -f /usr/include/vulkan/vulkan.h ] || ! have_deb libvulkan-dev; then
     apt_install libvulkan-dev
 fi
 
+# --- ggml's build (tests/device/test_ggml_integration.py runs integrations/ggml/build.sh): its
+# tools; build.sh fetches the newer Vulkan headers ggml needs itself ---------------------------
+ggml_tools=()
+for p in glslc spirv-headers cmake ninja-build xz-utils patch; do have_deb "$p" || ggml_tools+=("$p"); done
+if [ ${#ggml_tools[@]} -gt 0 ]; then
+    say "installing what ggml's Vulkan build needs: ${ggml_tools[*]}"
+    apt_update
+    apt_install "${ggml_tools[@]}"
+fi
+
 # --- GLSL compiler: the first that compiles the coopmat2 probe ------------------------------
 compiles_probe() {  # $1 = compiler binary; glslc and glslang take different flags
     local bin="$1" out; out="$(mktemp --suffix=.spv)"

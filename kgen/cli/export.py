@@ -95,15 +95,11 @@ def cover(entries: list, name: str, device: str | None) -> list:
     cases = COVER_SETS[name]()
     problems, refused = classes(cases)
     tuned = {w.problem.key for d, _, w in entries if d.key == ident.key}
-    shapes = {}
-    for c in cases:
-        if c.unsupported() is None:
-            shapes.setdefault(c.problem().key, c.shapes())
     added = []
-    for p in problems:
+    for p, shapes in problems:
         if p.key in tuned:
             continue
-        v, splits, _ = choose_variant(shapes[p.key], caps, None, None, tuned=False)
+        v, splits, _ = choose_variant(shapes, caps, None, None, tuned=False)
         added.append((ident, build, Winner(p, v.uri, splits, median_us=0.0, spread_us=0.0,
                                            strategy=DEFAULT_STRATEGY, kernel=kernel_digest(v.uri))))
     served = len(cases) - sum(refused.values())

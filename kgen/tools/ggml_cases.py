@@ -141,14 +141,16 @@ def _heads(hsk, hsv, mask, sinks, max_bias, softcap) -> list[GgmlCase]:
     return out
 
 
-def classes(cases: list[GgmlCase]) -> tuple[list[ProblemClass], dict[str, int]]:
-    """(the distinct classes kgen can serve, in first-seen order; {reason: cases} it cannot)."""
-    seen: dict[str, ProblemClass] = {}
+def classes(cases: list[GgmlCase]) -> tuple[list[tuple[ProblemClass, Shapes]], dict[str, int]]:
+    """(the distinct classes kgen can serve, each with the shapes of its first case, in first-seen
+    order; {reason: cases} it cannot)."""
+    seen: dict[str, tuple[ProblemClass, Shapes]] = {}
     refused: dict[str, int] = {}
     for c in cases:
         if (why := c.unsupported()) is not None:
             refused[why] = refused.get(why, 0) + 1
             continue
-        p = c.problem()
-        seen.setdefault(p.key, p)
+        s = c.shapes()
+        p = s.problem()
+        seen.setdefault(p.key, (p, s))
     return list(seen.values()), refused

@@ -41,7 +41,8 @@ def test_classes_fold_and_pad_as_the_dispatcher_does():
     assert mla.shapes().v_in_k and mla.problem().v_in_k
     problems, refused = classes([decode, padded, GgmlCase(64, 64, 4, 1, 1, 96, 2, True, False, 0.0, 0.0, "f32",
                                                           "bf16", "bf16")])
-    assert [p.key for p in problems] == [decode.problem().key, padded.problem().key]
+    assert [(p.key, sh) for p, sh in problems] == [(decode.problem().key, decode.shapes()),
+                                                  (padded.problem().key, padded.shapes())]
     assert refused == {"KV type bf16/bf16": 1}
 
 

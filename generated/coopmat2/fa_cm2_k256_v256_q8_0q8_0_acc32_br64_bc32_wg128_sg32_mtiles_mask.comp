@@ -225,7 +225,8 @@ void main() {
     const float slope = 1.0;
     // This row tile's classes in (b, h)'s mask plane, one per KV tile (templates/mask_tiles.comp.j2).
     const uint mask_rows = pc.mask_stride_row == 0u ? 1u : pc.n_q;
-    const uint mask_plane = mask_base / (mask_rows * pc.n_kv);
+    const uint mask_heads = pc.mask_stride_head == 0u ? 1u : pc.n_head_q;   // the pass's planes
+    const uint mask_plane = (pc.mask_stride_batch == 0u ? 0u : b * mask_heads) + (pc.mask_stride_head == 0u ? 0u : h);
     const uint row_tile = pc.mask_stride_row == 0u ? 0u : i0 / BR;
     const uint tile_base = (mask_plane * ((mask_rows + BR - 1u) / BR) + row_tile) * ((pc.n_kv + BC - 1u) / BC);
 

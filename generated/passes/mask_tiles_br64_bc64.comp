@@ -50,16 +50,21 @@ shared uint seen;
 
 void main() {
     const uint mask_rows = pc.mask_stride_row == 0u ? 1u : pc.n_q;
+    // Plane = mask batch x mask head (one of each where that stride is 0); the caller's strides
+    // place it and its rows (rows may be padded).
+    const uint mask_heads = pc.mask_stride_head == 0u ? 1u : pc.n_head_q;
+    const uint plane = gl_WorkGroupID.z;
+    const uint plane_base = plane / mask_heads * pc.mask_stride_batch + plane % mask_heads * pc.mask_stride_head;
     const uint r0 = gl_WorkGroupID.y * BR, c0 = gl_WorkGroupID.x * BC;
     // Rows past Nq repeat the last one in the kernel and columns past Nkv are hidden there
     // anyway: only the mask's own entries decide.
     const uint rows = min(BR, mask_rows - r0), cols = min(BC, pc.n_kv - c0);
-    const uint first = gl_WorkGroupID.z * mask_rows * pc.n_kv + r0 * pc.n_kv + c0;
+    const uint first = plane_base + r0 * pc.mask_stride_row + c0;
     if (gl_LocalInvocationIndex == 0u) seen = 0u;
     barrier();
     uint mine = 0u;
     for (uint e = gl_LocalInvocationIndex; e < rows * cols; e += WG) {
-        const float x = float(mask_data[first + (e / cols) * pc.n_kv + e % cols]);
+        const float x = float(mask_data[first + (e / cols) * pc.mask_stride_row + e % cols]);
         mine |= (isinf(x) && x < 0.0 ? 0u : SEEN_VISIBLE) | (x != 0.0 ? SEEN_NONZERO : 0u);
     }
     if (mine != 0u) atomicOr(seen, mine);

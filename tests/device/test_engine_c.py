@@ -41,7 +41,8 @@ class Case:
     name: str
     shape: tuple                 # B, Hq, Hkv, Nq, Nkv, Dk, Dv
     kv_type: str = "f16"
-    mask: str | None = None      # "rows": (B, 1, Nq, Nkv) padded rows; "one": (1, 1, 1, Nkv)
+    mask: str | None = None      # "rows": (B, 1, Nq, Nkv) padded rows; "heads": (B, Hq, Nq, Nkv) padded rows
+                                 # and planes, as ggml pads them; "one": (1, 1, 1, Nkv)
     causal: bool = False
     window: int = 0
     softcap: float = 0.0
@@ -63,7 +64,7 @@ CASES = (
     Case("decode-split-fused", (1, 8, 2, 1, 1500, 64, 64), causal=True, splits=4, fused=True),
     Case("q8-kvf16-offset", (2, 4, 2, 17, 160, 64, 64), kv_type="q8_0", mask="one", kv_f16=True,
          pad_blocks=1, lead_blocks=3),
-    Case("features", (1, 4, 4, 24, 96, 64, 64), mask="rows", causal=True, window=40, softcap=20.0,
+    Case("features", (1, 4, 4, 24, 96, 64, 64), mask="heads", causal=True, window=40, softcap=20.0,
          alibi=8.0, sinks=True, regs=True),
     Case("ggml-prefill", (2, 4, 2, 40, 260, 64, 64), mask="one", ggml_layout=True, regs=True),
     Case("ggml-decode-split", (1, 8, 2, 1, 5000, 64, 64), causal=True, splits=2, ggml_layout=True),
@@ -80,7 +81,8 @@ def _shapes(case: Case):
     if case.v_in_k:
         k = KVTensor.from_array(k, case.kv_type)
         v = KVTensor(k.data, case.kv_type, (b, hkv, nkv, dv), k.strides)
-    mask = None if case.mask is None else np.zeros((b, 1, nq, nkv) if case.mask == "rows" else (1, 1, 1, nkv))
+    mask_shape = {"rows": (b, 1, nq, nkv), "heads": (b, hq, nq, nkv), "one": (1, 1, 1, nkv)}
+    mask = None if case.mask is None else np.zeros(mask_shape[case.mask])
     return shapes_of(q, k, v, mask=mask, causal=case.causal, window=case.window or None, softcap=case.softcap,
                      alibi_max_bias=case.alibi, sinks=np.zeros(hq) if case.sinks else None,
                      k_type=case.kv_type, v_type=case.kv_type)
@@ -231,15 +233,19 @@ def _call(case: Case, rng):
         vq = KVTensor(np.frombuffer(v_raw, np.uint8), kt, (b, hkv, nkv, dv), v_strides, v_off)
     mask = mask_rows = None
     mb = mh = mr = 1
-    row_stride = 0
-    if case.mask == "rows":
-        mask = np.where(rng.random((b, 1, nq, nkv)) < 0.2, -np.inf, rng.standard_normal((b, 1, nq, nkv)))
+    row_stride = head_stride = batch_stride = 0
+    if case.mask in ("rows", "heads"):
+        mh = hq if case.mask == "heads" else 1
+        mask = np.where(rng.random((b, mh, nq, nkv)) < 0.2, -np.inf, rng.standard_normal((b, mh, nq, nkv)))
         mask[..., :2 * nq // 3, 16:48] = -np.inf   # whole hidden blocks, as a padded batch has
         mask[..., -1] = 0.0   # every row sees a key
         row_stride = nkv + 8   # padded rows, as ggml pads them
-        mask_rows = np.full((b, 1, nq, row_stride), -np.inf)
-        mask_rows[..., :nkv] = mask
+        padded_rows = nq + 5 if case.mask == "heads" else nq   # and padded planes (ggml pads Nq too)
+        mask_rows = np.full((b, mh, padded_rows, row_stride), -np.inf)
+        mask_rows[..., :nq, :nkv] = mask
         mb, mr = b, nq
+        if case.mask == "heads":
+            head_stride, batch_stride = padded_rows * row_stride, mh * padded_rows * row_stride
     elif case.mask == "one":
         mask = rng.standard_normal((1, 1, 1, nkv))
         mask_rows = mask
@@ -251,7 +257,8 @@ def _call(case: Case, rng):
     o_strides = (hq * dv, dv, nq * hq * dv) if case.ggml_layout else dense_strides(nq, hq, dv)
     ints = [dk, dv, KV_INDEX[case.kv_type], KV_INDEX[case.kv_type], features, 32, int(case.v_in_k), b, hq, hkv, nq, nkv,
             *k_strides, k_off, *v_strides, v_off, mb, mh, mr, row_stride, case.window,
-            *(q_strides if case.ggml_layout else (0, 0, 0)), *(o_strides if case.ggml_layout else (0, 0, 0))]
+            *(q_strides if case.ggml_layout else (0, 0, 0)), *(o_strides if case.ggml_layout else (0, 0, 0)),
+            head_stride, batch_stride]
     floats = [0.0, case.softcap, case.alibi]
     q_dev = strided_copy(q, q_strides)
     data = [q_dev, np.frombuffer(k_raw, np.uint8), None if v_raw is None else np.frombuffer(v_raw, np.uint8),
@@ -355,6 +362,17 @@ def test_the_c_dispatcher_refuses_bad_calls_by_name_and_reports_what_it_does_not
         for i, name in enumerate(("q", "k", "v", "mask", "sinks", "o")):
             status, why, _ = eng.run(*features[:3], features[3].shape, runs=1, drop=100 + i)
             assert status == INVALID and f"buffers.{name}.range=" in why and "the plan needs" in why, (name, why)
+        # Mask planes that would overlap: a head or batch stride below a plane's extent.
+        f_ints = features[0]
+        b, _, _, nq, nkv, *_ = next(c for c in cases if c.sinks).shape
+        plane = (nq - 1) * f_ints[23] + nkv
+        for at, name, value in ((31, "mask_head_stride", plane - 1), (32, "mask_batch_stride", 1)):
+            bad = list(f_ints)
+            bad[at] = value
+            bad[20] = 2 if name == "mask_batch_stride" else bad[20]   # a batch stride matters with 2 batches
+            bad[7] = max(bad[7], bad[20])
+            status, why, _ = eng.run(bad, *features[1:3], features[3].shape, runs=1)
+            assert status == INVALID and f"{name}={value}: at least" in why, (name, why)
     finally:
         eng.close()
 

@@ -54,20 +54,26 @@ def expected(stored: np.ndarray, br: int, bc: int) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("shape, br, bc", [
-    ((1, 1, 70, 200), 32, 64),     # ragged in both directions
-    ((2, 3, 40, 96), 16, 32),      # one plane per (batch, head)
-    ((1, 1, 1, 300), 64, 16),      # a one-row mask: one row tile
+@pytest.mark.parametrize("shape, br, bc, pad", [
+    ((1, 1, 70, 200), 32, 64, (0, 0)),     # ragged in both directions
+    ((2, 3, 40, 96), 16, 32, (0, 0)),      # one plane per (batch, head)
+    ((2, 3, 40, 96), 16, 32, (24, 8)),     # the same in padded rows and planes (ggml pads mask rows)
+    ((1, 1, 1, 300), 64, 16, (0, 0)),      # a one-row mask: one row tile
 ])
-def test_pass_classifies_every_tile(shape, br, bc):
+def test_pass_classifies_every_tile(shape, br, bc, pad):
     dev = open_device()
-    rng = np.random.default_rng(sum(shape))
-    stored = blocky_mask(rng, shape, br, bc).astype(np.float16)
+    rng = np.random.default_rng(sum(shape) + sum(pad))
+    b, h, rows, n_kv = shape
+    padded = (b, h, rows + pad[0], n_kv + pad[1])
+    stored = blocky_mask(rng, padded, br, bc).astype(np.float16)
+    mask = stored[:, :, :rows, :n_kv]   # the call's mask: a view with the caller's strides
     groups = mask_tiles_groups(shape, br, bc)
     kernel = dev.pipeline(compile_source(render_mask_tiles(br, bc), name=f"mask_tiles_br{br}_bc{bc}").spirv,
                           name="mask_tiles")
-    rows, n_kv = shape[2], shape[3]
-    push = abi.pack_some(n_q=rows, n_kv=n_kv, mask_stride_row=n_kv if rows > 1 else 0)
+    row_stride, plane_stride = padded[3], padded[2] * padded[3]
+    push = abi.pack_some(n_q=rows, n_kv=n_kv, n_head_q=h, mask_stride_row=row_stride if rows > 1 else 0,
+                         mask_stride_head=plane_stride if h > 1 else 0,
+                         mask_stride_batch=h * plane_stride if b > 1 else 0)
     n_tiles = int(np.prod(groups))
     mask_buf, tile_buf = dev.buffer(stored.nbytes), dev.buffer(4 * n_tiles)
     try:
@@ -80,7 +86,7 @@ def test_pass_classifies_every_tile(shape, br, bc):
     finally:
         mask_buf.close()
         tile_buf.close()
-    want = expected(stored, br, bc)
+    want = expected(np.ascontiguousarray(mask), br, bc)
     assert {HIDDEN, ZERO, MIXED} <= set(want.ravel().tolist()) or shape[2] == 1
     np.testing.assert_array_equal(got, want)
 

@@ -11,6 +11,13 @@
 #                   repo, if present; else the commit is downloaded from GitHub)
 #   GGML_BUILD_DIR  build folder (default build/ggml under the repo root); the test binary lands in
 #                   $GGML_BUILD_DIR/bin/test-backend-ops
+#   GGML_GLSLC      the glslc ggml compiles its shaders with; "build" first builds one that knows the
+#                   coopmat extensions (build-glslc.sh, into .toolchain/bin/glslc). Default:
+#                   .toolchain/bin/glslc when built, else the system's (bookworm's has no coopmat)
+#   GGML_VULKAN_HEADERS  an include folder with Vulkan-Headers >= 1.3.261 (vulkan/vulkan.hpp);
+#                   default: the system's, or trixie's when the system's are too old
+#   GGML_NO_APT=1   install nothing (a machine without network: everything above must be there,
+#                   plus SPIRV-Headers' CMake config and libvulkan; README.md says what to carry)
 #
 # Idempotent: the source is unpacked (and integrations/ggml/ggml-vulkan.patch applied) once, cmake
 # configures once per set of arguments, and ninja rebuilds only what changed.
@@ -37,13 +44,25 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 have_deb() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 apt_updated=""
 apt_update() { [ -n "$apt_updated" ] || { as_root apt-get update -q >/dev/null; apt_updated=1; }; }
+# glslc: GGML_GLSLC, else the one build-glslc.sh leaves in .toolchain/, else the system's.
+glslc="${GGML_GLSLC:-}"
+if [ "$glslc" = build ]; then
+    glslc="$root/.toolchain/bin/glslc"
+    [ -x "$glslc" ] || "$here/build-glslc.sh" "$glslc"
+elif [ -z "$glslc" ] && [ -x "$root/.toolchain/bin/glslc" ]; then
+    glslc="$root/.toolchain/bin/glslc"
+fi
+[ -z "$glslc" ] || [ -x "$glslc" ] || die "GGML_GLSLC=$glslc is not an executable"
 # spirv-headers: ggml-vulkan's CMake does find_package(SPIRV-Headers CONFIG REQUIRED).
 need=()
-for p in glslc libvulkan-dev spirv-headers cmake ninja-build g++ xz-utils patch; do
+for p in libvulkan-dev spirv-headers cmake ninja-build g++ xz-utils patch; do
     have_deb "$p" || need+=("$p")
 done
+[ -n "$glslc" ] || have_deb glslc || need+=(glslc)
 [ -n "$archive" ] || command -v curl >/dev/null || need+=(curl ca-certificates)
-if [ ${#need[@]} -gt 0 ]; then
+if [ ${#need[@]} -gt 0 ] && [ "${GGML_NO_APT:-0}" = 1 ]; then
+    say "GGML_NO_APT=1: not installing ${need[*]} (cmake says if something it needs is missing)"
+elif [ ${#need[@]} -gt 0 ]; then
     say "installing: ${need[*]}"
     apt_update
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
@@ -93,7 +112,10 @@ fi
 # unguarded; bookworm's libvulkan-dev (1.3.239) predates it. Debian trixie's vulkan-loader source
 # (1.4.309) bundles Vulkan-Headers: take include/ from it, headers only (the loader stays bookworm's).
 vk_args=()
-if ! grep -q 'VK_EXT_layer_settings' /usr/include/vulkan/vulkan_core.h 2>/dev/null; then
+if [ -n "${GGML_VULKAN_HEADERS:-}" ]; then
+    [ -f "$GGML_VULKAN_HEADERS/vulkan/vulkan.hpp" ] || die "GGML_VULKAN_HEADERS=$GGML_VULKAN_HEADERS has no vulkan/vulkan.hpp"
+    vk_args=("-DVulkan_INCLUDE_DIR=$(cd "$GGML_VULKAN_HEADERS" && pwd)")
+elif ! grep -q 'VK_EXT_layer_settings' /usr/include/vulkan/vulkan_core.h 2>/dev/null; then
     vk_inc="$build/vulkan-headers/include"
     if [ ! -f "$vk_inc/vulkan/vulkan.hpp" ]; then
         say "system Vulkan headers lack VK_EXT_layer_settings: taking Vulkan-Headers from Debian trixie's vulkan-loader source"
@@ -115,6 +137,7 @@ if ! grep -q 'VK_EXT_layer_settings' /usr/include/vulkan/vulkan_core.h 2>/dev/nu
 fi
 
 # --- configure: once per argument set; the log is kept so its coopmat lines can be shown again ----
+[ -z "$glslc" ] || vk_args+=("-DVulkan_GLSLC_EXECUTABLE=$glslc")
 cmake_args=(-G Ninja -DGGML_VULKAN=ON -DGGML_BUILD_TESTS=ON -DCMAKE_BUILD_TYPE=Release "${vk_args[@]}"
             "-DGGML_VK_KGEN_GLUE=$here" "$@")
 if [ ! -f "$build/build.ninja" ] || [ "$(cat "$build/.kgen-configure" 2>/dev/null)" != "${cmake_args[*]}" ]; then
@@ -125,11 +148,12 @@ if [ ! -f "$build/build.ninja" ] || [ "$(cat "$build/.kgen-configure" 2>/dev/nul
 fi
 # bookworm's glslc (shaderc 2023.2) lacks the coopmat extensions, and ggml's CMake then drops
 # those shaders without failing: say what it found, so a slow baseline is not a surprise.
-say "glslc: $(glslc --version | head -n1); shader extensions ggml's CMake detected:"
+say "glslc: ${glslc:-$(command -v glslc)} ($("${glslc:-glslc}" --version | head -n1)); shader extensions ggml's CMake detected:"
 grep -E 'supported by glslc|Found Vulkan' "$build/configure.log" | sed 's/^-- /    /' >&2
 if grep -q 'GL_KHR_cooperative_matrix not supported' "$build/configure.log"; then
     say "note: no coopmat/coopmat2 shaders in this build (fine on lavapipe, which has neither; on a GPU"
-    say "      ggml would run its scalar flash-attention path, so it is no fair baseline there)"
+    say "      ggml would run its scalar flash-attention path, so it is no fair baseline there:"
+    say "      GGML_GLSLC=build builds a glslc that knows them)"
 fi
 
 # --- build: only the ggml libraries and test-backend-ops -------------------------------------

@@ -184,6 +184,16 @@ def mask_tiles_groups(mask_shape: tuple[int, int, int, int], br: int, bc: int) -
 MASK_FRAG_WG = 256
 
 
+MASK_TO_F16_WG, MASK_TO_F16_PER_THREAD = 256, 4
+
+
+def render_mask_to_f16(wg: int = MASK_TO_F16_WG, per_thread: int = MASK_TO_F16_PER_THREAD) -> str:
+    """The C dispatcher's pass for an f32 mask: f16 copies of its elements at the same offsets
+    (templates/mask_to_f16.comp.j2); a grid-stride loop, so any x grid covers the mask."""
+    template = environment().get_template("mask_to_f16.comp.j2")
+    return _tidy(template.render(wg=wg, per_thread=per_thread, push_fields=abi.PUSH_FIELDS, binding=abi.BINDING))
+
+
 def render_mask_frag(v: Variant, wg: int = MASK_FRAG_WG) -> str:
     """The pass that rewrites the mask in the order the lanes of variant `v` (schedule regs or
     osplit) hold S (templates/mask_frag.comp.j2); grid from `mask_frag_groups`."""

@@ -28,7 +28,8 @@ from ..paths.shared import FUSED_STATS_SLOTS
 from ..planning.dispatch import BUCKET_FIELDS, NEAREST_TIERS
 from ..planning.recipe import CALLER_BUFFERS, SPLIT_COUNT, Recipe, Step, fa_grid, recipe, split_kv
 from ..problem import mismatch
-from ..render import reduce_chunks, reduce_grid
+from ..compile import compile_source
+from ..render import MASK_TO_F16_PER_THREAD, MASK_TO_F16_WG, reduce_chunks, reduce_grid, render_mask_to_f16
 from ..identity import BuildIdentity, DeviceIdentity
 from ..problem import BUCKETS, bucket_range
 from ..tunedb import Winner
@@ -410,7 +411,9 @@ def _c_dims(name: str) -> str:
 
 def render_c(rows: list[Row]) -> tuple[str, str]:
     """kgen_fa.h and kgen_fa.c: the dispatcher API and its implementation with the table."""
-    shaders = _shaders(rows)
+    mask_to_f16 = Shader("mask_to_f16", compile_source(render_mask_to_f16(), name="mask_to_f16").spirv,
+                         MASK_TO_F16_WG, None)
+    shaders = [*(s for s in _shaders(rows) if s.sha256 != mask_to_f16.sha256), mask_to_f16]
     dt = dispatch_table(rows)
     pairs = list(zip(rows, dt["entries"]))
     devices = list({r.device.key: r.device for r in rows}.values())
@@ -428,10 +431,11 @@ def render_c(rows: list[Row]) -> tuple[str, str]:
     values = dict(
         **_c_values(rows, shaders), table=dt, pairs=pairs, shaders=shaders, devices=devices,
         call_features=call_features, call_mask=" | ".join(f"KGEN_FA_FEATURE_{f.upper()}" for f in call_features),
-        shader_index={s.sha256: i for i, s in enumerate(shaders)},
+        shader_index={s.sha256: i for i, s in enumerate(shaders)}, mask_to_f16_shader=len(shaders) - 1,
+        mask_to_f16_per_group=MASK_TO_F16_WG * MASK_TO_F16_PER_THREAD,
         device_index={d.key: i for i, d in enumerate(devices)},
         twin_uri=[r.variant.replace(aligned=not r.variant.aligned).uri for r in rows],
-        caller_buffers=CALLER_BUFFERS, push_words=abi.PUSH_BYTES // 4,
+        caller_buffers=CALLER_BUFFERS, push_words=abi.PUSH_BYTES // 4, binding=abi.BINDING,
         dim_names=uint_push + list(extent.DIMS) + list(ENTRY_VALUES), push_dim_names=uint_push,
         c_grids=[[[extent.c_expr(e, _c_dims, "ull") for e in st.grid] for st in r.recipe.steps] for r in rows],
         c_scratch=[[extent.c_expr(b.nbytes, _c_dims, "ull") for b in r.recipe.scratch] for r in rows],

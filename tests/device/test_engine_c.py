@@ -56,10 +56,11 @@ class Case:
     ggml_layout: bool = False    # Q and O as ggml lays them out: (B, Nq, Hq, D)
     v_in_k: bool = False         # V is the first Dv columns of K's rows (MLA): K's buffer serves both
     regs: bool = False           # coopmat1: a register-softmax kernel (its mask fragment pass with a mask)
+    mask_f32: bool = False       # the engine's mask is f32: the dispatcher's pass copies it to f16 first
 
 
 CASES = (
-    Case("prefill-mask-gqa", (2, 4, 2, 33, 200, 64, 64), mask="rows"),
+    Case("prefill-mask-gqa", (2, 4, 2, 33, 200, 64, 64), mask="rows", mask_f32=True),
     Case("decode-split-reduce", (1, 8, 2, 1, 300, 64, 64), causal=True, splits=6),  # 5 whole-tile splits run
     Case("decode-split-fused", (1, 8, 2, 1, 1500, 64, 64), causal=True, splits=4, fused=True),
     Case("q8-kvf16-offset", (2, 4, 2, 17, 160, 64, 64), kv_type="q8_0", mask="one", kv_f16=True,
@@ -68,7 +69,7 @@ CASES = (
          alibi=8.0, sinks=True, regs=True),
     Case("ggml-prefill", (2, 4, 2, 40, 260, 64, 64), mask="one", ggml_layout=True, regs=True),
     Case("ggml-decode-split", (1, 8, 2, 1, 5000, 64, 64), causal=True, splits=2, ggml_layout=True),
-    Case("q4-decode", (2, 8, 4, 1, 400, 128, 128), kv_type="q4_0", mask="one"),
+    Case("q4-decode", (2, 8, 4, 1, 400, 128, 128), kv_type="q4_0", mask="one", mask_f32=True),
     Case("mla-v-in-k", (1, 16, 1, 3, 120, 576, 512), causal=True, v_in_k=True),
     Case("ragged-causal", (1, 2, 2, 40, 24, 64, 64), causal=True),   # Nq > Nkv: the first rows see nothing
 )
@@ -258,11 +259,12 @@ def _call(case: Case, rng):
     ints = [dk, dv, KV_INDEX[case.kv_type], KV_INDEX[case.kv_type], features, 32, int(case.v_in_k), b, hq, hkv, nq, nkv,
             *k_strides, k_off, *v_strides, v_off, mb, mh, mr, row_stride, case.window,
             *(q_strides if case.ggml_layout else (0, 0, 0)), *(o_strides if case.ggml_layout else (0, 0, 0)),
-            head_stride, batch_stride]
+            head_stride, batch_stride, int(case.mask_f32)]
     floats = [0.0, case.softcap, case.alibi]
     q_dev = strided_copy(q, q_strides)
     data = [q_dev, np.frombuffer(k_raw, np.uint8), None if v_raw is None else np.frombuffer(v_raw, np.uint8),
-            None if mask_rows is None else mask_rows.astype(np.float16), None if sinks is None else sinks.astype(np.float32)]
+            None if mask_rows is None else mask_rows.astype(np.float32 if case.mask_f32 else np.float16),
+            None if sinks is None else sinks.astype(np.float32)]
     kd = quant.roundtrip(k, kt)
     vd = kd[..., :dv] if case.v_in_k else quant.roundtrip(v, kt)
     ref = reference.attention(q, kd, vd, mask=None if mask is None else mask.astype(np.float16).astype(np.float64),
@@ -373,6 +375,10 @@ def test_the_c_dispatcher_refuses_bad_calls_by_name_and_reports_what_it_does_not
             bad[7] = max(bad[7], bad[20])
             status, why, _ = eng.run(bad, *features[1:3], features[3].shape, runs=1)
             assert status == INVALID and f"{name}={value}: at least" in why, (name, why)
+        bad = list(f_ints)
+        bad[33] = 7
+        status, why, _ = eng.run(bad, *features[1:3], features[3].shape, runs=1)
+        assert status == INVALID and "mask_type=7: KGEN_FA_MASK_F16 (0) or KGEN_FA_MASK_F32 (1)" in why, why
     finally:
         eng.close()
 

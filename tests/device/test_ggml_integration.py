@@ -6,7 +6,11 @@ ggml's shaders with the reason. On lavapipe here (kgen off is left to check.sh's
 lavapipe compiles each of ggml's shader variants for minutes); the same scripts run on a GPU."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
+import json
+import math
 import os
 import re
 import subprocess
@@ -36,6 +40,14 @@ SAMPLE = [
 ]
 
 
+# kgen-anchors --small's P3 and L1 (Nkv / 16, Hkv / min(Hkv, 4)) as ggml cases, so the export
+# carries their classes too.
+ANCHORS = {
+    "P3": GgmlCase(128, 128, 2, 4, 1, 1024, 1, True, False, 0.0, 0.0, "default", "f16", "f16"),
+    "L1": GgmlCase(128, 128, 8, 1, 1, 256, 512, False, False, 0.0, 0.0, "default", "f16", "f16"),
+}
+
+
 def _report():
     spec = importlib.util.spec_from_file_location("ggml_report", HERE / "report.py")
     module = importlib.util.module_from_spec(spec)
@@ -43,22 +55,32 @@ def _report():
     return module
 
 
+@pytest.fixture(scope="module")
+def ggml_build(tmp_path_factory):
+    """ggml built with a kgen export of heuristic defaults for the sample and the anchors' classes:
+    (the build folder, the environment to run its binaries in)."""
+    build = ROOT / "build" / "ggml-ci"
+    export = build / "kgen-export"
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        mp.setattr(ggml_cases, "eval_cases", lambda: SAMPLE + list(ANCHORS.values()))
+        mp.setenv("KGEN_DB", str(tmp_path_factory.mktemp("db") / "none.sqlite"))
+        assert main(["export", "--format", "c", "--cover", "ggml", "-o", str(export)]) == 0
+    assert "10 cases, 9 in 9 classes" in printed.getvalue()
+    env = dict(os.environ, GGML_BUILD_DIR=str(build))
+    done = subprocess.run(["bash", str(HERE / "build.sh"), f"-DGGML_VK_KGEN_EXPORT={export}"], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return build, env
+
+
 def test_the_sample_is_in_ggmls_case_list():
     cases = set(ggml_cases.eval_cases())
     assert all(c in cases for c in SAMPLE)
 
 
-def test_ggml_runs_kgen_and_its_own_checks_pass(tmp_path, monkeypatch, capsys):
-    build = ROOT / "build" / "ggml-ci"
-    export = build / "kgen-export"
-    monkeypatch.setattr(ggml_cases, "eval_cases", lambda: SAMPLE)
-    monkeypatch.setenv("KGEN_DB", str(tmp_path / "none.sqlite"))
-    assert main(["export", "--format", "c", "--cover", "ggml", "-o", str(export)]) == 0
-    assert "8 cases, 7 in 7 classes" in capsys.readouterr().out
-    env = dict(os.environ, GGML_BUILD_DIR=str(build))
-    done = subprocess.run(["bash", str(HERE / "build.sh"), f"-DGGML_VK_KGEN_EXPORT={export}"], env=env,
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-4000:]
+def test_ggml_runs_kgen_and_its_own_checks_pass(ggml_build, tmp_path):
+    build, env = ggml_build
     pattern = "|".join(re.escape(c.params) for c in SAMPLE)
     out = tmp_path / "check"
     done = subprocess.run(["bash", str(HERE / "check.sh"), str(out), "-p", pattern],
@@ -73,3 +95,25 @@ def test_ggml_runs_kgen_and_its_own_checks_pass(tmp_path, monkeypatch, capsys):
         else:
             assert said.startswith("served fa_") and said.endswith(f" for {c.problem().key}"), (c.params, said)
     assert done.returncode == 0, done.stdout[-3000:]
+
+
+def test_kgen_anchors_times_both_sides_in_one_process(ggml_build, tmp_path):
+    build, env = ggml_build
+    out = tmp_path / "anchors.json"
+    done = subprocess.run([str(build / "bin" / "kgen-anchors"), "--small", "--repeats", "3", "--case", "P3",
+                           "--case", "L1", "--json", str(out)],
+                          env=dict(env, GGML_VK_VISIBLE_DEVICES="0", GGML_BACKEND="Vulkan0", GGML_VK_KGEN_LOG="1"),
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [c["id"] for c in result["cases"]] == list(ANCHORS)
+    for c in result["cases"]:
+        assert c["n"] >= 1 and c["ggml_us"] > 0 and c["kgen_us"] > 0, c
+        assert len(c["ggml_times_us"]) == len(c["kgen_times_us"]) == 3, c
+        assert min(c["ggml_times_us"] + c["kgen_times_us"]) > 0, c
+        assert math.isfinite(c["nmse"]) and c["nmse"] <= 5e-4, c
+    # The kgen-on side really ran kgen: the glue names the class it served each shape from.
+    for case in ANCHORS.values():
+        assert re.search(rf"kgen: served fa_\S+ for {re.escape(case.problem().key)}$", done.stderr, re.M), done.stderr[-3000:]
+    assert "fallback" not in done.stderr, done.stderr[-3000:]
+    assert done.stdout.count("\n") == 4 and done.stdout.startswith("| case |"), done.stdout

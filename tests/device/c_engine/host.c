@@ -297,7 +297,7 @@ static void host_call_of(const uint32_t *ints, const float *floats, kgen_fa_call
     c->window = ints[24];
     for (i = 0; i < 3; ++i) c->q_stride[i] = ints[25 + i];
     for (i = 0; i < 3; ++i) c->o_stride[i] = ints[28 + i];
-    c->mask_head_stride = ints[31]; c->mask_batch_stride = ints[32];
+    c->mask_head_stride = ints[31]; c->mask_batch_stride = ints[32]; c->mask_type = ints[33];
     c->scale = floats[0]; c->softcap = floats[1]; c->max_bias = floats[2];
 
 }
@@ -339,7 +339,7 @@ static int host_plan(const uint32_t *ints, const float *floats, kgen_fa_call *ca
 
 /* One call. ints: head_k, head_v, k_type, v_type, features, acc, v_in_k, n_batch, n_head_q,
  * n_head_kv, n_q, n_kv, k_stride[3], k_offset, v_stride[3], v_offset, mask_batch, mask_heads,
- * mask_rows, mask_row_stride, window, q_stride[3], o_stride[3], mask_head_stride, mask_batch_stride; floats: scale, softcap, max_bias. data[i]/bytes[i]: q, k,
+ * mask_rows, mask_row_stride, window, q_stride[3], o_stride[3], mask_head_stride, mask_batch_stride, mask_type; floats: scale, softcap, max_bias. data[i]/bytes[i]: q, k,
  * v, mask, sinks (NULL/0: not bound; v_in_k binds K for V). The call runs `runs` times (O and
  * scratch are filled with NaN bytes before each but the first), then O is copied to `o`.
  * `drop` >= 0 passes that kgen_fa_buffers member (q, k, v, mask, sinks, o, scratch, state) as VK_NULL_HANDLE;

@@ -127,6 +127,18 @@ def _known(db: TuningDB, device: DeviceIdentity, build: BuildIdentity, problem: 
     return known
 
 
+def _stale(db: TuningDB, device: DeviceIdentity, build: BuildIdentity, problem: ProblemClass,
+           shape: str) -> dict[str, float]:
+    """Median us of passing timings on the same shape of kernels whose source changed since:
+    the search tries those candidates first (an earlier winner is likely to win again)."""
+    stale = {}
+    for m in db.measurements(device, build, problem):
+        if m.shape == shape and m.status == "ok" and m.median_us is not None and not is_current(m.variant, m.kernel):
+            name = Candidate.parse(f"{m.variant}@{m.splits}").name
+            stale[name] = min(m.median_us, stale.get(name, m.median_us))
+    return stale
+
+
 def _measurement(problem: ProblemClass, shape: str, o: Outcome) -> Measurement:
     return Measurement(problem=problem, variant=o.candidate.variant.uri, splits=o.candidate.splits,
                        status=o.status, median_us=o.median, spread_us=o.spread, runs=o.runs,
@@ -147,8 +159,9 @@ def tune(timed: Shapes, db: TuningDB, *, device=None, strategy: str = "auto", li
     shape = describe_shape(timed)
     cands, default = candidates(timed, caps, paths)
     known = _known(db, ident, build, problem, shape)
+    stale = {name: us for name, us in _stale(db, ident, build, problem, shape).items() if name not in known}
     result = TuneResult(problem, timed, strategy, default, resumed=sum(c.name in known for c in cands))
-    todo = order_for(strategy, cands, default, seed=problem.key)[:limits.max_evals]
+    todo = order_for(strategy, cands, default, seed=problem.key, stale=stale)[:limits.max_evals]
     progress = progress or Progress()
     progress.start(problem, len(todo))
     start = clock()
@@ -167,7 +180,8 @@ def tune(timed: Shapes, db: TuningDB, *, device=None, strategy: str = "auto", li
                     mark=lambda o: db.record(ident, build, _measurement(problem, shape, o)), unmark=unmark)
     try:
         result.winner, result.runner_up, result.outcomes = run_search(
-            strategy, cands, default, ev, limits, seed=problem.key, known=known, on_outcome=store, clock=clock)
+            strategy, cands, default, ev, limits, seed=problem.key, known=known, stale=stale, on_outcome=store,
+            clock=clock)
     except KeyboardInterrupt:
         result.interrupted = True
     finally:

@@ -83,15 +83,22 @@ def stratum(v) -> tuple:
     return (v.path.value, v.kv_f16, v.schedule is Schedule.STREAM, v.schedule.softmax_in_registers)
 
 
-def order_for(strategy: str, cands: list[Candidate], default: Candidate, seed: str) -> list[Candidate]:
+def order_for(strategy: str, cands: list[Candidate], default: Candidate, seed: str,
+              stale: dict[str, float] | None = None) -> list[Candidate]:
     """Which candidates to try, in which order: default first; random and halving shuffle the
     rest with a seed from the class, so a rerun (and a resume) tries the same ones, and deal
     them out one stratum (`stratum`) at a time, so that a budget cuts
     a fair sample of each: on an H100 coopmat1's 378 candidates of a q8_0 prefill class otherwise
-    drowned coopmat2's 54, where the winners are."""
+    drowned coopmat2's 54, where the winners are.
+    `stale` (candidate name -> median us) holds timings of kernels that changed since: those
+    candidates come right after the default, fastest first. After a template edit an H100
+    resume of P5 with a budget of 40 never re-timed the old winner (659 us, now edited) and
+    stored one at 745 us."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r}: one of {', '.join(STRATEGIES)}")
-    rest = [c for c in cands if c != default]
+    stale = stale or {}
+    again = sorted((c for c in cands if c != default and c.name in stale), key=lambda c: stale[c.name])
+    rest = [c for c in cands if c != default and c.name not in stale]
     if strategy != "exhaustive":
         rng = random.Random(seed)
         strata: dict[tuple, list[Candidate]] = {}
@@ -100,7 +107,7 @@ def order_for(strategy: str, cands: list[Candidate], default: Candidate, seed: s
         for group in strata.values():
             rng.shuffle(group)
         rest = [c for deal in itertools.zip_longest(*strata.values()) for c in deal if c is not None]
-    return [default] + rest
+    return [default] + again + rest
 
 
 # A budgeted sample keeps this share of the budget to time the neighbours of its best few
@@ -138,12 +145,13 @@ def nearest(c: Candidate, cands: list[Candidate]) -> list[Candidate]:
 
 
 def run_search(strategy: str, cands: list[Candidate], default: Candidate, ev: Evaluator, limits: Limits,
-               *, seed: str, known: dict[str, Outcome] | None = None,
+               *, seed: str, known: dict[str, Outcome] | None = None, stale: dict[str, float] | None = None,
                on_outcome: Callable[[Outcome], None] = lambda o: None,
                clock: Callable[[], float] = time.monotonic) -> tuple[Outcome | None, Outcome | None, list[Outcome]]:
     """Check and time candidates under `limits`; returns (winner, runner-up, all outcomes).
     `known` holds outcomes measured earlier (resume): they are not measured again unless
-    they end up among the best CONFIRM_TOP with fewer than `limits.runs` runs, or in a near-tie. `on_outcome` sees each new outcome as soon as it exists."""
+    they end up among the best CONFIRM_TOP with fewer than `limits.runs` runs, or in a near-tie.
+    `stale` orders the search (`order_for`). `on_outcome` sees each new outcome as soon as it exists."""
     known = known or {}
     start = clock()
     # The last CONFIRM_SHARE of a budget is left to the confirm step (_confirm).
@@ -153,7 +161,7 @@ def run_search(strategy: str, cands: list[Candidate], default: Candidate, ev: Ev
     polish = strategy != "exhaustive" and limits.budget_s is not None
     sample_s = search_s * (1 - POLISH_SHARE) if polish else search_s
     sampled = lambda: sample_s is not None and clock() - start > sample_s  # noqa: E731
-    todo = order_for(strategy, cands, default, seed)
+    todo = order_for(strategy, cands, default, seed, stale)
     if limits.max_evals is not None:
         todo = todo[:limits.max_evals]
     first_runs = max(3, limits.runs // 3) if strategy == "halving" else limits.runs

@@ -215,6 +215,37 @@ def test_a_rerun_after_a_template_edit_times_only_the_kernels_it_changed(db, mon
     assert {m.kernel for m in db.measurements(ident, build, SHAPE.problem()) if m.variant == edited} == {"e" * 16}
 
 
+def test_a_budgeted_rerun_after_a_template_edit_times_the_edited_winners_first(db, monkeypatch):
+    """Timings of kernels changed since order the rerun: those candidates come right after the
+    default, fastest first, so a budget too small to reach them by the seeded order still
+    re-times the old winner (and stores it again when it still wins)."""
+    cands, default = candidates(SHAPE, open_device(None).caps)
+    costs = costs_for(cands, [])
+    order = [c.name for c in driver.order_for("random", cands, default, seed=SHAPE.problem().key)]
+    fast, second_fast = order[-1], order[-2]   # the seeded sample's last: a small budget never reaches them
+    costs[fast], costs[second_fast] = 10.0, 20.0
+    made = []
+
+    def fake(timed, **kw):
+        made.append(FakeEvaluator(costs))
+        return made[-1]
+
+    monkeypatch.setattr(driver, "GpuEvaluator", fake)
+    tune(SHAPE, db, strategy="exhaustive", limits=Limits(runs=3))
+    ident, build = DeviceIdentity.of(open_device(None).caps), BuildIdentity.current()
+    assert db.winner(ident, build, SHAPE.problem()).variant == fast.partition("@")[0]
+
+    # Every kernel edited: nothing current is stored, the old timings order the new search.
+    monkeypatch.setattr(driver, "kernel_digest", lambda uri: "e" * 16)
+    monkeypatch.setattr(driver, "is_current", lambda uri, k: k == "e" * 16)
+    rerun = tune(SHAPE, db, strategy="random", limits=Limits(max_evals=3, runs=3))
+    assert rerun.resumed == 0
+    assert made[-1].checked[:3] == [default.name, fast, second_fast]
+    assert rerun.winner.candidate.name == fast
+    assert driver.order_for("random", cands, default, seed="k", stale={second_fast: 2.0, fast: 1.0})[:3] == \
+        [default, *(c for n in (fast, second_fast) for c in cands if c.name == n)]
+
+
 def _store(db, caps, problem, variant, splits=1, kernel=None):
     db.set_winner(DeviceIdentity.of(caps), BuildIdentity.current(),
                   Winner(problem=problem, variant=variant.uri, splits=splits, median_us=1.0, spread_us=0.0,

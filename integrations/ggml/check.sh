@@ -28,7 +28,9 @@ for mode in ${CHECK_MODES:-test perf}; do
         else
             # Console output: at this ggml revision --output csv carries no timings.
             echo "[ggml-check] perf mode, kgen $([ "$on" = 1 ] && echo on || echo off) -> $out/perf-$side.txt"
-            GGML_VK_KGEN=$on "$bin" perf -o FLASH_ATTN_EXT -b "$backend" "$@" > "$out/perf-$side.txt" 2>&1
+            # GGML_VK_KGEN_LOG=2 prints a repeated call once: one line per case says who served it.
+            GGML_VK_KGEN=$on GGML_VK_KGEN_LOG=$((2 * on)) "$bin" perf -o FLASH_ATTN_EXT -b "$backend" "$@" \
+                > "$out/perf-$side.txt" 2>&1
         fi
     done
 done

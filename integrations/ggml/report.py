@@ -15,12 +15,11 @@ CASE = re.compile(r"^\s*FLASH_ATTN_EXT\((?P<params>.*?)\): ")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def test_verdicts(path: Path) -> dict[str, tuple[str, str]]:
-    """{case params: (OK / FAIL / not supported, kgen's word on it)} from a console test run
-    with GGML_VK_KGEN_LOG=2: kgen's line of a call comes before the line test-backend-ops
-    prints for its case (the case's name and verdict are written once it has run)."""
-    out: dict[str, tuple[str, str]] = {}
-    params, said, pending = None, "", ""
+def console_cases(path: Path):
+    """(case params, kgen's word on its calls, the rest of its lines) per case of a console run
+    with GGML_VK_KGEN_LOG=2: kgen's line of a call comes before the line test-backend-ops prints
+    for its case (a case's name and result are written once it has run)."""
+    params, said, pending, rest = None, "", "", ""
     for raw in (path.read_text(errors="replace") if path.exists() else "").splitlines():
         line = ANSI.sub("", raw)
         if line.startswith("kgen: ") and " call(s) served by kgen" not in line:
@@ -28,26 +27,36 @@ def test_verdicts(path: Path) -> dict[str, tuple[str, str]]:
             continue
         m = CASE.match(line)
         if m:
-            params, said, pending, line = m["params"], pending, "", line[m.end():]
-        if params is None:
-            continue
-        for verdict in ("OK", "FAIL", "not supported"):
-            if verdict in line:
-                out[params] = (verdict, said)
-                params = None
-                break
+            if params is not None:
+                yield params, said, rest
+            params, said, pending, rest = m["params"], pending, "", line[m.end():]
+        elif params is not None:
+            rest += "\n" + line
+    if params is not None:
+        yield params, said, rest
+
+
+def test_verdicts(path: Path) -> dict[str, tuple[str, str]]:
+    """{case params: (OK / FAIL / not supported, kgen's word on it)} from a console test run."""
+    out: dict[str, tuple[str, str]] = {}
+    for params, said, rest in console_cases(path):
+        verdict = next((v for v in ("OK", "FAIL", "not supported") if v in rest), None)
+        if verdict is not None:
+            out[params] = (verdict, said)
     return out
 
 
-PERF = re.compile(r"^\s*FLASH_ATTN_EXT\((?P<params>.*?)\):\s+(?P<runs>\d+) runs - +(?P<us>[0-9.]+) us/run")
+PERF = re.compile(r"^\s*(?P<runs>\d+) runs - +(?P<us>[0-9.]+) us/run")
 
 
-def perf_times(path: Path) -> dict[str, float]:
-    """{case params: us per run} from a console perf run ("N runs - X us/run - ...")."""
-    if not path.exists():
-        return {}
-    found = (PERF.match(ANSI.sub("", line)) for line in path.read_text(errors="replace").splitlines())
-    return {m["params"]: float(m["us"]) for m in found if m}
+def perf_times(path: Path) -> dict[str, tuple[float, str]]:
+    """{case params: (us per run, kgen's word on it)} from a console perf run ("N runs - X us/run - ...")."""
+    out = {}
+    for params, said, rest in console_cases(path):
+        m = PERF.match(rest)
+        if m:
+            out[params] = (float(m["us"]), said)
+    return out
 
 
 def main(folder: Path) -> int:
@@ -63,11 +72,14 @@ def main(folder: Path) -> int:
     print("served: " + ", ".join(f"{who} {n}" for who, n in served.most_common()))
     kg, gg = perf_times(folder / "perf-kgen.txt"), perf_times(folder / "perf-ggml.txt")
     if kg and gg:
-        print("\n| perf case | ggml us | kgen-in-ggml us | ggml / kgen |")
-        print("|---|---|---|---|")
-        for params in gg:
+        print("\n| perf case | ggml us | kgen-in-ggml us | ggml / kgen | served by |")
+        print("|---|---|---|---|---|")
+        for params, (ggml_us, _) in gg.items():
             if params in kg:
-                print(f"| {params} | {gg[params]:.1f} | {kg[params]:.1f} | {gg[params] / kg[params]:.2f}x |")
+                kgen_us, said = kg[params]
+                print(f"| {params} | {ggml_us:.1f} | {kgen_us:.1f} | {ggml_us / kgen_us:.2f}x | {said or '-'} |")
+        served = Counter("kgen" if said.startswith("served") else (said or "-") for _, said in kg.values())
+        print("\nperf served: " + ", ".join(f"{who} {n}" for who, n in served.most_common()))
     failed = sum(v == "FAIL" for v, _ in on.values())
     return 1 if failed else 0
 

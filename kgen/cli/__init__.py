@@ -69,7 +69,7 @@ def cmd_generate(args) -> int:
 
 
 # Modules that add subcommands (tune, bench, roofline, db, export); added as they land.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("tune", "db", "export", "roofline", "bench")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("tune", "db", "export", "roofline", "bench", "model")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,8 +4,10 @@ from __future__ import annotations
 import shlex
 import sys
 
+from ..models import ModelError
 from ..tools import bench
 from ..tools.suites import SUITES, suite
+from .model import add_case_options, chosen_cases, command_words
 
 
 def register(subparsers) -> None:
@@ -13,6 +15,7 @@ def register(subparsers) -> None:
                               "(vs llama.cpp's and torch's figures)")
     p.add_argument("--suite", help=f"one of {', '.join(SUITES)} (h100-anchors: issue 7's anchors)")
     p.add_argument("--case", action="append", help="only cases whose name contains this (repeatable)")
+    add_case_options(p)
     p.add_argument("--device", type=int, help="device index (see `kgen devices`; default: KGEN_DEVICE, "
                    "else the best GPU)")
     p.add_argument("--repeats", type=int, default=100, help=f"timed runs per case (1..{bench.REPEATS_MAX})")
@@ -27,7 +30,8 @@ def register(subparsers) -> None:
 
 def command_of(args) -> str:
     """The command that reproduces this run, with every setting spelled out."""
-    words = ["kgen", "bench", "--suite", args.suite, "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+    picked = ["--suite", args.suite] if args.suite else command_words(args)
+    words = ["kgen", "bench", *picked, "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
     for flag, value in (("--device", args.device), ("--json", args.json), ("--png", args.png)):
         if value is not None:
             words += [flag, str(value)]
@@ -36,23 +40,30 @@ def command_of(args) -> str:
     return shlex.join(words)
 
 
-def validate(args) -> None:
-    """Everything that can be wrong with the arguments, before any device is opened."""
+def validate(args) -> tuple[tuple, str]:
+    """Everything that can be wrong with the arguments, before any device is opened; the cases
+    and a label for them. A bad --model, --shape or model option raises ModelError."""
     if args.plot:
-        if args.suite:
+        if args.suite or args.model or args.shape:
             raise ValueError("--plot redraws an earlier results file: give it without --suite")
-        return
-    if not args.suite:
-        raise ValueError(f"--suite is required: one of {', '.join(SUITES)}")
-    suite(args.suite, args.case)
+        return (), ""
+    chosen = chosen_cases(args, one_per_class=False)
+    if chosen is None:
+        if not args.suite:
+            raise ValueError(f"--suite is required: one of {', '.join(SUITES)}; or --model, --shape")
+        chosen = suite(args.suite, args.case), args.suite
     bench.check_counts(args.repeats, args.warmup)
     if args.png and not args.json:
         raise ValueError("--png draws from the results file: give --json FILE too")
+    return tuple(chosen[0]), chosen[1]
 
 
 def cmd_bench(args) -> int:
     try:
-        validate(args)
+        cases, label = validate(args)
+    except ModelError as exc:
+        print(f"kgen bench: {exc}", file=sys.stderr)
+        return 2
     except ValueError as exc:
         raise SystemExit(f"kgen bench: {exc}") from None
     if args.plot:
@@ -68,8 +79,7 @@ def cmd_bench(args) -> int:
         console.print(message, markup=False, highlight=False, **kw)
 
     dev = open_device(args.device)
-    cases = suite(args.suite, args.case)
-    say(f"kgen bench {args.suite}: {len(cases)} case(s) on {dev.caps.name} "
+    say(f"kgen bench {label}: {len(cases)} case(s) on {dev.caps.name} "
         f"({args.repeats} runs each, median GPU time)")
     roofline = bench.ceilings_of(dev)
     if isinstance(roofline, str):
@@ -88,7 +98,7 @@ def cmd_bench(args) -> int:
         say(f"  {r.case}: {r.variant or '-'} ({r.chosen_by or 'not planned'})" + "".join(f"; {n}" for n in notes))
     if args.json:
         path = bench.write_json(results, args.json, caps=dev.caps, command=command_of(args),
-                                suite=args.suite, roofline=roofline)
+                                suite=label, roofline=roofline)
         say(f"wrote {path}")
         if args.png:
             try:

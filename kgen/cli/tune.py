@@ -1,11 +1,14 @@
-"""`kgen tune`: the main job. For each case of a suite: generate -> compile -> verify -> time ->
-store, then a table of winners per class."""
+"""`kgen tune`: the main job. For each case of a suite, or of a model (--model, --shape):
+generate -> compile -> verify -> time -> store, then a table of winners per class."""
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
+from ..models import ModelError
 from ..tools.suites import SUITES, Case, suite
+from .model import OWN_DEFAULT, add_case_options, chosen_cases
 
 
 def _fraction(ceilings, case: Case, seconds: float, path) -> str:
@@ -68,7 +71,16 @@ def cmd_tune(args) -> int:
     from ..variant import PathKind
 
     try:  # bad arguments fail before the GPU is touched
-        cases = suite(args.suite, args.case)
+        chosen = chosen_cases(args, one_per_class=True)
+    except ModelError as exc:
+        print(f"kgen tune: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if chosen is None:
+            args.suite = args.suite or "quick"
+            cases, label = suite(args.suite, args.case), f"--suite {args.suite}"
+        else:
+            cases, label = chosen
         paths = tuple(PathKind.parse(p) for p in args.path) if args.path else None
         Limits(args.budget, args.max_evals, args.runs)
     except ValueError as exc:
@@ -78,8 +90,8 @@ def cmd_tune(args) -> int:
         args.budget = GPU_CASE_BUDGET_S * len(cases)
     # Wide enough for the winners table when stdout is a file or a narrow terminal.
     out, err = Console(width=max(Console().width, 200)), Console(stderr=True)
-    err.print(f"kgen tune --suite {args.suite}: {len(cases)} case(s) on {dev.caps.name}; "
-              f"DB {knobs.db_path()}")
+    err.print(f"kgen tune {label}: {len(cases)} case(s) on {dev.caps.name}; DB {knobs.db_path()}",
+              markup=False, highlight=False)
     ceilings = None
     measured_at = time.monotonic()
     try:
@@ -123,8 +135,10 @@ def cmd_tune(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("tune", help="autotune a suite of problem classes on a device (the main job)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--suite", default="quick", choices=sorted(SUITES), help="which shapes to tune")
+    p.add_argument("--suite", choices=sorted(SUITES),
+                   help="which shapes to tune (default: quick, unless --model or --shape picks them)" + OWN_DEFAULT)
     p.add_argument("--case", action="append", help="only cases whose name contains this (repeatable)")
+    add_case_options(p)
     p.add_argument("--device", type=int, help="device index (see `kgen devices`); default: KGEN_DEVICE or the best")
     p.add_argument("--budget", type=float, help="wall-clock seconds for the whole suite "
                    f"(default on a GPU: {GPU_CASE_BUDGET_S} per case unless --max-evals is given)")

@@ -126,6 +126,7 @@ class Inputs:
     kt: KVTensor
     vt: KVTensor
     mask: np.ndarray | None   # f16 values, as the device stores them
+    sinks: np.ndarray | None = None   # (Hq,) logits of a case with attention sinks
 
     @classmethod
     def random(cls, case: Case, seed: int) -> "Inputs":
@@ -142,7 +143,8 @@ class Inputs:
         # Finite (no -inf): every key is worked on, as in llama.cpp's perf runs.
         mask = (rng.uniform(-1.0, 0.0, (1, 1, case.n_q, case.n_kv)).astype(np.float16).astype(np.float32)
                 if case.mask else None)
-        return cls(q, k, v, kt, vt, mask)
+        sinks = rng.standard_normal(hq).astype(np.float32) if case.sinks else None
+        return cls(q, k, v, kt, vt, mask, sinks)
 
 
 def working_bytes(case: Case, splits: int = 1) -> int:
@@ -186,7 +188,8 @@ def _run_kgen(result: CaseResult, case: Case, x: Inputs, dev, repeats: int, warm
 
     def make():
         t0 = time.perf_counter()
-        p = plan(x.q, x.kt, x.vt, mask=x.mask, causal=case.causal, precision=case.precision, device=dev)
+        p = plan(x.q, x.kt, x.vt, mask=x.mask, causal=case.causal, window=case.window or None,
+                 scale=case.scale, softcap=case.softcap, sinks=x.sinks, precision=case.precision, device=dev)
         return p, (time.perf_counter() - t0) * 1e3
 
     first, first_ms = make()
@@ -197,7 +200,7 @@ def _run_kgen(result: CaseResult, case: Case, x: Inputs, dev, repeats: int, warm
         for _ in range(rotation_sets(working_bytes(case, first.splits)) - 1):
             plans.append(make()[0])
         for p in plans:
-            p.upload(x.q, x.kt, x.vt, mask=x.mask)
+            p.upload(x.q, x.kt, x.vt, mask=x.mask, sinks=x.sinks)
         samples, overhead = _time_runs(plans, repeats, warmup)
         out = first.result()
         if not np.isfinite(out).all():
@@ -207,7 +210,7 @@ def _run_kgen(result: CaseResult, case: Case, x: Inputs, dev, repeats: int, warm
         p, plan_ms = make()  # a second plan: the pipeline is cached now
         p.close()
         t0 = time.perf_counter()
-        first(x.q, x.kt, x.vt, mask=x.mask)
+        first(x.q, x.kt, x.vt, mask=x.mask, sinks=x.sinks)
         call_ms = (time.perf_counter() - t0) * 1e3
     finally:
         for p in plans:
@@ -217,10 +220,18 @@ def _run_kgen(result: CaseResult, case: Case, x: Inputs, dev, repeats: int, warm
     return first.variant.path
 
 
+# Case fields a results file lists only when a case sets them, so that the suites' results keep
+# the keys they had before kgen.models gave cases these features.
+RUNTIME_FEATURES = {"window": 0, "softcap": 0.0, "scale": None, "sinks": False}
+
+
 def _dims(case: Case) -> dict:
     d = dataclasses.asdict(case)
     for key in ("name", "reference_us", "target_us"):
         d.pop(key)
+    for key, unset in RUNTIME_FEATURES.items():
+        if d[key] == unset:
+            d.pop(key)
     return d
 
 
@@ -257,7 +268,9 @@ def _check(case: Case, x: Inputs, out: np.ndarray) -> Check:
     k = roundtrip(x.k[:b, :h], case.k_type)
     v = k[..., :case.head_v] if case.mla else roundtrip(x.v[:b, :h], case.v_type)
     mask = None if x.mask is None else x.mask[..., r0:, :]
-    ref = reference.attention(x.q[:b, :h * g, r0:], k, v, mask=mask, causal=case.causal)
+    sinks = None if x.sinks is None else x.sinks[:h * g]
+    ref = reference.attention(x.q[:b, :h * g, r0:], k, v, mask=mask, causal=case.causal,
+                              window=case.window or None, scale=case.scale, softcap=case.softcap, sinks=sinks)
     scope = "full" if whole else f"sub: batch 0, query heads 0-{g - 1}, rows {r0}-{case.n_q - 1}"
     return Check(scope, reference.nmse(out[:b, :h * g, r0:], ref))
 
@@ -303,6 +316,9 @@ def torch_sdpa_us(case: Case, *, repeats: int, warmup: int) -> tuple[float | Non
     for t in {case.k_type, case.v_type}:
         if t not in ("f16", "bf16", "f32"):
             return None, f"n/a ({t} KV: no torch equivalent)"
+    for feature in ("softcap", "sinks"):
+        if getattr(case, feature):
+            return None, f"n/a ({feature}: SDPA has no equivalent)"
     try:
         import torch
     except Exception as exc:  # noqa: BLE001 - any import failure means "no torch here"
@@ -333,6 +349,8 @@ def _torch_time(torch, case: Case, repeats: int, warmup: int) -> float:
                 else torch.zeros(1, 1, nq, nkv, **f16))
         if case.causal:  # kgen's diagonal: key j visible to row i iff j <= i + Nkv - Nq
             hidden = torch.ones(nq, nkv, dtype=torch.bool, device="cuda").triu(nkv - nq + 1)
+            if case.window:  # and the window: only the `window` keys ending at the diagonal
+                hidden |= torch.ones(nq, nkv, dtype=torch.bool, device="cuda").tril(nkv - nq - case.window)
             mask = mask.masked_fill(hidden, float("-inf"))
 
     def one_set():
@@ -346,11 +364,12 @@ def _torch_time(torch, case: Case, repeats: int, warmup: int) -> float:
         return q, k, (k[..., :case.head_v] if case.mla else v.repeat_interleave(case.gqa, 1))
 
     sets = [one_set() for _ in range(rotation_sets(working_bytes(case)))]
-    call = lambda q, k, v: sdpa(q, k, v, attn_mask=mask)  # noqa: E731
+    scale = {} if case.scale is None else {"scale": case.scale}   # torch < 2.1 has no scale argument
+    call = lambda q, k, v: sdpa(q, k, v, attn_mask=mask, **scale)  # noqa: E731
     if case.gqa > 1:
         try:
-            out = sdpa(*sets[0], attn_mask=mask, enable_gqa=True)
-            call = lambda q, k, v: sdpa(q, k, v, attn_mask=mask, enable_gqa=True)  # noqa: E731
+            out = sdpa(*sets[0], attn_mask=mask, enable_gqa=True, **scale)
+            call = lambda q, k, v: sdpa(q, k, v, attn_mask=mask, enable_gqa=True, **scale)  # noqa: E731
         except TypeError:  # torch < 2.5 has no enable_gqa
             sets = [expanded(*s) for s in sets]
     out = call(*sets[0])

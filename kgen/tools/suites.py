@@ -39,6 +39,12 @@ class Case:
     # Reference GPU times on the H100, microseconds: {"llama.cpp": 945, "torch": 247}.
     reference_us: dict = field(default_factory=dict, compare=False, hash=False)
     target_us: float | None = None
+    # Run-time values of the attention (kgen.attention's arguments): a model's sliding window,
+    # logit softcap, score scale and attention sinks (kgen.models derives them from a config).
+    window: int = 0
+    softcap: float = 0.0
+    scale: float | None = None
+    sinks: bool = False
 
     @property
     def heads_q(self) -> int:
@@ -48,8 +54,8 @@ class Case:
         mask_shape = (1, 1, self.n_q, self.n_kv) if self.mask else None
         return Shapes(self.batch, self.heads_q, self.heads_kv, self.n_q, self.n_kv, self.head_k,
                       self.head_v, KvType.parse(self.k_type), KvType.parse(self.v_type),
-                      mask_shape=mask_shape, causal=self.causal, precision=self.precision,
-                      v_in_k=self.mla)
+                      mask_shape=mask_shape, causal=self.causal, window=self.window, scale=self.scale,
+                      softcap=self.softcap, sinks=self.sinks, precision=self.precision, v_in_k=self.mla)
 
     def problem(self) -> ProblemClass:
         return self.shapes().problem()
@@ -82,14 +88,22 @@ class Case:
         case = self
         for name, floor in (("heads_kv", 1), ("n_kv", 64), ("n_q", 1)):
             while case.flops > max_flops and getattr(case, name) // 2 >= floor:
-                case = dataclasses.replace(case, **{name: getattr(case, name) // 2}, reference_us={},
-                                           target_us=None)
+                smaller = {name: getattr(case, name) // 2}
+                if name == "n_kv" and case.causal and smaller["n_kv"] < case.n_q:
+                    # causal rows are the last Nq of Nkv positions: fewer keys than rows would
+                    # leave the first rows nothing to see
+                    smaller["n_q"] = max(1, case.n_q // 2)
+                case = dataclasses.replace(case, **smaller, reference_us={}, target_us=None)
         return case
 
     def describe(self) -> str:
         kv = self.k_type if self.k_type == self.v_type else f"{self.k_type}/{self.v_type}"
         return (f"{self.head_k}/{self.head_v} {self.heads_kv}x{self.gqa} Nkv {self.n_kv} Nq {self.n_q} {kv}"
                 + (" mask" if self.mask else "") + (" causal" if self.causal else "")
+                + (f" window {self.window}" if self.window else "")
+                + (f" softcap {self.softcap:g}" if self.softcap else "")
+                + (f" scale {self.scale:.6g}" if self.scale is not None else "")
+                + (" sinks" if self.sinks else "")
                 + (" (V in K)" if self.mla else ""))
 
 

@@ -78,8 +78,10 @@ def check_shapes(timed: Shapes, c: Candidate) -> Shapes:
     n_q = min(timed.n_q, CHECK_MAX_NQ)
     gqa = timed.heads_q // timed.heads_kv
     mask_shape = (1, 1, n_q, n_kv) if timed.mask_shape is not None else None
+    # A window narrower than the check's keys, so that a kernel ignoring it is caught.
+    window = min(timed.window, max(1, n_kv // 2)) if timed.window else 0
     return dataclasses.replace(
-        timed, batch=1, heads_kv=1, heads_q=gqa, n_q=n_q, n_kv=n_kv, mask_shape=mask_shape,
+        timed, batch=1, heads_kv=1, heads_q=gqa, n_q=n_q, n_kv=n_kv, mask_shape=mask_shape, window=window,
         softcap=SOFTCAP if timed.softcap > 0 else 0.0,
         alibi_max_bias=ALIBI_MAX_BIAS if timed.alibi_max_bias > 0 else 0.0)
 
@@ -120,8 +122,8 @@ class GpuEvaluator:
 
     def _judge(self, c: Candidate, s: Shapes, x: "Inputs", out: np.ndarray) -> Outcome:
         ref = reference.attention(x.q, roundtrip(x.k_f32, s.k_type), roundtrip(x.v_f32, s.v_type),
-                                  mask=x.mask, causal=s.causal, softcap=s.softcap,
-                                  alibi_max_bias=s.alibi_max_bias, sinks=x.sinks)
+                                  mask=x.mask, causal=s.causal, window=s.window or None, scale=s.scale,
+                                  softcap=s.softcap, alibi_max_bias=s.alibi_max_bias, sinks=x.sinks)
         if not np.isfinite(out).all():
             return Outcome(c, "wrong", reason="NaN or Inf in the output of the check problem")
         err = reference.nmse(out, ref)

@@ -18,7 +18,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("kgen.timing", "kgen.tunedb"),
     ("kgen.planning",),                                              # recipe, choice, Plan
     ("kgen.tune",),
-    ("kgen.api", "kgen.tools"),
+    ("kgen.api", "kgen.tools", "kgen.models"),
     ("kgen.cli",),
     ("kgen",),                                                       # the package's public face
 )

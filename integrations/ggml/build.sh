@@ -165,3 +165,17 @@ ninja -C "$build" ${GGML_JOBS:+-j "$GGML_JOBS"} ggml test-backend-ops >"$build/b
 say "ready: $build/bin/test-backend-ops"
 # ggml skips Vulkan devices of CPU type (lavapipe) unless they are named explicitly.
 say "on lavapipe: GGML_VK_VISIBLE_DEVICES=0 $build/bin/test-backend-ops -o FLASH_ATTN_EXT -b Vulkan0"
+
+# --- kgen-anchors (anchors.cpp): the H100 anchor shapes through ggml, kgen on and off in one process.
+# Linked against the shared libraries ninja just built, with their folders as rpath so it runs in place.
+anchors="$build/bin/kgen-anchors"
+if [ ! -x "$anchors" ] || [ "$here/anchors.cpp" -nt "$anchors" ]; then
+    say "building $anchors"
+    mkdir -p "$build/bin"
+    g++ -O2 -std=c++17 -I"$src/include" "$here/anchors.cpp" -o "$anchors.tmp" \
+        -L"$build/src" -L"$build/src/ggml-vulkan" -lggml -lggml-base \
+        -Wl,-rpath,"$build/src" -Wl,-rpath,"$build/src/ggml-vulkan" \
+        || die "kgen-anchors did not build"
+    mv "$anchors.tmp" "$anchors"
+fi
+say "anchors: $anchors (on lavapipe: GGML_VK_VISIBLE_DEVICES=0 $anchors --small --case P3 --case L1)"

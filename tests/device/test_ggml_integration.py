@@ -3,7 +3,8 @@ of heuristic defaults (`kgen export --cover ggml`, here for a sample of test-bac
 FLASH_ATTN_EXT cases), then ggml's own test mode on them with kgen on: every case OK by ggml's
 NMSE and NaN checks against its CPU backend, the ones kgen covers served by kgen, the rest by
 ggml's shaders with the reason. On lavapipe here (kgen off is left to check.sh's full runs:
-lavapipe compiles each of ggml's shader variants for minutes); the same scripts run on a GPU."""
+lavapipe compiles each of ggml's shader variants for minutes); the same scripts run on a GPU.
+kgen-anchors, built with it, times two anchors' --small shapes with kgen on and off in one process."""
 from __future__ import annotations
 
 import contextlib

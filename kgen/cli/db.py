@@ -34,6 +34,20 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    from ..tunedb.merge import merge, read
+    merged, counts = merge([read(f) for f in args.files])
+    text = json.dumps(merged, indent=1, sort_keys=True) + "\n"
+    out = Path(args.output)
+    tmp = out.with_name(out.name + ".tmp")   # no half-written file on a failure
+    tmp.write_text(text)
+    tmp.replace(out)
+    print(f"merged {len(args.files)} exports into {args.output}: {counts['devices']} device(s), "
+          f"{counts['builds']} build(s), {counts['measurements']} measurement(s), {counts['winners']} winner(s)"
+          + (f"; {counts['replaced']} measurement(s) found in two files kept with more runs" if counts["replaced"] else ""))
+    return 0
+
+
 def cmd_show(args) -> int:
     from ..identity import is_current
     with tunedb.TuningDB() as db:
@@ -77,6 +91,10 @@ def register(subparsers) -> None:
     p = sub.add_parser("import", help="merge an export (all or nothing; every field is checked first)")
     p.add_argument("file", help="JSON file from `kgen db export` (- for stdin)")
     p.set_defaults(func=cmd_import)
+    p = sub.add_parser("merge", help="several exports (of several machines) into one; conflicting winners are an error")
+    p.add_argument("files", nargs="+", help="JSON files from `kgen db export`")
+    p.add_argument("-o", "--output", required=True, help="the merged export to write")
+    p.set_defaults(func=cmd_merge)
     p = sub.add_parser("show", help="the winner of each problem class, per device")
     p.add_argument("--device-key", help="only this device (its key, or a prefix of it)")
     p.set_defaults(func=cmd_show)

@@ -1,6 +1,7 @@
 """The tuning DB: round trips, resume, concurrent writers, corrupt files, hostile imports, `kgen db`.
 No device needed; every DB lives under tmp_path."""
 import copy
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -523,3 +524,47 @@ def test_cli_errors_exit_2_with_the_fix(tmp_path, monkeypatch, capsys):
     bad.write_text(json.dumps({"format": "kgen-tuning-db"}))
     assert main(["db", "import", str(bad)]) == 2
     assert "exactly the fields" in capsys.readouterr().err
+
+
+# --- merge: exports of several machines into one ----------------------------------------------
+def _export(tmp_path, name, fill) -> str:
+    with TuningDB(tmp_path / f"{name}.sqlite") as db:
+        fill(db)
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(db.export_json()))
+    return str(path)
+
+
+def test_merge_joins_machines_and_keeps_the_better_timed_measurement(tmp_path, capsys):
+    def h100(db):
+        db.record(DEV, BUILD, ok(us=10.0))
+        db.set_winner(DEV, BUILD, win())
+
+    def lavapipe(db):
+        db.record(DEV2, BUILD, ok(us=900.0))
+        db.set_winner(DEV2, BUILD, win(variant=SC, us=800.0))
+        db.record(DEV, BUILD, dataclasses.replace(ok(us=11.0), runs=40))   # the same H100 timing, more runs
+
+    a, b = _export(tmp_path, "a", h100), _export(tmp_path, "b", lavapipe)
+    out = tmp_path / "merged.json"
+    assert main(["db", "merge", a, b, "-o", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "2 device(s), 1 build(s), 2 measurement(s), 2 winner(s)" in said and "1 measurement(s)" in said
+    with TuningDB(tmp_path / "m.sqlite") as db:
+        db.import_json(json.loads(out.read_text()))
+        assert db.winner(DEV, BUILD, MASK).variant == CM2 and db.winner(DEV2, BUILD, MASK).variant == SC
+        assert [m.median_us for m in db.measurements(DEV, BUILD, MASK)] == [11.0]
+
+
+def test_merge_refuses_two_winners_of_one_class_by_name_and_writes_nothing(tmp_path, capsys):
+    a = _export(tmp_path, "a", lambda db: db.set_winner(DEV, BUILD, win()))
+    b = _export(tmp_path, "b", lambda db: db.set_winner(DEV, BUILD, win(variant=SPLIT, splits=4)))
+    out = tmp_path / "merged.json"
+    assert main(["db", "merge", a, b, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert MASK.key in err and "NVIDIA H100" in err and f"{CM2}@1 in {a}" in err and f"{SPLIT}@4 in {b}" in err
+    assert not out.exists() and not out.with_name("merged.json.tmp").exists()
+    same = _export(tmp_path, "c", lambda db: db.set_winner(DEV, BUILD, win()))
+    assert main(["db", "merge", a, same, "-o", str(out)]) == 0   # the same decision twice is no conflict
+    assert main(["db", "merge", a, "-o", str(out)]) == 2
+    assert "at least two" in capsys.readouterr().err

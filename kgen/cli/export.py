@@ -22,8 +22,11 @@ def register(subparsers) -> None:
     p.add_argument("--cover", choices=sorted(COVER_SETS),
                    help="also every class of this case set that has no tuned winner, with kgen's heuristic "
                         "default for the device opened here (ggml: test-backend-ops' FLASH_ATTN_EXT cases)")
-    p.add_argument("--device", help="with --cover: device index (see `kgen devices`); default: KGEN_DEVICE or the best")
-    p.set_defaults(func=cmd_export)
+    p.add_argument("--device", help="with --cover or --model: device index (see `kgen devices`); default: "
+                   "KGEN_DEVICE or the best")
+    from .model import add_case_options
+    add_case_options(p)   # --model/--shape: cover that model's classes as --cover does a case set
+    p.set_defaults(func=cmd_export, suite=None, case=None)
 
 
 def _ggml_cases():
@@ -35,15 +38,19 @@ COVER_SETS = {"ggml": _ggml_cases}
 
 
 def cmd_export(args) -> int:
+    from .model import chosen_cases
+    picked = chosen_cases(args, one_per_class=True)   # before any device is opened: bad options exit 2
     db = Path(args.db) if args.db else knobs.db_path()
     try:
         entries = read_winners(db, device_key=args.device_key, all_builds=args.all_builds)
     except ExportError:
-        if not args.cover:
+        if not args.cover and picked is None:
             raise
         entries = []   # defaults alone
     if args.cover:
         entries += cover(entries, args.cover, args.device)
+    if picked is not None:
+        entries += cover(entries, picked[1], args.device, cases=[c.shapes() for c in picked[0]])
     written = export(entries, Path(args.out), args.format)
     devices = len({d.key for d, _, _ in entries})
     print(f"kgen export: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} for {devices} device(s), "
@@ -81,9 +88,10 @@ def read_winners(db_path: Path, *, device_key: str | None, all_builds: bool) -> 
     return entries
 
 
-def cover(entries: list, name: str, device: str | None) -> list:
-    """Heuristic-default winners for the classes of case set `name` that `entries` leave
-    untuned on the device opened here; prints what the set covers and what kgen cannot serve."""
+def cover(entries: list, name: str, device: str | None, cases: list | None = None) -> list:
+    """Heuristic-default winners for the classes of case set `name` (or of `cases`, Shapes)
+    that `entries` leave untuned on the device opened here; prints what the set covers and what
+    kgen cannot serve."""
     from ..identity import BuildIdentity, DeviceIdentity, kernel_digest
     from ..planning.choose import choose_variant
     from ..planning.probe import open_for_kernels
@@ -92,8 +100,15 @@ def cover(entries: list, name: str, device: str | None) -> list:
     from ..tunedb import Winner
     caps = open_for_kernels(int(device) if device is not None else None).caps
     ident, build = DeviceIdentity.of(caps), BuildIdentity.current()
-    cases = COVER_SETS[name]()
-    problems, refused = classes(cases)
+    if cases is None:
+        cases = COVER_SETS[name]()
+        problems, refused = classes(cases)
+    else:
+        from ..shapes import fold_gqa
+        folded = {}
+        for s in map(fold_gqa, cases):   # the class plans run (kgen tune folds the same way)
+            folded.setdefault(s.problem().key, (s.problem(), s))
+        problems, refused = list(folded.values()), {}
     tuned = {w.problem.key for d, _, w in entries if d.key == ident.key}
     added = []
     for p, shapes in problems:
@@ -103,7 +118,7 @@ def cover(entries: list, name: str, device: str | None) -> list:
         added.append((ident, build, Winner(p, v.uri, splits, median_us=0.0, spread_us=0.0,
                                            strategy=DEFAULT_STRATEGY, kernel=kernel_digest(v.uri))))
     served = len(cases) - sum(refused.values())
-    print(f"kgen export --cover {name}: {len(cases)} cases, {served} in {len(problems)} classes kgen serves "
+    print(f"kgen export {'--cover ' * (name in COVER_SETS)}{name}: {len(cases)} cases, {served} in {len(problems)} classes kgen serves "
           f"on {caps.name} ({len(problems) - len(added)} tuned, {len(added)} heuristic defaults); "
           f"{sum(refused.values())} left to the engine: "
           + (", ".join(f"{why} ({n})" for why, n in sorted(refused.items())) or "none"))

@@ -71,3 +71,25 @@ def test_export_without_cover_still_needs_winners(tmp_path, monkeypatch, capsys)
     monkeypatch.setenv("KGEN_DB", str(tmp_path / "absent.sqlite"))
     assert main(["export", "--format", "json", "-o", str(tmp_path / "out")]) == 2
     assert "no tuning DB" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_export_model_adds_a_default_for_each_class_of_the_model(tmp_path, monkeypatch, capsys):
+    """`kgen export --model`: the model's classes (each once, folded as plans run them) get the
+    heuristic default; bad model options exit 2 before any device is opened."""
+    from kgen import models
+    from kgen.shapes import fold_gqa
+    monkeypatch.setenv("KGEN_DB", str(tmp_path / "absent.sqlite"))
+    out = tmp_path / "out"
+    assert main(["export", "--format", "json", "--model", "Gemma-2-9B", "--context", "4096,32768", "-o", str(out)]) == 0
+    said = capsys.readouterr().out
+    cases = models.load("Gemma-2-9B").cases(contexts=(4096, 32768), ubatch=models.DEFAULT_UBATCH,
+                                             decode_batch=models.DEFAULT_DECODE_BATCH,
+                                             kv_types=models.kv_type_pairs(None, None, None),
+                                             precisions=models.DEFAULT_PRECISIONS)
+    want = {fold_gqa(mc.case.shapes()).problem().key for mc in models.distinct_classes(cases)}
+    table = json.loads((out / "kgen_dispatch.json").read_text())
+    assert {e["class"] for e in table["entries"]} == want and len(want) >= 3
+    assert all(e["chosen_by"] == "heuristic default" for e in table["entries"])
+    assert f"0 tuned, {len(want)} heuristic defaults" in said
+    assert main(["export", "--format", "json", "--context", "0", "-o", str(tmp_path / "bad")]) == 2
+    assert "give --model" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -20,14 +20,19 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_import(args) -> int:
+def _read_json(file: str) -> dict:
+    """An export file (- for stdin) as JSON, or a TuningDBError naming the file."""
     try:
-        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
-        data = json.loads(text)
+        text = sys.stdin.read() if file == "-" else Path(file).read_text()
+        return json.loads(text)
     except (OSError, UnicodeDecodeError) as exc:
-        raise TuningDBError(f"cannot read {args.file}: {exc}") from None
+        raise TuningDBError(f"cannot read {file}: {exc}") from None
     except (ValueError, RecursionError) as exc:   # RecursionError: absurdly nested JSON
-        raise TuningDBError(f"{args.file} is not JSON: {str(exc)[:200]}") from None
+        raise TuningDBError(f"{file} is not JSON: {str(exc)[:200]}") from None
+
+
+def cmd_import(args) -> int:
+    data = _read_json(args.file)
     with tunedb.TuningDB() as db:
         count = db.import_json(data)
         print(f"imported {count} record(s) from {args.file} into {db.path}")
@@ -35,8 +40,8 @@ def cmd_import(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from ..tunedb.merge import merge, read
-    merged, counts = merge([read(f) for f in args.files])
+    from ..tunedb.merge import merge
+    merged, counts = merge([(f, _read_json(f)) for f in args.files])
     text = json.dumps(merged, indent=1, sort_keys=True) + "\n"
     out = Path(args.output)
     tmp = out.with_name(out.name + ".tmp")   # no half-written file on a failure

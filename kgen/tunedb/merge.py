@@ -7,8 +7,6 @@ the class, the device and both files, never a silent pick.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from .records import Export, Measurement, Stored, TuningDBError
 from .store import EXPORT_FORMAT, SCHEMA_VERSION
 
@@ -60,12 +58,3 @@ def _better(new: Stored, held: Stored) -> bool:
 def _decision(s: Stored) -> str:
     return f"{s.item.variant}@{s.item.splits}"
 
-
-def read(path: str) -> tuple[str, dict]:
-    import json
-    try:
-        return path, json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TuningDBError(f"cannot read {path}: {exc}") from None
-    except (ValueError, RecursionError) as exc:
-        raise TuningDBError(f"{path} is not JSON: {str(exc)[:200]}") from None

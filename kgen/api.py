@@ -5,10 +5,12 @@ upload, one recorded submission and a download per call.
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from . import knobs
-from .shapes import Shapes, as_inputs, check_strides, fold_for_layouts, shapes_of
+from .shapes import Shapes, as_flag, as_inputs, check_strides, fold_for_layouts, shapes_of
 from .variant import PathKind
 
 
@@ -36,6 +38,17 @@ def resolve_path(path: "str | PathKind | None") -> PathKind | None:
         raise ValueError(f"path={chosen!r}: one of scalar, coopmat1, coopmat2 (or None)") from None
 
 
+def check_device(device) -> None:
+    """`device` as the API takes it, or a ValueError naming it: None (KGEN_DEVICE, else the best
+    device), a device index or an open kgen.runtime Device."""
+    from .runtime.context import Device
+    if device is None or isinstance(device, Device):
+        return
+    if isinstance(device, bool) or not isinstance(device, numbers.Integral) or device < 0:
+        raise ValueError(f"device={device!r}: a device index >= 0 (`kgen devices` lists them), a "
+                         "kgen.runtime Device, or None (KGEN_DEVICE, an index or a name substring, picks)")
+
+
 def plan(q, k, v, *, mask=None, causal=False, window=None, scale=None, softcap=0.0,
          alibi_max_bias=0.0, sinks=None, k_type=None, v_type=None, precision="f32", path=None,
          device=None, split_k: int | None = None, variant=None, autotune: bool | None = None,
@@ -49,6 +62,8 @@ def plan(q, k, v, *, mask=None, causal=False, window=None, scale=None, softcap=0
     e.g. ggml's (B, Nq, Hq, D) output); the call still takes and returns (B, Hq, Nq, D) arrays."""
     from .planning.plan import Plan
     q, k, v, mask, sinks = as_inputs(q, k, v, mask, sinks)   # lists to arrays; the rest refused
+    check_device(device)
+    autotune = as_flag(autotune, "autotune", optional=True)
     shapes = shapes_of(q, k, v, mask=mask, causal=causal, window=window, scale=scale, softcap=softcap,
                        alibi_max_bias=alibi_max_bias, sinks=sinks, k_type=k_type, v_type=v_type,
                        precision=precision)

@@ -44,3 +44,11 @@ class CompileError(KgenError):
 
 class ToolchainError(KgenError):
     """No usable GLSL compiler or SPIR-V tool was found, or one misbehaved."""
+
+
+class KnobError(KgenError, ValueError):
+    """A KGEN_* environment variable whose value kgen cannot use."""
+
+    def __init__(self, name: str, raw: str, expected: str):
+        self.name, self.raw, self.expected = name, raw, expected
+        super().__init__(f"{name}={raw!r}: {expected}; fix it or unset it")

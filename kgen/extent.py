@@ -64,6 +64,15 @@ def evaluate(e, dims: dict[str, int]) -> int:
     raise ValueError(f"expression {e!r}: not an int, a dimension name or one of {OPS}")
 
 
+def names(e) -> tuple[str, ...]:
+    """The dimensions `e` depends on, each once, in order of appearance."""
+    if isinstance(e, str):
+        return (e,)
+    if isinstance(e, (tuple, list)) and e and e[0] in OPS:
+        return tuple(dict.fromkeys(n for x in e[1:] for n in names(x)))
+    return ()
+
+
 def text(e: Expr) -> str:
     """The formula for people: ceil(n_q / 16) * n_batch * 512."""
     if isinstance(e, (int, str)):

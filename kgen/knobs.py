@@ -2,10 +2,13 @@
 os.environ for kgen settings."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from .errors import KnobError
 
 
 @dataclass(frozen=True)
@@ -17,20 +20,50 @@ class Knob:
 
     def get(self):
         raw = os.environ.get(self.name)
-        if raw is None or raw == "":
+        if raw is None or raw.strip() == "":
             return self.default
         try:
             return self.parse(raw)
         except ValueError as exc:
-            raise ValueError(f"{self.name}={raw!r}: {exc}") from None
+            raise KnobError(self.name, raw, str(exc)) from None
 
 
 def _path(raw: str) -> Path:
     return Path(raw).expanduser()
 
 
-def _int(raw: str) -> int:
-    return int(raw, 0)
+def _count(raw: str) -> int:
+    """A whole number >= 0 (decimal, or 0x.. / 0o.. / 0b..)."""
+    try:
+        value = int(raw.strip(), 0)
+    except ValueError:
+        raise ValueError("a whole number >= 0") from None
+    if value < 0:
+        raise ValueError("a whole number >= 0")
+    return value
+
+
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _flag(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError(f"a boolean: {'/'.join(TRUE_WORDS)} or {'/'.join(FALSE_WORDS)} "
+                     "(any case; empty for the default)")
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError("seconds, a number >= 0 (0 = no limit)")
+    return value
 
 
 def _cache_home() -> Path:
@@ -41,19 +74,28 @@ KNOBS: dict[str, Knob] = {k.name: k for k in (
     Knob("KGEN_GLSLANG", _path, None, "glslang / glslangValidator binary to use (skips discovery)"),
     Knob("KGEN_GLSLC", _path, None, "shaderc glslc binary to use (skips discovery)"),
     Knob("KGEN_CACHE_DIR", _path, None, "SPIR-V cache folder (default: ~/.cache/kgen/spirv)"),
-    Knob("KGEN_JOBS", _int, 0, "parallel compile processes (0 = one per CPU core)"),
+    Knob("KGEN_JOBS", _count, 0, "parallel compile processes (0 = one per CPU core)"),
     Knob("KGEN_DEVICE", str, None, "device index or name substring (default: discrete > integrated > CPU)"),
     Knob("KGEN_PATH", str, None, "force a code path: scalar | coopmat1 | coopmat2"),
     Knob("KGEN_DB", _path, None, "tuning database file (default: ~/.cache/kgen/tuning.sqlite)"),
-    Knob("KGEN_AUTOTUNE", lambda s: s not in ("0", "false", "no"), False, "tune a class at call time when no exact decision is stored (as autotune=True)"),
-    Knob("KGEN_VALIDATION", lambda s: s not in ("0", "false", "no"), False,
+    Knob("KGEN_AUTOTUNE", _flag, False, "tune a class at call time when no exact decision is stored (as autotune=True)"),
+    Knob("KGEN_VALIDATION", _flag, False,
          "Khronos validation layer on; its errors fail the tests (make test sets it)"),
-    Knob("KGEN_DEBUG", _int, 0, "debug output on stdout, levels as thresholds (each includes those below): 1 = each plan's variant and how it was chosen (tuned exact / nearest class, heuristic default); 2 = each dispatch of a plan run: step, grid, GPU us, GB/s and TFLOPS of the FA step; 4 = the path of each shader's rendered GLSL (written under the cache's glsl/)"),
+    Knob("KGEN_COMPILE_TIMEOUT", _seconds, 120.0, "seconds a compiler or SPIR-V tool may run before its "
+         "process group is killed and the compile fails (0 = no limit)"),
+    Knob("KGEN_DEBUG", _count, 0, "debug output on stdout, levels as thresholds (each includes those below): 1 = each plan's variant and how it was chosen (tuned exact / nearest class, heuristic default); 2 = each dispatch of a plan run: step, grid, GPU us, GB/s and TFLOPS of the FA step; 4 = the path of each shader's rendered GLSL (written under the cache's glsl/)"),
 )}
 
 
 def get(name: str):
     return KNOBS[name].get()
+
+
+def validate() -> None:
+    """Parse every knob now, so that a bad value fails once and up front (a KnobError naming the
+    variable) rather than later, inside a worker thread."""
+    for knob in KNOBS.values():
+        knob.get()
 
 
 def cache_dir() -> Path:

@@ -30,6 +30,8 @@ _IQ4NL_F32 = IQ4NL_VALUES.astype(np.float32)
 _IQ4NL_MIDS = (IQ4NL_VALUES[:-1].astype(np.float64) + IQ4NL_VALUES[1:]) / 2
 _GROUP_MAX_EPS = np.float32(1e-15)  # ggml: an iq4_nl block below this amax is all zero
 _IQ4NL_SEARCH_NTRY = 7             # quantize_iq4_nl (model files): itry in -7..7
+F16_MAX = 65504.0
+F32_MAX = float(np.finfo(np.float32).max)
 
 Fields = dict[str, np.ndarray]
 
@@ -49,31 +51,92 @@ def row_bytes(t: "KvType | str", n: int) -> int:
     return n_blocks(t, n) * t.block_bytes
 
 
-def quantize(x: np.ndarray, t: "KvType | str", *, iq4_nl_search: bool = False) -> np.ndarray:
+def quantize(x: np.ndarray, t: "KvType | str", *, iq4_nl_search: bool = False, name: str = "x") -> np.ndarray:
     """Encode `x` along its last axis: uint8 array of shape (*x.shape[:-1], row_bytes(t, n)).
 
     Float types return their raw little-endian bytes. `iq4_nl_search` (iq4_nl only) selects
     ggml's model-file quantizer `quantize_iq4_nl` (best scale over itry in -7..7, then
     re-indexing with it) instead of `quantize_row_iq4_nl_ref` (ntry = -1: one least-squares
     pass, what ggml's from_float / set_rows writes into a KV cache). Non-finite inputs give
-    unspecified codes in block types, as in ggml.
+    unspecified codes in block types, as in ggml. Finite values that `t` cannot hold (beyond
+    f32 or f16 / bf16's range, or a block whose f16 scale would overflow) are a ValueError
+    naming `name`, the value and the limit: they would decode as Inf or NaN.
     """
     t = KvType.parse(t)
-    x32 = np.asarray(x, dtype=np.float32)
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise ValueError(f"{name} holds {x.dtype} values: quantize takes real numbers")
+    with np.errstate(over="ignore"):
+        x32 = np.asarray(x, dtype=np.float32)
+    check_stored(x, np.isfinite(x32), name, "f32", F32_MAX,
+                 f"{name} is stored as f32" if t is KvType.F32 else f"{name} is rounded to f32, then stored as {t}")
     if x32.ndim < 1 or x32.shape[-1] < 1:
-        raise ValueError(f"x has shape {x32.shape}: quantize needs rows of length >= 1 on the last axis")
+        raise ValueError(f"{name} has shape {x32.shape}: quantize needs rows of length >= 1 on the last axis")
     if iq4_nl_search and t is not KvType.IQ4_NL:
         raise ValueError(f"iq4_nl_search applies to iq4_nl only, not {t}")
     with np.errstate(all="ignore"):
         if not t.quantized:
-            return _FLOAT_CODECS[t].encode(x32)
+            raw = _FLOAT_CODECS[t].encode(x32)
+            check_stored(x32, _FLOAT_CODECS[t].finite(raw), name, str(t), _FLOAT_MAX[t],
+                         f"{name} is stored as {t}; store it as {'f32 or bf16' if t is KvType.F16 else 'f32'}, "
+                         "or scale it down")
+            return raw
         codec = _BLOCK_CODECS[t]
         blocks = _to_blocks(x32, t)
         fields = codec.encode(blocks, _IQ4NL_SEARCH_NTRY if iq4_nl_search else -1)
+        _check_scales(blocks, fields, name, t)
         out = np.zeros(blocks.shape[:-1], dtype=codec.dtype)
-        for name, value in fields.items():
-            out[name] = value
+        for field, value in fields.items():
+            out[field] = value
     return out.view(np.uint8)
+
+
+def check_stored(x: np.ndarray, finite: np.ndarray, name: str, type_name: str, limit: float, why: str) -> None:
+    """A ValueError naming `name` where a finite value of `x` is not `finite` once stored in
+    `type_name`, whose largest finite magnitude is `limit`; `why` ends the message."""
+    if finite.all():
+        return
+    bad = ~finite & np.isfinite(x)
+    if bad.any():
+        at = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{name}[{', '.join(map(str, at))}]={float(x[at]):.9g} is beyond {type_name}'s range "
+                         f"(at most {limit:.9g} in magnitude): {why}")
+
+
+def nonfinite(raw: np.ndarray, t: "KvType | str", n: int) -> "tuple[tuple[int, ...], str] | None":
+    """The first NaN or Inf in rows of `raw` (uint8, last axis row_bytes(t, n)) without decoding
+    them: (index, "value") for float types (index of the element), (index, "scale d" or
+    "minimum m") for block types (index of the block); None when all are finite."""
+    t = KvType.parse(t)
+    if not t.quantized:
+        checks = {"value": _FLOAT_CODECS[t].finite(np.ascontiguousarray(raw))}
+    else:
+        b = blocks(raw, t)
+        checks = {label: np.isfinite(b[field]) for field, label in (("d", "scale d"), ("m", "minimum m"))
+                  if field in b.dtype.names}
+    for what, finite in checks.items():
+        if not finite.all():
+            return tuple(int(i) for i in np.argwhere(~finite)[0]), what
+    return None
+
+
+def _check_scales(blocks: np.ndarray, fields: Fields, name: str, t: KvType) -> None:
+    """A ValueError naming `name` where a block of finite values gets an f16 scale (d) or minimum
+    (m) that f16 cannot hold: that block would decode as Inf or NaN."""
+    finite = np.isfinite(blocks).all(axis=-1)
+    for field in ("d", "m"):
+        if field not in fields:
+            continue
+        value = np.asarray(fields[field], dtype=np.float32)
+        bad = finite & ~np.isfinite(value.astype(np.float16))
+        if bad.any():
+            at = tuple(int(i) for i in np.argwhere(bad)[0])
+            row, block = at[:-1], at[-1]
+            span = f"{name}[{', '.join(map(str, row + ('',)))}{block * t.block_size}:{(block + 1) * t.block_size}]"
+            peak = float(np.abs(blocks[at]).max())
+            raise ValueError(f"{span} holds values up to {peak:.9g} in magnitude: its {t} block's f16 "
+                             f"{'scale d' if field == 'd' else 'minimum m'} would be {float(value[at]):.6g}, "
+                             f"beyond f16's {F16_MAX:g}; store {name} as f32 or bf16, or scale it down")
 
 
 def dequantize(raw: np.ndarray, t: "KvType | str", n: int) -> np.ndarray:
@@ -122,6 +185,7 @@ def blocks(raw: np.ndarray, t: "KvType | str") -> np.ndarray:
 class _FloatCodec:
     encode: Callable[[np.ndarray], np.ndarray]   # float32 (*, n) -> uint8 (*, n * bytes)
     decode: Callable[[np.ndarray], np.ndarray]   # uint8 (*, n * bytes) -> float64 (*, n)
+    finite: Callable[[np.ndarray], np.ndarray]   # uint8 (*, n * bytes) -> bool (*, n), without decoding
 
 
 def _bf16_bits(x32: np.ndarray) -> np.ndarray:
@@ -139,11 +203,14 @@ def _bf16_decode(raw: np.ndarray) -> np.ndarray:
 
 _FLOAT_CODECS = {
     KvType.F32: _FloatCodec(lambda x: x.astype("<f4").view(np.uint8),
-                            lambda r: r.view("<f4").astype(np.float64)),
+                            lambda r: r.view("<f4").astype(np.float64), lambda r: np.isfinite(r.view("<f4"))),
     KvType.F16: _FloatCodec(lambda x: x.astype("<f2").view(np.uint8),
-                            lambda r: r.view("<f2").astype(np.float64)),
-    KvType.BF16: _FloatCodec(lambda x: _bf16_bits(x).view(np.uint8), _bf16_decode),
+                            lambda r: r.view("<f2").astype(np.float64), lambda r: np.isfinite(r.view("<f2"))),
+    KvType.BF16: _FloatCodec(lambda x: _bf16_bits(x).view(np.uint8), _bf16_decode,
+                             lambda r: (r.view("<u2") & 0x7FFF) < 0x7F80),   # exponent all ones: Inf or NaN
 }
+# The largest finite magnitude of each float type (bf16: 0x7f7f).
+_FLOAT_MAX = {KvType.F32: F32_MAX, KvType.F16: F16_MAX, KvType.BF16: 3.3895313892515355e38}
 
 
 # --- block types: shared pieces -----------------------------------------------------------------

@@ -3,16 +3,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
 from .kvtensor import KVTensor, views_k
 from .problem import ProblemClass
+from .quant import F32_MAX, check_stored
 from .types import KvType
 from .variant import HEAD_MAX, HEAD_MIN, HEAD_STEP
 
 PRECISIONS = {"f32": 32, "f16": 16}
+U32_MAX = 2**32 - 1                                # push-constant uints (window, strides)
+F32_TINY = float(np.finfo(np.float32).tiny)        # GPUs may flush smaller f32 values to 0
 
 
 @dataclass(frozen=True)
@@ -50,16 +54,18 @@ class Shapes:
                 raise ValueError(f"{name}={h}: kgen supports multiples of {HEAD_STEP} from {HEAD_MIN} to {HEAD_MAX}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r}: one of {', '.join(PRECISIONS)}")
-        if self.window < 0:
-            raise ValueError(f"window={self.window}: must be >= 1 (or None)")
-        if not (math.isfinite(self.softcap) and self.softcap >= 0):
-            raise ValueError(f"softcap={self.softcap}: must be finite and >= 0")
+        if not 0 <= self.window <= U32_MAX:
+            raise ValueError(f"window={self.window}: must be 1..{U32_MAX} (a uint32 push constant), or None")
+        if not (0 <= self.softcap <= F32_MAX and (self.softcap == 0 or self.softcap >= F32_TINY)):
+            raise ValueError(f"softcap={self.softcap}: must be 0 (off) or from {F32_TINY:.9g} to "
+                             f"{F32_MAX:.9g} (a normal f32: the kernels divide by it)")
         if not (math.isfinite(self.alibi_max_bias) and self.alibi_max_bias >= 0):
             raise ValueError(f"alibi_max_bias={self.alibi_max_bias}: must be finite and >= 0")
         if self.alibi_max_bias > 0 and self.mask_shape is None:
             raise ValueError("alibi_max_bias > 0 scales the mask (score + slope * mask): pass a mask")
-        if self.scale is not None and not math.isfinite(self.scale):
-            raise ValueError(f"scale={self.scale}: must be finite")
+        if self.scale is not None and not abs(self.scale) <= F32_MAX:
+            raise ValueError(f"scale={self.scale}: must be finite, at most {F32_MAX:.9g} in magnitude "
+                             "(an f32 push constant)")
         if self.v_in_k and (self.head_v > self.head_k or self.k_type != self.v_type):
             raise ValueError(f"v_in_k: V ({self.head_v} {self.v_type}) must be the first columns of "
                              f"K's rows ({self.head_k} {self.k_type}): head_v <= head_k, one type")
@@ -110,11 +116,15 @@ def check_strides(name: str, strides, batch: int, heads: int, n_q: int, d: int) 
     if strides is None:
         return dense_strides(n_q, heads, d)
     try:
-        row, head, b = (int(x) for x in strides)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}={strides!r}: (row, head, batch) strides in elements") from None
-    if any(x < 0 or x % 4 for x in (row, head, b)):
-        raise ValueError(f"{name}={strides!r}: non-negative multiples of 4 elements (16 bytes)")
+        items = tuple(strides)
+    except TypeError:
+        items = ()
+    if len(items) != 3 or not all(_is_int(x) for x in items):
+        raise ValueError(f"{name}={strides!r}: (row, head, batch) strides in elements, 3 integers")
+    row, head, b = (int(x) for x in items)
+    if any(x < 0 or x % 4 or x > U32_MAX for x in (row, head, b)):
+        raise ValueError(f"{name}={strides!r}: non-negative multiples of 4 elements (16 bytes), at most "
+                         f"{U32_MAX} (uint32 push constants)")
     starts = np.sort((np.arange(batch)[:, None, None] * b + np.arange(heads)[None, :, None] * head
                       + np.arange(n_q)[None, None, :] * row).ravel())
     if starts.size > 1 and int(np.diff(starts).min()) < d:
@@ -195,9 +205,80 @@ def as_input(x, name: str, *, data: bool = False, optional: bool = False):
         a = np.asarray(x)
     except (TypeError, ValueError) as exc:   # ragged lists, objects numpy cannot read
         raise ValueError(f"{name}: not an array of numbers ({exc}); expected {accepted}") from None
+    if a.dtype.kind == "c":
+        raise ValueError(f"{name}: holds {a.dtype} values; kgen takes real numbers (the imaginary part "
+                         "would be dropped)")
     if a.dtype.kind not in ("biuf" if name == "mask" else "iuf"):
         raise ValueError(f"{name}: holds {a.dtype} values, not numbers; expected {accepted}")
     return a
+
+
+def as_f32(x, name: str) -> np.ndarray:
+    """The values of array `x` as float32, or a ValueError naming `name`: NaN or Inf, or finite
+    values beyond f32's range (they would be stored as Inf)."""
+    a = np.asarray(x)
+    with np.errstate(over="ignore"):
+        a32 = np.asarray(a, dtype=np.float32)
+    finite = np.isfinite(a32)
+    if not finite.all():
+        if not np.isfinite(a).all():
+            at = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
+            raise ValueError(f"{name} has NaN or Inf values ({name}[{', '.join(map(str, at))}]="
+                             f"{float(a[at])}): kgen computes on finite inputs only")
+        check_stored(a, finite, name, "f32", F32_MAX, f"{name} is stored as f32")
+    return a32
+
+
+# --- scalar arguments: the type each takes, refused by name rather than coerced -----------------
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
+
+
+def as_int(x, name: str, *, optional: bool = False) -> int | None:
+    """`x` as an int, or a ValueError naming `name`: no float (2.7 is not 2), bool or str."""
+    if x is None and optional:
+        return None
+    if not _is_int(x):
+        raise ValueError(f"{name}={x!r}: expected an integer{' or None' if optional else ''}")
+    return int(x)
+
+
+def as_real(x, name: str, *, optional: bool = False) -> float | None:
+    """`x` as a finite float, or a ValueError naming `name`: no str, complex, bool, NaN or Inf."""
+    if x is None and optional:
+        return None
+    if not isinstance(x, numbers.Real) or isinstance(x, (bool, np.bool_)):
+        raise ValueError(f"{name}={x!r}: expected a real number{' or None' if optional else ''}")
+    if not math.isfinite(x):
+        raise ValueError(f"{name}={x!r}: must be finite")
+    return float(x)
+
+
+def as_flag(x, name: str, *, optional: bool = False) -> bool | None:
+    """`x` as a bool, or a ValueError naming `name`: a str such as 'no' is not False."""
+    if x is None and optional:
+        return None
+    if not isinstance(x, (bool, np.bool_)):
+        raise ValueError(f"{name}={x!r}: expected True or False{' or None' if optional else ''}")
+    return bool(x)
+
+
+def kv_type_of(x, given, name: str) -> KvType:
+    """The storage type of K or V: a KVTensor's own (`given`, the k_type / v_type argument, must
+    then agree or be None), else `given`, f16 by default."""
+    arg = f"{name}_type"
+    if given is not None and not isinstance(given, (str, KvType)):
+        raise ValueError(f"{arg}={given!r}: a KV type name (f32, f16, bf16, q8_0, ...) or None")
+    try:
+        t = None if given is None else KvType.parse(given)
+    except ValueError as exc:
+        raise ValueError(f"{arg}={given!r}: {exc}") from None
+    if isinstance(x, KVTensor):
+        if t is not None and t != x.type:
+            raise ValueError(f"{arg}={t}: {name} is a {x.type} KVTensor, which is stored as it is; "
+                             f"pass {arg}=None or {arg}='{x.type}'")
+        return x.type
+    return t or KvType.F16
 
 
 def as_inputs(q, k, v, mask=None, sinks=None, *, data: bool = False) -> tuple:
@@ -207,13 +288,14 @@ def as_inputs(q, k, v, mask=None, sinks=None, *, data: bool = False) -> tuple:
 
 
 def _dims4(a, name: str) -> tuple[int, int, int, int]:
-    shape = tuple(a.shape)
+    shape = tuple(int(d) for d in a.shape)   # as_input checked they are whole numbers
     if len(shape) != 4:
         raise ValueError(f"{name} has shape {shape}: expected 4 dims (B, H, N, D)")
     return shape
 
 
-def _mask_shape(mask, full: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
+def stored_mask_shape(mask, full: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
+    """The (B, H, rows, Nkv) shape a mask broadcastable to `full` is stored in, or a ValueError."""
     if mask is None:
         return None
     given = tuple(int(d) for d in mask.shape)
@@ -238,13 +320,15 @@ def shapes_of(q, k, v, *, mask=None, causal=False, window=None, scale=None, soft
                          f"(B, Hkv, Nkv, Dk), v {tuple(v.shape)} (B, Hkv, Nkv, Dv)")
     if sinks is not None and np.shape(sinks) != (hq,):
         raise ValueError(f"sinks has shape {np.shape(sinks)}: expected (Hq,) = ({hq},)")
+    window = as_int(window, "window", optional=True)
     if window is not None and window < 1:
         raise ValueError(f"window={window}: must be >= 1 (or None)")
-    k_type = KvType.parse(k.type if isinstance(k, KVTensor) else (k_type or "f16"))
-    v_type = KvType.parse(v.type if isinstance(v, KVTensor) else (v_type or "f16"))
-    shapes = Shapes(b, hq, hkv, nq, nkv, dk, dv, k_type, v_type, _mask_shape(mask, (b, hq, nq, nkv)),
-                    bool(causal), int(window or 0), scale, float(softcap), float(alibi_max_bias),
-                    sinks is not None, precision,
+    if not isinstance(precision, str):
+        raise ValueError(f"precision={precision!r}: one of {', '.join(PRECISIONS)}")
+    shapes = Shapes(b, hq, hkv, nq, nkv, dk, dv, kv_type_of(k, k_type, "k"), kv_type_of(v, v_type, "v"),
+                    stored_mask_shape(mask, (b, hq, nq, nkv)), as_flag(causal, "causal"), window or 0,
+                    as_real(scale, "scale", optional=True), as_real(softcap, "softcap"),
+                    as_real(alibi_max_bias, "alibi_max_bias"), sinks is not None, precision,
                     v_in_k=views_k(k, v))
     shapes.validate()
     return shapes

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import operator
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -115,6 +116,13 @@ class Variant:
         object.__setattr__(self, "k_type", KvType.parse(self.k_type))
         object.__setattr__(self, "v_type", KvType.parse(self.v_type))
         object.__setattr__(self, "schedule", Schedule.parse(self.schedule))
+        for name in _INT_FIELDS:  # numpy's integers and the like become ints; floats are refused below
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) and hasattr(type(value), "__index__"):
+                try:
+                    object.__setattr__(self, name, operator.index(value))
+                except TypeError:
+                    pass
         reason = _intrinsic_reason(self)
         if reason is None:
             reason = _path_check(self.path)(self.kernel)
@@ -169,6 +177,10 @@ class Variant:
             return repr(self)
 
 
+_INT_FIELDS = tuple(f.name for f in dataclasses.fields(Variant) if f.type in ("int", int))
+_BOOL_FIELDS = tuple(f.name for f in dataclasses.fields(Variant) if f.type in ("bool", bool))
+
+
 # Each path's structural rules (kgen/paths/<path>.py `check`), registered by kgen.paths: the
 # paths build on this module, so it names their rules without importing them.
 _PATH_CHECKS: dict[PathKind, Callable[[Variant], "str | None"]] = {}
@@ -187,6 +199,14 @@ def _path_check(kind: PathKind) -> Callable[[Variant], "str | None"]:
 
 def _intrinsic_reason(v: Variant) -> str | None:
     """Rules every path shares. Path-specific rules live in kgen/paths/<path>.py."""
+    for name in _INT_FIELDS:  # first: the rules below compare numbers, and templates print them
+        value = getattr(v, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{name}={value!r}: a whole number (int), not {type(value).__name__}"
+    for name in _BOOL_FIELDS:
+        value = getattr(v, name)
+        if not isinstance(value, bool):
+            return f"{name}={value!r}: True or False, not {type(value).__name__}"
     for name in ("head_k", "head_v"):
         h = getattr(v, name)
         if not (HEAD_MIN <= h <= HEAD_MAX and h % HEAD_STEP == 0):

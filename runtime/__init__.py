@@ -8,11 +8,16 @@
         per_dispatch_us = seq.run()
 
 `open_device()` gives kgen.plan a shared Device per index, closed at interpreter exit.
+
+Threads may share a Device and everything made on it (context.py says how calls take turns);
+closing an object while another thread uses it either waits for that use or makes it raise
+ClosedError.
 """
 from __future__ import annotations
 
 import atexit
 import importlib
+import threading
 from typing import Any
 
 _EXPORTS = {
@@ -22,6 +27,7 @@ _EXPORTS = {
     "VulkanError": "vk", "live_objects": "handles",
 }
 _shared: dict[int | None, Any] = {}
+_shared_lock = threading.Lock()   # two threads' first plans must not open two devices
 
 
 def __getattr__(name: str) -> Any:
@@ -37,15 +43,18 @@ def open_device(device: Any = None) -> Any:
     from .context import Device
     if isinstance(device, Device):
         return device
-    shared = _shared.get(device)
-    if shared is None or shared.closed:
-        shared = _shared[device] = Device(device)
-    return shared
+    with _shared_lock:
+        shared = _shared.get(device)
+        if shared is None or shared.closed:
+            shared = _shared[device] = Device(device)
+        return shared
 
 
 @atexit.register
 def close_shared() -> None:
     """Close the devices open_device() opened (saving their pipeline caches)."""
-    for dev in _shared.values():
+    with _shared_lock:
+        devices = list(_shared.values())
+        _shared.clear()
+    for dev in devices:
         dev.close()
-    _shared.clear()

@@ -7,6 +7,7 @@ bound with any kernel.
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -69,7 +70,8 @@ class DescriptorSet:
 
 
 class DescriptorSets:
-    """Allocates sets of the shared layout, adding a pool whenever the last one is full."""
+    """Allocates sets of the shared layout, adding a pool whenever the last one is full. Pools
+    are externally synchronized objects, so allocating and freeing take `_lock`."""
 
     SETS_PER_POOL = 256
 
@@ -77,6 +79,7 @@ class DescriptorSets:
         self._dev = vk_device
         self._layouts = layouts
         self._pools: list[Any] = []
+        self._lock = threading.Lock()
 
     def _add_pool(self) -> Any:
         size = ffi.new("VkDescriptorPoolSize*", {"type": STORAGE, "descriptorCount": self.SETS_PER_POOL * N_BINDINGS})
@@ -105,7 +108,8 @@ class DescriptorSets:
 
     def allocate(self, buffers: tuple[Any, ...]) -> DescriptorSet:
         """A set with buffers[i] at binding i (whole buffer)."""
-        dset = self._allocate()
+        with self._lock:
+            dset = self._allocate()
         infos = ffi.new("VkDescriptorBufferInfo[]", [
             {"buffer": b.handle, "offset": 0, "range": b.nbytes} for b in buffers])
         writes = ffi.new("VkWriteDescriptorSet[]", [
@@ -116,7 +120,8 @@ class DescriptorSets:
         return dset
 
     def free(self, dset: DescriptorSet) -> None:
-        check("vkFreeDescriptorSets", lib.vkFreeDescriptorSets(self._dev, dset.pool, 1, dset.ptr))
+        with self._lock:
+            check("vkFreeDescriptorSets", lib.vkFreeDescriptorSets(self._dev, dset.pool, 1, dset.ptr))
 
     def close(self) -> None:
         """Destroy every pool, which frees every set allocated from it."""
@@ -129,7 +134,8 @@ class SetCache:
     """Sets for one-shot launches, keyed by the buffers' serials, least recently used evicted.
 
     Serials are never reused, so a set of a closed buffer can never be hit again; it ages out.
-    Eviction is safe because one-shot launches wait for completion before returning."""
+    Used only under the launcher's lock, and one-shot launches wait for completion before
+    releasing it: so no set is in flight when one is evicted."""
 
     def __init__(self, sets: DescriptorSets, capacity: int = 128):
         self._sets, self._capacity = sets, capacity

@@ -7,11 +7,16 @@ from two timestamps around each dispatch, both written at BOTTOM_OF_PIPE: the fi
 everything before the dispatch has finished, the second once the dispatch has. In a sequence, a
 dispatch may join the one before it (independent passes): no barrier and no timestamps between
 them, so the GPU may run them side by side, and the pair brackets the whole group.
+
+Threads: one-shot launches share the device's one command buffer and take turns on its lock; a
+Sequence has a command buffer and fence of its own, so runs of different sequences overlap, and
+runs of one sequence take turns on its lock.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence as SequenceT
 import operator
+import threading
 import weakref
 from typing import Any
 
@@ -73,9 +78,19 @@ def resolve(dev: Any, where: str, buffers: Buffers) -> tuple[Buffer, ...]:
     for i, b in enumerate(bound):
         if not isinstance(b, Buffer) or b._device() is not dev:
             raise InvalidArgument(where, f"buffers[{i}]", repr(b), "a Buffer of this device")
-        if b.handle is None:
+        if b.closed:
             raise ClosedError(f"{where}: buffers[{i}] ({b!r})")
     return bound
+
+
+def check_open(where: str, kernel: Any, bound: tuple[Buffer, ...]) -> None:
+    """ClosedError when the kernel or a buffer was closed (perhaps by another thread) since
+    they were checked; the caller holds the lock of the slot it is about to submit."""
+    if kernel.handle is None:
+        raise ClosedError(f"{where}: {kernel!r}")
+    for i, b in enumerate(bound):
+        if b.closed:
+            raise ClosedError(f"{where}: buffers[{i}] ({b!r})")
 
 
 class Timestamps:
@@ -124,38 +139,51 @@ def _timestamps(dev: Any, count: int) -> Timestamps | None:
 
 
 class Launcher:
-    """The device's one-shot path: one command buffer re-recorded per launch."""
+    """The device's one-shot path: one command buffer re-recorded per launch, and the descriptor
+    sets of one-shot launches. A launch holds `lock` from its last check of the kernel and
+    buffers to its completion, so whoever holds the lock knows no launch is in progress."""
 
     def __init__(self, dev: Any):
         self.slot = CommandSlot(dev, one_time=True)
+        self.lock = self.slot.lock
+        self._sets = dev.set_cache   # evicting is safe: under the lock no launch is in flight
         try:
             self.timer = _timestamps(dev, 2)
         except BaseException:
             self.slot.close()
             raise
 
-    def launch(self, kernel: Any, dset: DescriptorSet, push: Any, groups: tuple[int, int, int],
+    def launch(self, kernel: Any, bound: tuple[Buffer, ...], push: Any, groups: tuple[int, int, int],
                timed: bool) -> float | None:
-        timer = self.timer if timed else None
-        cmd = self.slot.begin()
-        if timer:
-            timer.reset(cmd)
-        barrier(cmd, SETTLE)
-        if timer:
-            timer.write(cmd, 0)
-        record_dispatch(cmd, kernel, dset, push, groups)
-        if timer:
-            timer.write(cmd, 1)
-        barrier(cmd, TO_HOST)
-        self.slot.end()
-        self.slot.submit()
-        self.slot.wait()
-        return timer.read()[0] if timer else None
+        with self.lock:
+            check_open(f"kernel {kernel.name!r}", kernel, bound)
+            dset = self._sets.get(bound)
+            timer = self.timer if timed else None
+            cmd = self.slot.begin()
+            if timer:
+                timer.reset(cmd)
+            barrier(cmd, SETTLE)
+            if timer:
+                timer.write(cmd, 0)
+            record_dispatch(cmd, kernel, dset, push, groups)
+            if timer:
+                timer.write(cmd, 1)
+            barrier(cmd, TO_HOST)
+            self.slot.end()
+            self.slot.submit()
+            self.slot.wait()
+            return timer.read()[0] if timer else None
+
+    def wait_out(self) -> None:
+        """Return once no launch is in progress; the next one re-checks its kernel and buffers."""
+        with self.lock:
+            pass
 
     def close(self) -> None:
-        self.slot.close()
-        if self.timer is not None:
-            self.timer.close()
+        with self.lock:
+            self.slot.close()
+            if self.timer is not None:
+                self.timer.close()
 
 
 # (kernel, buffers, push, groups) or (kernel, buffers, push, groups, joins_previous)
@@ -168,10 +196,16 @@ class Sequence:
     captured at recording; buffers are bound by handle, so their contents may change between runs.
     A step whose fifth element is True joins the step before it: it neither reads nor writes what
     that group writes, so no barrier separates them and one timestamp pair brackets the group;
-    its time is reported on the group's first step and the joined steps read 0.0."""
+    its time is reported on the group's first step and the joined steps read 0.0.
+
+    Threads: `lock` (reentrant) is held by run(), wait() and close(); an owner that writes the
+    inputs, runs and reads the outputs as one unit holds it across the three (kgen.Plan does),
+    and close() then waits for a unit in progress. Buffer accesses in other threads wait for a
+    run in flight through collect(), which takes only the command slot's lock."""
 
     def __init__(self, dev: Any, steps: Iterable[Step], *, timed: bool = True):
         self._device = weakref.ref(dev)
+        self.lock = threading.RLock()
         self.slot = self.timer = None
         self._last: list[float] = []
         self._sets: dict[tuple[int, ...], DescriptorSet] = {}
@@ -182,8 +216,10 @@ class Sequence:
             raise InvalidArgument("Device.sequence", "steps[0][4]", True,
                                   "False: the first dispatch has nothing before it to join")
         self.kernels = tuple(s[0] for s in checked)
+        self.name = f"sequence ({', '.join(dict.fromkeys(k.name for k in self.kernels))})"
         self._joins = tuple(s[4] for s in checked)
         self._buffers = tuple({b.serial: b for s in checked for b in s[1]}.values())
+        self.serials = frozenset(b.serial for b in self._buffers)
         try:
             for _, bound, _, _, _ in checked:
                 key = tuple(b.serial for b in bound)
@@ -205,6 +241,8 @@ class Sequence:
         joins = step[4] if len(step) == 5 else False
         if getattr(kernel, "device", None) is not dev:
             raise InvalidArgument("Device.sequence", f"steps[{i}][0]", repr(kernel), "a Kernel of this device")
+        if kernel.handle is None:
+            raise ClosedError(f"Device.sequence: steps[{i}][0] ({kernel!r})")
         if not isinstance(joins, bool):
             raise InvalidArgument("Device.sequence", f"steps[{i}][4]", repr(joins), "True or False")
         where = f"Device.sequence: steps[{i}] ({kernel.name})"
@@ -238,51 +276,73 @@ class Sequence:
     def _live(self) -> Any:
         dev = self._device()
         if self.slot is None or dev is None or dev.closed:
-            raise ClosedError("sequence")
+            raise ClosedError(self.name)
         return dev
 
     def run(self, wait: bool = True) -> list[float] | None:
         """Submit once more. With wait, block and return GPU microseconds per step ([] when
-        untimed); without, return None and let wait() (or any buffer access) collect it."""
-        dev = self._live()
-        for b in self._buffers:
-            if b.handle is None:
-                raise ClosedError(f"sequence: its {b!r}")
-        self.slot.wait()  # a previous run(wait=False) that nobody collected
-        self.slot.submit()
-        dev.in_flight.add(self)
-        return self.wait() if wait else None
+        untimed); without, return None and let wait() (or any access to its buffers) collect it."""
+        with self.lock:
+            dev = self._live()
+            with dev.calls, self.slot.lock:
+                for b in self._buffers:
+                    if b.closed:
+                        raise ClosedError(f"{self.name}: its {b!r}")
+                self.slot.wait()  # a previous run(wait=False) that nobody collected
+                self.slot.submit()
+                dev.in_flight.add(self)
+                if not wait:
+                    return None
+                self._collect(self.slot)
+                return list(self._last)
 
     def _per_step(self, group_us: list[float]) -> list[float]:
         """One figure per step: each group's time on its first step, 0.0 on the steps that joined it."""
         groups = iter(group_us)
         return [0.0 if joins else next(groups) for joins in self._joins]
 
-    def wait(self) -> list[float]:
-        """The GPU microseconds of the latest run, waiting for it if needed ([] before any)."""
-        dev = self._live()
-        if self.slot.pending:
-            self.slot.wait()
-            dev.in_flight.discard(self)
+    def _collect(self, slot: CommandSlot) -> None:
+        """Wait for the run in flight, if any, and keep its times (the caller holds slot.lock)."""
+        if slot.pending:
+            slot.wait()
+            if (dev := self._device()) is not None:
+                dev.in_flight.discard(self)
             # Read only after a run: queries never written would make a WAIT read block forever.
             self._last = self._per_step(self.timer.read()) if self.timer else []
-        return list(self._last)
+
+    def collect(self) -> None:
+        """Wait for a run in flight, whichever thread started it; nothing when none is or the
+        sequence is closed. Buffer accesses call this for the sequences that bind the buffer."""
+        slot = self.slot
+        if slot is not None:
+            with slot.lock:
+                self._collect(slot)  # after a close() meanwhile, nothing is pending
+
+    def wait(self) -> list[float]:
+        """The GPU microseconds of the latest run, waiting for it if needed ([] before any)."""
+        with self.lock:
+            dev = self._live()
+            with dev.calls:
+                self.collect()
+            return list(self._last)
 
     def close(self) -> None:
         """Wait for a run in flight, then free the command buffer, queries and sets."""
-        dev = self._device()
-        if self.slot is not None:
-            self.slot.close()
-        if self.timer is not None:
-            self.timer.close()
-        if dev is not None:
-            if not dev.closed:  # a closing device destroys the pools, and the sets with them
+        with self.lock:
+            dev = self._device()
+            if self.slot is not None:
+                with self.slot.lock:
+                    self.slot.close()
+            if self.timer is not None:
+                self.timer.close()
+            if dev is not None and not dev.closed:  # a closing device destroys the pools, and the sets with them
                 for dset in self._sets.values():
                     dev.descriptor_sets.free(dset)
-            dev.in_flight.discard(self)
-            dev.sequences.discard(self)
-        self._sets.clear()
-        self.slot = self.timer = None
+            self._sets.clear()
+            self.slot = self.timer = None
+            if dev is not None:
+                dev.in_flight.discard(self)
+                dev.sequences.discard(self)
 
     def __enter__(self) -> "Sequence":
         return self

@@ -4,11 +4,18 @@ Memory policy: on a unified-memory device (lavapipe, integrated GPUs) a buffer l
 DEVICE_LOCAL | HOST_VISIBLE | HOST_COHERENT type and is mapped once, so write() and read() are a
 memmove. On a discrete GPU it lives in plain DEVICE_LOCAL memory and write()/read() go through
 one host-visible staging buffer and a copy command, in chunks of at most STAGING_BYTES.
+
+Threads: a buffer's lock is held for each host access (write, read, close), the staging path's
+for each transfer through it, and the pool's for its free lists; so a buffer may be read,
+written and closed from any thread, and close() never frees memory a transfer, a launch or a
+sequence run still uses.
 """
 from __future__ import annotations
 
 import itertools
+import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -75,12 +82,17 @@ class Buffer:
     """A storage buffer (usage STORAGE | TRANSFER_SRC | TRANSFER_DST) of exactly `nbytes` bytes.
 
     Holds only a weak link to its Device: closing the device destroys the buffer, and a later
-    close() here is a no-op."""
+    close() here is a no-op. Before a host access the buffer waits for the runs of sequences that
+    bind it, whichever thread started them; runs of sequences that do not bind it are not waited
+    for."""
 
     def __init__(self, dev: Any, nbytes: int, *, kind: str = "device"):
         self.nbytes = nbytes
         self.serial = next(_serials)  # never reused, unlike handle values: keys descriptor sets
         self.handle = self._memory = self._mapped = None
+        self._lock = threading.RLock()
+        # Set first by close(): launches and runs check it, so none starts on a buffer on its way out.
+        self._retired = False
         self._device = weakref.ref(dev)
         self._dev = dev.handle
         info = ffi.new("VkBufferCreateInfo*", {
@@ -109,7 +121,7 @@ class Buffer:
 
     @property
     def closed(self) -> bool:
-        return self.handle is None
+        return self._retired or self.handle is None
 
     @property
     def host_visible(self) -> bool:
@@ -117,9 +129,18 @@ class Buffer:
 
     def _live_device(self) -> Any:
         dev = self._device()
-        if self.handle is None or dev is None or dev.closed:
+        if self.closed or dev is None or dev.closed:
             raise ClosedError(f"buffer #{self.serial}")
         return dev
+
+    def _host_access(self, dev: Any, access: Callable[[], Any]) -> Any:
+        """access(), holding the buffer, once the runs in flight that bind it are done."""
+        with dev.calls, self._lock:
+            if self.closed:
+                raise ClosedError(f"buffer #{self.serial}")
+            if dev.in_flight:
+                dev.settle(self)
+            return access()
 
     def _span(self, what: str, offset: int, n: int) -> None:
         if offset < 0 or n < 0 or offset + n > self.nbytes:
@@ -130,20 +151,22 @@ class Buffer:
         dev = self._live_device()
         src = _as_bytes(data)
         self._span("write", offset, len(src))
-        dev.settle()
-        if self._mapped is not None:
-            ffi.memmove(self._mapped + offset, src, len(src))
-        else:
-            dev.staging.upload(self, src, offset)
+        def access() -> None:
+            if self._mapped is not None:
+                ffi.memmove(self._mapped + offset, src, len(src))
+            else:
+                dev.staging.upload(self, src, offset)
+        self._host_access(dev, access)
 
     def read(self, nbytes: int | None = None, offset: int = 0) -> bytes:
         dev = self._live_device()
         n = self.nbytes - offset if nbytes is None else nbytes
         self._span("read", offset, n)
-        dev.settle()
-        if self._mapped is not None:
-            return ffi.buffer(self._mapped + offset, n)[:]
-        return dev.staging.download(self, n, offset)
+        def access() -> bytes:
+            if self._mapped is not None:
+                return ffi.buffer(self._mapped + offset, n)[:]
+            return dev.staging.download(self, n, offset)
+        return self._host_access(dev, access)
 
     def read_into(self, out: bytearray | memoryview | np.ndarray, offset: int = 0) -> None:
         """Fill the writable, contiguous `out` from the buffer at `offset`: read() without its
@@ -153,27 +176,41 @@ class Buffer:
             raise InvalidArgument("Buffer.read_into", "out", "a non-contiguous array", "C-contiguous memory")
         dst = ffi.from_buffer(out, require_writable=True)
         self._span("read_into", offset, len(dst))
-        dev.settle()
-        if self._mapped is not None:
-            ffi.memmove(dst, self._mapped + offset, len(dst))
-        else:
-            dev.staging.download_into(self, dst, offset)
+        def access() -> None:
+            if self._mapped is not None:
+                ffi.memmove(dst, self._mapped + offset, len(dst))
+            else:
+                dev.staging.download_into(self, dst, offset)
+        self._host_access(dev, access)
 
     def close(self) -> None:
-        """Destroy the buffer now; harmless when it (or its device) is already closed."""
+        """Destroy the buffer once no transfer, launch or sequence run uses it (in any thread);
+        harmless when it (or its device) is already closed."""
         dev = self._device()
-        if self.handle is None:
+        if dev is None:
+            self._destroy()
             return
-        if dev is not None and not dev.closed:
-            dev.forget(self)
-        self._destroy()
+        if not dev.calls.enter():
+            self._retired = True  # a closing device destroys it once the calls in progress end
+            return
+        try:
+            with self._lock:
+                if self._retired:
+                    return
+                self._retired = True
+                dev.retire(self)
+                self._destroy()
+        finally:
+            dev.calls.exit()
 
     def _destroy(self) -> None:
-        if self._memory is not None:
-            handles.release("DeviceMemory", lib.vkFreeMemory, self._dev, self._memory, ffi.NULL)  # unmaps too
-        if self.handle is not None:
-            handles.release("Buffer", lib.vkDestroyBuffer, self._dev, self.handle, ffi.NULL)
-        self.handle = self._memory = self._mapped = None
+        with self._lock:
+            self._retired = True
+            if self._memory is not None:
+                handles.release("DeviceMemory", lib.vkFreeMemory, self._dev, self._memory, ffi.NULL)  # unmaps too
+            if self.handle is not None:
+                handles.release("Buffer", lib.vkDestroyBuffer, self._dev, self.handle, ffi.NULL)
+            self.handle = self._memory = self._mapped = None
 
     def __enter__(self) -> "Buffer":
         return self
@@ -187,7 +224,8 @@ class Buffer:
 
 
 class Staging:
-    """The copy path to device-local buffers: one mapped buffer and one command slot."""
+    """The copy path to device-local buffers: one mapped buffer and one command slot, used by one
+    transfer at a time (the slot's lock)."""
 
     def __init__(self, dev: Any):
         self.slot = CommandSlot(dev, one_time=True)
@@ -214,33 +252,37 @@ class Staging:
         self.slot.wait()
 
     def upload(self, dst: Buffer, src: Any, offset: int) -> None:
-        host = self._host(len(src))
-        for start in range(0, len(src), host.nbytes):
-            n = min(host.nbytes, len(src) - start)
-            ffi.memmove(host._mapped, src + start, n)
-            self._copy(host, dst, src_offset=0, dst_offset=offset + start, n=n)
+        with self.slot.lock:
+            host = self._host(len(src))
+            for start in range(0, len(src), host.nbytes):
+                n = min(host.nbytes, len(src) - start)
+                ffi.memmove(host._mapped, src + start, n)
+                self._copy(host, dst, src_offset=0, dst_offset=offset + start, n=n)
 
     def download(self, src: Buffer, nbytes: int, offset: int) -> bytes:
-        host = self._host(nbytes)
-        parts = []
-        for start in range(0, nbytes, host.nbytes):
-            n = min(host.nbytes, nbytes - start)
-            self._copy(src, host, src_offset=offset + start, dst_offset=0, n=n)
-            parts.append(ffi.buffer(host._mapped, n)[:])
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        with self.slot.lock:
+            host = self._host(nbytes)
+            parts = []
+            for start in range(0, nbytes, host.nbytes):
+                n = min(host.nbytes, nbytes - start)
+                self._copy(src, host, src_offset=offset + start, dst_offset=0, n=n)
+                parts.append(ffi.buffer(host._mapped, n)[:])
+            return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def download_into(self, src: Buffer, dst: Any, offset: int) -> None:
-        host = self._host(len(dst))
-        for start in range(0, len(dst), host.nbytes):
-            n = min(host.nbytes, len(dst) - start)
-            self._copy(src, host, src_offset=offset + start, dst_offset=0, n=n)
-            ffi.memmove(dst + start, host._mapped, n)
+        with self.slot.lock:
+            host = self._host(len(dst))
+            for start in range(0, len(dst), host.nbytes):
+                n = min(host.nbytes, len(dst) - start)
+                self._copy(src, host, src_offset=offset + start, dst_offset=0, n=n)
+                ffi.memmove(dst + start, host._mapped, n)
 
     def close(self) -> None:
-        self.slot.close()
-        if self.host is not None:
-            self.host._destroy()
-            self.host = None
+        with self.slot.lock:
+            self.slot.close()
+            if self.host is not None:
+                self.host._destroy()
+                self.host = None
 
 
 def size_class(nbytes: int, limit: int) -> int:
@@ -263,6 +305,7 @@ class BufferPool:
     def __init__(self, dev: Any):
         self._device = weakref.ref(dev)
         self._free: dict[int, list[Buffer]] = {}
+        self._lock = threading.Lock()
 
     def acquire(self, nbytes: int) -> Buffer:
         dev = self._device()
@@ -270,11 +313,12 @@ class BufferPool:
             raise ClosedError("buffer pool")
         limit = dev.caps.max_storage_buffer_range
         cls = size_class(check_size(nbytes, limit, "BufferPool.acquire"), limit)
-        free = self._free.get(cls, [])
-        while free:
-            buf = free.pop()
-            if not buf.closed:
-                return buf
+        with self._lock:
+            free = self._free.get(cls, [])
+            while free:
+                buf = free.pop()
+                if not buf.closed:
+                    return buf
         return dev.buffer(cls)
 
     def release(self, buf: Buffer) -> None:
@@ -284,21 +328,26 @@ class BufferPool:
         if dev is None or buf._device() is not dev:
             raise InvalidArgument("BufferPool.release", "buf", repr(buf), "a buffer of this pool's device")
         cls = size_class(buf.nbytes, dev.caps.max_storage_buffer_range)
-        free = self._free.setdefault(cls, [])
-        if any(b is buf for b in free):
-            return  # released twice
-        if cls != buf.nbytes or len(free) >= self.KEEP:  # not a class size: acquire() cannot hand it out
+        with self._lock:
+            free = self._free.setdefault(cls, [])
+            if any(b is buf for b in free):
+                return  # released twice
+            # Not a class size (acquire() cannot hand it out), or enough of its class kept.
+            keep = cls == buf.nbytes and len(free) < self.KEEP
+            if keep:
+                free.append(buf)
+        if not keep:
             buf.close()
-        else:
-            free.append(buf)
 
     def clear(self) -> None:
         """Close every free buffer."""
-        for free in self._free.values():
-            for buf in free:
+        with self._lock:
+            free, self._free = self._free, {}
+        for bufs in free.values():
+            for buf in bufs:
                 buf.close()
-        self._free.clear()
 
     @property
     def free_count(self) -> int:
-        return sum(not b.closed for free in self._free.values() for b in free)
+        with self._lock:
+            return sum(not b.closed for free in self._free.values() for b in free)

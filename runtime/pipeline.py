@@ -112,7 +112,10 @@ class Kernel:
         dev = self._live_device()
         if (reason := statistics_problem(dev)) is not None:
             raise StatisticsUnavailable(self.name, reason)
-        return read_statistics(self._dev, self.handle, kernel=self.name)
+        with dev.calls, dev.registry_lock:  # drop_pipeline() destroys kernels under that lock
+            if self.handle is None:
+                raise ClosedError(f"kernel {self.name!r}")
+            return read_statistics(self._dev, self.handle, kernel=self.name)
 
     def __call__(self, buffers: Buffers, push: bytes, groups: tuple[int, int, int],
                  timed: bool = True) -> float | None:
@@ -122,8 +125,9 @@ class Kernel:
         where = f"kernel {self.name!r}"
         push_data = check_push(where, push)
         groups = check_groups(where, groups, dev.caps.max_workgroup_count)
-        dset = dev.set_cache.get(resolve(dev, where, buffers))
-        return dev.launcher.launch(self, dset, push_data, groups, timed)
+        bound = resolve(dev, where, buffers)
+        with dev.calls:
+            return dev.launcher.launch(self, bound, push_data, groups, timed)
 
     def close(self) -> None:
         """Called by Device.close(); a Kernel lives as long as its device's in-process cache."""
@@ -150,5 +154,9 @@ def build(dev: Any, spirv: bytes, *, name: str, required_subgroup_size: int | No
     key = KernelKey(hashlib.sha256(spirv).hexdigest(), required_subgroup_size, bool(full_subgroups))
     kernel = dev.kernels.get(key)
     if kernel is None:
-        kernel = dev.kernels[key] = Kernel(dev, spirv, key, name=name)
+        made = Kernel(dev, spirv, key, name=name)   # outside the lock: compiles in threads overlap
+        with dev.registry_lock:
+            kernel = dev.kernels.setdefault(key, made)
+        if kernel is not made:  # another thread made the same pipeline meanwhile
+            made.close()
     return kernel

@@ -7,9 +7,7 @@ never an error; saving is an atomic replace, so concurrent processes never see a
 """
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import vulkan
 
 from kgen import knobs
 from kgen.caps import Caps
+from kgen.compile import atomic_write, read_regular_file
 
 from . import handles
 from .vk import check, ffi, lib
@@ -40,12 +39,10 @@ def header_ok(data: bytes, caps: Caps) -> bool:
 
 
 def load(path: Path, caps: Caps) -> bytes:
-    """The file's bytes when it belongs to this device, else b""."""
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return b""
-    return data if header_ok(data, caps) else b""
+    """The file's bytes when it is a regular file that belongs to this device, else b"" (a
+    folder or a FIFO in its place included: never an error, never a hang)."""
+    data = read_regular_file(path)
+    return data if data is not None and header_ok(data, caps) else b""
 
 
 class PipelineCache:
@@ -84,14 +81,7 @@ class PipelineCache:
             return False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write(self.path, data)
         except OSError as exc:
             warnings.warn(f"kgen: could not save the pipeline cache to {self.path}: {exc}", stacklevel=2)
             return False

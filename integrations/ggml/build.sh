@@ -16,6 +16,9 @@
 #                   .toolchain/bin/glslc when built, else the system's (bookworm's has no coopmat)
 #   GGML_VULKAN_HEADERS  an include folder with Vulkan-Headers >= 1.3.261 (vulkan/vulkan.hpp);
 #                   default: the system's, or trixie's when the system's are too old
+#   GGML_SPIRV_HEADERS  a SPIRV-Headers install prefix (include/spirv/unified1/spirv.hpp and
+#                   share/cmake/SPIRV-Headers); default: the system's. Its include folder is searched
+#                   before /usr/include, so an older spirv.hpp there is not the one ggml-vulkan.cpp gets
 #   GGML_NO_APT=1   install nothing (a machine without network: everything above must be there,
 #                   plus SPIRV-Headers' CMake config and libvulkan; README.md says what to carry)
 #
@@ -138,6 +141,11 @@ fi
 
 # --- configure: once per argument set; the log is kept so its coopmat lines can be shown again ----
 [ -z "$glslc" ] || vk_args+=("-DVulkan_GLSLC_EXECUTABLE=$glslc")
+if [ -n "${GGML_SPIRV_HEADERS:-}" ]; then
+    spirv="$(cd "$GGML_SPIRV_HEADERS" && pwd)" || die "GGML_SPIRV_HEADERS=$GGML_SPIRV_HEADERS is not a folder"
+    [ -f "$spirv/include/spirv/unified1/spirv.hpp" ] || die "GGML_SPIRV_HEADERS=$spirv has no include/spirv/unified1/spirv.hpp"
+    vk_args+=("-DSPIRV-Headers_DIR=$spirv/share/cmake/SPIRV-Headers" "-DCMAKE_CXX_FLAGS=-isystem $spirv/include")
+fi
 cmake_args=(-G Ninja -DGGML_VULKAN=ON -DGGML_BUILD_TESTS=ON -DCMAKE_BUILD_TYPE=Release "${vk_args[@]}"
             "-DGGML_VK_KGEN_GLUE=$here" "$@")
 if [ ! -f "$build/build.ninja" ] || [ "$(cat "$build/.kgen-configure" 2>/dev/null)" != "${cmake_args[*]}" ]; then

@@ -6,18 +6,49 @@ import json
 import sys
 from pathlib import Path
 
+from .. import knobs
 from ..errors import KgenError
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, exit code 2, as every other refusal of the command line."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
 def _load_caps(args) -> "list":
     """Caps from --caps FILE (one object or a list, as `kgen devices --json` writes) or the devices."""
-    from ..caps import Caps
     if getattr(args, "caps", None):
-        data = json.loads(Path(args.caps).read_text())
-        items = data if isinstance(data, list) else [data]
-        return [Caps.from_dict(d) for d in items]
+        return _caps_file(args.caps)
     from ..runtime.devices import list_devices
     return list_devices()
+
+
+def _caps_file(name: str) -> list:
+    from ..caps import Caps
+    try:
+        data = json.loads(Path(name).read_text())
+    except OSError as exc:
+        raise ValueError(f"--caps {name}: cannot read it ({exc.strerror or exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"--caps {name}: not JSON ({str(exc)[:200]})") from None
+    items = data if isinstance(data, list) else [data]
+    expected = "capability records as `kgen devices --json` writes them"
+    if not items or not all(isinstance(d, dict) for d in items):
+        raise ValueError(f"--caps {name}: not {expected}")
+    try:
+        return [Caps.from_dict(d) for d in items]
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ValueError(f"--caps {name}: not {expected} ({str(exc)[:200]})") from None
+
+
+def _kv_type(text: str):
+    from ..types import KvType
+    try:
+        return KvType.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _pick(caps_list: list, index: int | None):
@@ -73,8 +104,8 @@ SUBCOMMAND_MODULES: tuple[str, ...] = ("tune", "db", "export", "roofline", "benc
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kgen", description="Flash-attention kernels for Vulkan: "
-                                     "generate, compile, verify and tune per device.")
+    parser = _Parser(prog="kgen", description="Flash-attention kernels for Vulkan: "
+                     "generate, compile, verify and tune per device.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("devices", help="list Vulkan devices and their capabilities")
@@ -86,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caps", help="capability JSON file (as `kgen devices --json` writes)")
     p.add_argument("--head-k", type=int, default=128)
     p.add_argument("--head-v", type=int, help="default: head-k")
-    p.add_argument("--k-type", default="f16")
-    p.add_argument("--v-type", help="default: k-type")
+    p.add_argument("--k-type", type=_kv_type, default="f16")
+    p.add_argument("--v-type", type=_kv_type, help="default: k-type")
     p.add_argument("--feature", action="append", help="compiled-in feature (repeatable)")
     p.add_argument("--acc", type=int, default=32, choices=(16, 32))
     p.add_argument("--n-q", type=int, default=512)
@@ -110,12 +141,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done; 2 refused (bad arguments, knobs or input files, and kgen's named
+    errors); 1 failed (the system refused a file or folder). Each refusal or failure is one
+    line on stderr that names what and how to fix it; a traceback means a bug in kgen."""
     args = build_parser().parse_args(argv)
     try:
+        knobs.validate()   # before any command starts threads that read them
         return args.func(args)
     except KgenError as exc:
-        print(f"kgen: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc), 2)
+    except KeyError:
+        raise   # a bug, not a message: its text is only the missing key
+    except (ValueError, LookupError) as exc:
+        return _fail(str(exc), 2)
+    except OSError as exc:
+        return _fail(_os_error_line(exc), 1)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"kgen: {message}", file=sys.stderr)
+    return code
+
+
+def _os_error_line(exc: OSError) -> str:
+    if exc.filename is None:
+        return f"{exc.strerror or exc}"
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) and (file := _file_in_the_way(exc.filename)):
+        return f"{file} is a file where a folder is needed: move it or choose another path"
+    path = str(exc.filename) + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+    return f"{path}: {exc.strerror or exc}; check the path and its permissions, or choose another"
+
+
+def _file_in_the_way(name) -> Path | None:
+    """The first existing one of `name` and its parents, when it is not a folder."""
+    for path in (Path(name), *Path(name).parents):
+        if path.exists():
+            return None if path.is_dir() else path
+    return None
 
 
 if __name__ == "__main__":

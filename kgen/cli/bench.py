@@ -6,8 +6,9 @@ import sys
 
 from ..models import ModelError
 from ..tools import bench
+from ..tools import model_report as model_charts
 from ..tools.suites import SUITES, suite
-from .model import add_case_options, chosen_cases, command_words
+from .model import add_case_options, chosen_cases, command_words, model_cases_in
 
 
 def register(subparsers) -> None:
@@ -67,7 +68,7 @@ def cmd_bench(args) -> int:
     except ValueError as exc:
         raise SystemExit(f"kgen bench: {exc}") from None
     if args.plot:
-        png = bench.plot(args.plot, args.png)
+        png = bench.plot(args.plot, args.png, draw=model_charts.draw_results)
         print(f"wrote {png}")
         return 0
     from rich.console import Console
@@ -96,20 +97,48 @@ def cmd_bench(args) -> int:
     for r in results:
         notes = [n for n in (r.torch_note and f"torch {r.torch_note}", r.roofline_note) if n]
         say(f"  {r.case}: {r.variant or '-'} ({r.chosen_by or 'not planned'})" + "".join(f"; {n}" for n in notes))
+    report = model_report(args, cases, results, dev, roofline, say, console)
     if args.json:
         path = bench.write_json(results, args.json, caps=dev.caps, command=command_of(args),
-                                suite=label, roofline=roofline)
+                                suite=label, roofline=roofline, model_report=report and report.document())
         say(f"wrote {path}")
         if args.png:
             try:
-                say(f"wrote {bench.plot(path, args.png)}")
-            except bench.PlotUnavailable as exc:
+                say(f"wrote {bench.plot(path, args.png, draw=model_charts.draw_results)}")
+            except (bench.PlotUnavailable, bench.NothingToPlot) as exc:
                 say(f"PNG skipped: {exc}")
-    failed = [r for r in results if r.error or (r.check is not None and r.check.ok is False)]
+    runs = [(r, r.case) for r in results]
+    runs += [(r, f"{r.case} (heuristic default)") for r in (report.timed_apart if report else ())]
+    failed = [name for r, name in runs if r.error or (r.check is not None and r.check.ok is False)]
     if failed:
-        print(f"kgen bench: {len(failed)} case(s) failed or gave wrong output: "
-              + ", ".join(r.case for r in failed), file=sys.stderr)
+        print(f"kgen bench: {len(failed)} run(s) failed or gave wrong output: " + ", ".join(failed), file=sys.stderr)
     return 1 if failed else 0
+
+
+def model_report(args, cases, results, dev, roofline, say, console) -> "object | None":
+    """With --model: each of its classes' heuristic default timed beside the dispatcher's run
+    (`results`), the per-class table and the per-step totals printed; the
+    kgen.tools.model_report.Report, or None without --model."""
+    from ..tools import model_report as mr
+    picked = model_cases_in(args, cases)
+    if picked is None:
+        return None
+    model, model_cases = picked
+    by_case = dict(zip(cases, results))
+
+    def progress(case, r) -> None:
+        if r is None:
+            say(f"[default] {case.name}: heuristic default ...", end=" ")
+        else:
+            say(r.error or f"{r.gpu.median_us:.1f} us ({r.path} x{r.splits} {r.variant})")
+
+    timings = mr.time_defaults([(mc, by_case[mc.case]) for mc in model_cases], dev, repeats=args.repeats,
+                               warmup=args.warmup, roofline=roofline, progress=progress)
+    report = mr.Report.of(model, timings)
+    console.print(mr.table(model, timings))
+    for line in mr.summary_lines(model, report.steps):
+        say(line)
+    return report
 
 
 def _f(x, fmt: str, none: str = "-") -> str:

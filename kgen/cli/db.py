@@ -53,15 +53,22 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def printable(text: str) -> str:
+    """`text` with every character a terminal would act on (escapes, newlines, NUL, bidi
+    controls) written as its Python escape: a DB's strings are printed, never obeyed."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def cmd_show(args) -> int:
     from ..identity import is_current
     with tunedb.TuningDB() as db:
-        rows = [(d.name or d.key, w.problem.key, w.variant, str(w.splits), f"{w.median_us:.1f}",
-                 "current" if is_current(w.variant, w.kernel) else "changed",
-                 f"{w.runner_up} {w.runner_up_us:.1f}" if w.runner_up else "-")
+        rows = [tuple(map(printable, (
+                    d.name or d.key, w.problem.key, w.variant, str(w.splits), f"{w.median_us:.1f}",
+                    "current" if is_current(w.variant, w.kernel) else "changed",
+                    f"{w.runner_up} {w.runner_up_us:.1f}" if w.runner_up else "-")))
                 for d, _, w in db.winners() if args.device_key is None or d.key.startswith(args.device_key)]
         if not rows:
-            print(f"no winners in {db.path}" + (f" for device {args.device_key}" if args.device_key else ""))
+            print(f"no winners in {db.path}" + (f" for device {printable(args.device_key)}" if args.device_key else ""))
             return 0
     # kernel: "changed" when a template edit changed the winner's source since it was timed (the
     # dispatcher skips it until `kgen tune` times it again).
@@ -103,7 +110,8 @@ def register(subparsers) -> None:
     p = sub.add_parser("show", help="the winner of each problem class, per device")
     p.add_argument("--device-key", help="only this device (its key, or a prefix of it)")
     p.set_defaults(func=cmd_show)
-    p = sub.add_parser("reset", help="move the DB aside to <name>.corrupt-<time> and start empty")
+    p = sub.add_parser("reset", help="move the DB aside to <name>.corrupt-<time> and start empty "
+                       "(refused while a tune runs on it)")
     p.set_defaults(func=cmd_reset)
     p = sub.add_parser("path", help="print the DB file's path")
     p.set_defaults(func=cmd_path)

@@ -90,6 +90,16 @@ def chosen_cases(args, *, one_per_class: bool) -> tuple[list, str] | None:
     return cases, " ".join(label)
 
 
+def model_cases_in(args, cases) -> tuple["models.ModelAttention", list["models.ModelCase"]] | None:
+    """The model of --model and its derived cases that are among `cases` (chosen_cases' pick,
+    --case applied), in their derived order; None without --model. Raises ModelError."""
+    if not args.model:
+        return None
+    model = models.load(args.model)
+    picked = set(cases)
+    return model, [mc for mc in derived_cases(model, args) if mc.case in picked]
+
+
 def command_words(args) -> list[str]:
     """The --model/--shape part of a command line that reproduces `args`."""
     words = ["--model", args.model] if args.model else []

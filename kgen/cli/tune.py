@@ -8,6 +8,7 @@ import time
 
 from ..models import ModelError
 from ..tools.suites import SUITES, Case, suite
+from .db import printable
 from .model import OWN_DEFAULT, add_case_options, chosen_cases
 
 
@@ -63,6 +64,7 @@ def _winner_row(case: Case, result, ceilings) -> list[str]:
 def cmd_tune(args) -> int:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from .. import knobs
     from ..runtime import open_device
@@ -90,7 +92,8 @@ def cmd_tune(args) -> int:
         args.budget = GPU_CASE_BUDGET_S * len(cases)
     # Wide enough for the winners table when stdout is a file or a narrow terminal.
     out, err = Console(width=max(Console().width, 200)), Console(stderr=True)
-    err.print(f"kgen tune {label}: {len(cases)} case(s) on {dev.caps.name}; DB {knobs.db_path()}",
+    name = printable(dev.caps.name)   # the driver's words, printed, never obeyed
+    err.print(f"kgen tune {label}: {len(cases)} case(s) on {name}; DB {knobs.db_path()}",
               markup=False, highlight=False)
     ceilings = None
     measured_at = time.monotonic()
@@ -102,34 +105,52 @@ def cmd_tune(args) -> int:
     if (spent := time.monotonic() - measured_at) >= 1.0:   # measured now, cached per device after
         err.print(f"measured the device's roofline in {spent:.0f} s")
     start = time.monotonic()
-    table = Table(title=f"winners on {dev.caps.name}")
+    table = Table(title=Text(f"winners on {name}"))
     for column in ("class", "timed shape", "winner", "us (median ±IQR)", "TFLOPS", "GB/s K+V",
                    "% roofline", "vs default", "runner-up"):
         table.add_column(column)
-    interrupted = False
-    with TuningDB() as db:
+    results = []
+    with TuningDB() as db, db.lease():   # the lease: `kgen db reset` refuses while this runs
         for i, case in enumerate(cases):
             timed = case.fitted(dev.caps)
             budget = None
             if args.budget is not None:
                 budget = max(1.0, (args.budget - (time.monotonic() - start)) / (len(cases) - i))
             result = tune(timed.shapes(), db, device=args.device, strategy=args.strategy,
-                          limits=Limits(budget, args.max_evals, args.runs), paths=paths, progress=_Bar(err))
+                          limits=Limits(budget, args.max_evals, args.runs), paths=paths, progress=_Bar(err),
+                          retry_crashed=args.retry_crashed)
             for o in result.wrong:
-                err.print(f"  rejected {o.candidate.name}: {o.status}: {o.reason.splitlines()[0] if o.reason else ''}")
+                reason = printable(o.reason.splitlines()[0]) if o.reason else ""   # may be an import's
+                err.print(f"  rejected {o.candidate.name}: {o.status}: {reason}", markup=False, highlight=False)
             if result.resumed:
                 err.print(f"  resumed {result.resumed} stored measurement(s)")
-            err.print(f"  {case.name}: {result.seconds:.0f} s, {len(result.outcomes)} candidate(s)")
+            err.print(f"  {case.name}: {result.seconds:.0f} s, {len(result.outcomes)} candidate(s)", markup=False)
             table.add_row(*_winner_row(timed, result, ceilings))
+            results.append(result)
             if result.interrupted:
-                interrupted = True
                 break
     out.print(table)
     err.print(f"tuned in {time.monotonic() - start:.0f} s")
-    if interrupted:
+    if results and results[-1].interrupted:
         err.print("interrupted: what was measured is stored; run the same command again to resume")
         return 130
+    if not any(r.winner for r in results):
+        err.print(f"kgen tune: no class got a winner: {_why_none(results)}", markup=False, highlight=False)
+        return 1
     return 0
+
+
+def _why_none(results) -> str:
+    """Each class's candidates by status, with the first reason given: why none passed."""
+    parts = []
+    for r in results:
+        counts: dict[str, int] = {}
+        for o in r.outcomes:
+            counts[o.status] = counts.get(o.status, 0) + 1
+        first = next((printable(o.reason.splitlines()[0]) for o in r.outcomes if o.reason.strip()), "")
+        tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no candidate checked"
+        parts.append(f"{r.problem.key}: {tally}" + (f" (first: {first[:160]})" if first else ""))
+    return "; ".join(parts)
 
 
 def register(sub) -> None:
@@ -147,4 +168,7 @@ def register(sub) -> None:
                    help="auto: successive halving on a GPU, a seeded random sample on a CPU")
     p.add_argument("--runs", type=int, default=10, help="timed runs per candidate")
     p.add_argument("--path", action="append", help="only these paths (repeatable)")
+    p.add_argument("--retry-crashed", action="store_true",
+                   help="check again the candidates stored as crashing the process (their check died "
+                   "with it twice) in the classes being tuned")
     p.set_defaults(func=cmd_tune)

@@ -9,6 +9,7 @@ from ..extent import evaluate
 from ..kvtensor import KvLayout
 from ..passes import converted, kernel_push, passes_before
 from ..paths.coopmat1 import direct_reason
+from ..paths.shared import FUSED_STATS_SLOTS
 from ..render import mask_dims
 from .recipe import SPLIT_COUNT, SPLITS, split_kv
 from ..shapes import Shapes
@@ -34,7 +35,14 @@ def choose_variant(shapes: Shapes, caps, path: PathKind | None, splits: int | No
     kernel with the split count it was tuned with, as an exported table's entry does; `splits`
     given overrides it."""
     problem = shapes.problem()
-    decision = dispatch.lookup(caps, problem, fits_call) if tuned and path is None else None
+
+    def fits(v: Variant, tuned_splits: int) -> str | None:
+        # A bucket spans many Nq: a decision tuned on a smaller one may not serve this call.
+        runs = aligned_for(v, shapes.n_kv)
+        return (fused_reason(runs, shapes, splits or tuned_splits)
+                or (fits_call(runs) if fits_call is not None else None))
+
+    decision = dispatch.lookup(caps, problem, fits) if tuned and path is None else None
     if decision is not None:
         v, how = decision.variant, f"tuned, {decision.level} class {decision.source}"
         splits = splits or decision.splits
@@ -45,6 +53,18 @@ def choose_variant(shapes: Shapes, caps, path: PathKind | None, splits: int | No
     if (splits > 1) != v.split_k:
         v = v.replace(split_k=splits > 1, fused_reduce=v.fused_reduce and splits > 1)
     return aligned_for(v, shapes.n_kv), splits, how
+
+
+def fused_reason(v: Variant, shapes: Shapes, splits: int) -> str | None:
+    """Why `v`'s fused reduce cannot combine this call's partial rows in its shared stats, or None."""
+    if not (v.fused_reduce and splits > 1):
+        return None
+    runs = split_values(shapes.n_kv, splits, v.bc)[1]
+    rows = min(v.br, shapes.n_q)
+    if runs * rows <= FUSED_STATS_SLOTS:
+        return None
+    return (f"split_k={splits}: {v.uri} combines at most {FUSED_STATS_SLOTS} (row, split) pairs per row "
+            f"tile, here {rows} rows x {runs} splits; use fewer splits or a variant without fused_reduce")
 
 
 def aligned_for(v: Variant, n_kv: int) -> Variant:

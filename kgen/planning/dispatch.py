@@ -44,10 +44,11 @@ def distance(a: ProblemClass, b: ProblemClass) -> tuple[int, ...]:
 
 
 def usable(uri: str, splits: int, kernel: str, problem: ProblemClass, caps: Caps,
-           fits_call: Callable[[Variant], "str | None"] | None = None) -> Variant | None:
+           fits_call: Callable[[Variant, int], "str | None"] | None = None) -> Variant | None:
     """The variant of a stored decision if it may serve `problem` on `caps` today: it parses,
     computes the class (kgen.problem.mismatch), runs on the device (why_invalid), its kernel is
-    still the one timed, and `fits_call` (the call's own layout rules) has no objection."""
+    still the one timed, and `fits_call(variant, splits)` (the call's own rules: its layouts,
+    its query rows) has no objection."""
     from ..identity import is_current
     try:
         v = Variant.parse(uri)
@@ -57,13 +58,13 @@ def usable(uri: str, splits: int, kernel: str, problem: ProblemClass, caps: Caps
         return None
     if not is_current(uri, kernel):
         return None  # a template edit changed its kernel since it was timed
-    if fits_call is not None and fits_call(v) is not None:
+    if fits_call is not None and fits_call(v, splits) is not None:
         return None
     return v
 
 
 def lookup(caps: Caps, problem: ProblemClass,
-           fits_call: Callable[[Variant], "str | None"] | None = None) -> Decision | None:
+           fits_call: Callable[[Variant, int], "str | None"] | None = None) -> Decision | None:
     """The tuned decision for `problem` on this device and build (the exact class, else the
     nearest usable one), or None (use the heuristic default)."""
     path = knobs.db_path()

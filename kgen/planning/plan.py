@@ -6,15 +6,19 @@ import math
 import numpy as np
 
 from .. import abi, knobs
-from ..errors import UnsupportedVariant
+from ..errors import OutOfResources, UnsupportedVariant
+from ..extent import evaluate, names
 from ..kvtensor import KVTensor, KvLayout, layout_of, views_k
 from ..paths.shared import FUSED_STATS_SLOTS
 from ..problem import mismatch
-from ..shapes import Shapes, as_inputs, check_strides, fold_for_layouts, strided_copy, strided_extent
+from ..quant import F16_MAX, check_stored
+from ..render import MAX_GROUPS
+from ..shapes import (Shapes, as_f32, as_inputs, as_int, check_strides, fold_for_layouts, stored_mask_shape,
+                      strided_copy, strided_extent)
 from ..space import why_invalid
 from ..variant import PathKind, Variant
 from .choose import aligned_for, call_dims, call_reason, choose_variant, kernel_layouts, split_values
-from .recipe import recipe
+from .recipe import CALLER_BUFFERS, recipe
 
 F32 = np.dtype("<f4")
 
@@ -24,6 +28,7 @@ class Plan:
                  split_k: int | None = None, variant: Variant | None = None,
                  kv_layouts: dict[str, KvLayout] | None = None, q_strides=None, o_strides=None):
         from .probe import open_for_kernels  # the only place a plan reaches Vulkan from
+        split_k, variant = as_int(split_k, "split_k", optional=True), _as_variant(variant)
         self.shapes = shapes               # what the caller passes and gets back
         # Q and O on the device by these (row, head, batch) strides (dense by default).
         self.q_strides = check_strides("q_strides", q_strides, shapes.batch, shapes.heads_q, shapes.n_q, shapes.head_k)
@@ -66,32 +71,24 @@ class Plan:
                              f"(row, split) pairs per row tile, here {min(variant.br, s.n_q)} rows x "
                              f"{self.splits} splits; use fewer splits or a variant without fused_reduce")
         self.recipe = recipe(variant)
+        sizes = _buffer_sizes(self, self.dims())
+        _check_device_limits(self, sizes)   # before any allocation or compile
         if knobs.debug(1):
             print(f"kgen: plan {s} -> {variant.uri} (splits {self.splits}; {how})")
         self._buffers = {}
         self._sequence = self.kernel = None
         try:
-            self._build()
+            self._build(sizes)
         except BaseException:
             self.close()
             raise
 
     # --- construction ----------------------------------------------------------------------
-    def _build(self) -> None:
-        s, dev, r = self.kernel_shapes, self.device, self.recipe
-        dims = self.dims()
-        groups = [step.groups(dims) for step in r.steps]   # every grid checked before any allocation
-        c = self.shapes
-        sizes = {"q": 4 * strided_extent(self.q_strides, c.batch, c.heads_q, c.n_q, c.head_k),
-                 "k": self.kv_layouts["k"].nbytes}
-        if not self.v_in_k:
-            sizes["v"] = self.kv_layouts["v"].nbytes
-        if s.mask_shape is not None:
-            sizes["mask"] = max(4, 2 * math.prod(s.mask_shape))
-        if s.sinks:
-            sizes["sinks"] = s.heads_q * 4
-        sizes["o"] = 4 * strided_extent(self.o_strides, c.batch, c.heads_q, c.n_q, c.head_v)
-        self._buffers = {name: dev.buffer(n) for name, n in (sizes | r.sizes(dims)).items()}
+    def _build(self, sizes: dict[str, int]) -> None:
+        """Buffers of `sizes` (_buffer_sizes), pipelines and the recorded sequence."""
+        dev, r, dims = self.device, self.recipe, self.dims()
+        groups = [step.groups(dims) for step in r.steps]
+        self._buffers = {name: dev.buffer(n) for name, n in sizes.items()}
         for b in r.scratch:
             if b.zero_once:
                 self._buffers[b.name].write(bytes(self._buffers[b.name].nbytes))
@@ -144,13 +141,12 @@ class Plan:
 
     # --- use -------------------------------------------------------------------------------
     def upload(self, q, k, v, mask=None, sinks=None) -> None:
+        """Write a call's inputs to the plan's buffers. Every input is checked and converted
+        first, so a refused one leaves the buffers as they were."""
         s = self.shapes
         q, k, v, mask, sinks = as_inputs(q, k, v, mask, sinks, data=True)
         _expect(q, "q", (s.batch, s.heads_q, s.n_q, s.head_k))
-        for name, x in (("q", q), ("k", k), ("v", v), ("sinks", sinks)):
-            if x is not None and not isinstance(x, KVTensor) and not np.isfinite(np.asarray(x)).all():
-                raise ValueError(f"{name} has NaN or Inf values: kgen computes on finite inputs only")
-        self._buffers["q"].write(strided_copy(np.asarray(q, dtype=F32), self.q_strides))
+        payloads = {"q": strided_copy(as_f32(q, "q"), self.q_strides)}
         for name, x, t, d in (("k", k, s.k_type, s.head_k), ("v", v, s.v_type, s.head_v)):
             _expect(x, name, (s.batch, s.heads_kv, s.n_kv, d))
             planned, given = self.kv_layouts[name], layout_of(x, t, tuple(x.shape))
@@ -163,21 +159,27 @@ class Plan:
                 if not views_k(k, x):
                     raise ValueError("v: this plan reads V inside K's bytes (v_in_k); pass V as a "
                                      "KVTensor view on K's data, or make a plan with this v")
-                continue   # its bytes went up with K
-            raw = x.raw if isinstance(x, KVTensor) else KVTensor.from_array(np.asarray(x), t).raw
-            self._buffers[name].write(raw)
+                continue   # its bytes go up with K
+            if isinstance(x, KVTensor):
+                x.check_finite(name)
+                payloads[name] = x.raw
+            else:
+                payloads[name] = KVTensor.from_array(as_f32(x, name), t, name=name).raw
         if s.mask_shape is not None:
             if mask is None:
                 raise ValueError("this plan was made with a mask: pass mask=")
-            self._buffers["mask"].write(_mask_f16(mask, s.mask_shape))
+            payloads["mask"] = _mask_f16(mask, s)
         elif mask is not None:
             raise ValueError("this plan was made without a mask; make a plan with mask= to use one")
         if s.sinks:
             if sinks is None:
                 raise ValueError("this plan was made with sinks: pass sinks=")
-            self._buffers["sinks"].write(np.ascontiguousarray(sinks, dtype=F32))
+            _expect(sinks, "sinks", (s.heads_q,))
+            payloads["sinks"] = as_f32(sinks, "sinks")
         elif sinks is not None:
             raise ValueError("this plan was made without sinks; make a plan with sinks= to use them")
+        for name, data in payloads.items():
+            self._buffers[name].write(data)
 
     def run_device(self) -> float:
         """Run on the resident buffers; returns GPU microseconds (all passes)."""
@@ -230,19 +232,28 @@ class Plan:
         return out
 
     def __call__(self, q, k, v, *, mask=None, sinks=None, out: np.ndarray | None = None) -> np.ndarray:
+        """Upload, run and read back as one unit: threads sharing a plan take turns (its
+        sequence's lock), since every call uses the plan's one set of device buffers."""
         if out is not None:   # checked before any device work
             _check_out(out, (self.shapes.batch, self.shapes.heads_q, self.shapes.n_q, self.shapes.head_v))
-        self.upload(q, k, v, mask=mask, sinks=sinks)
-        self.run_device()
-        return self.result(out)
+        with self._sequence.lock:
+            if self._sequence.closed:
+                from ..runtime.errors import ClosedError
+                raise ClosedError(f"plan {self.variant.uri}")
+            self.upload(q, k, v, mask=mask, sinks=sinks)
+            self.run_device()
+            return self.result(out)
 
     def close(self) -> None:
-        if self._sequence is not None:
-            self._sequence.close()
-            self._sequence = None
-        for buf in self._buffers.values():
-            buf.close()
-        self._buffers = {}
+        """Free the plan's device objects once a call running in another thread has finished;
+        later calls (and upload, run_device, result) raise kgen.runtime.ClosedError. The closed
+        buffers stay in place, so each use names what is closed instead of a missing key."""
+        from contextlib import nullcontext
+        with self._sequence.lock if self._sequence is not None else nullcontext():
+            if self._sequence is not None:
+                self._sequence.close()
+            for buf in self._buffers.values():
+                buf.close()
 
     def __enter__(self):
         return self
@@ -252,9 +263,11 @@ class Plan:
 
 
 def _check_out(out, shape: tuple) -> None:
-    if tuple(np.shape(out)) != shape or getattr(out, "dtype", None) != np.float32:
-        raise ValueError(f"out: a float32 array of shape {shape}, got {getattr(out, 'dtype', type(out))} "
-                         f"{tuple(np.shape(out))}")
+    if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != np.float32:
+        raise ValueError(f"out: a float32 array of shape {shape} (a numpy array), got "
+                         f"{getattr(out, 'dtype', type(out))} {tuple(np.shape(out))}")
+    if not out.flags.writeable:
+        raise ValueError("out: a read-only array; pass a writeable one")
 
 
 def _expect(x, name: str, shape: tuple) -> None:
@@ -262,12 +275,94 @@ def _expect(x, name: str, shape: tuple) -> None:
         raise ValueError(f"{name} has shape {tuple(x.shape)}; this plan was made for {shape}")
 
 
-def _mask_f16(mask, stored: tuple) -> np.ndarray:
+def _mask_f16(mask, s: Shapes) -> np.ndarray:
+    """The mask as the f16 values the kernels read, in the plan's stored shape. Finite values
+    below -65504 saturate to -65504, as the C dispatcher's f32-mask pass does (engines write
+    -1e30 or f32's lowest for a hidden key); above +65504 they are refused, since saturating them
+    would change which keys win."""
+    full = (s.batch, s.heads_q, s.n_q, s.n_kv)
+    if any(have not in (1, want) for have, want in zip(stored_mask_shape(mask, full), s.mask_shape)):
+        raise ValueError(f"mask has shape {tuple(mask.shape)}; this plan was made for a mask stored as "
+                         f"{s.mask_shape} (broadcast to (B, Hq, Nq, Nkv)={full})")
     m = np.asarray(mask)
     if m.dtype == bool:
         m = np.where(m, 0.0, -np.inf)
     m = np.asarray(m, dtype=np.float64)
     if np.isnan(m).any() or np.isposinf(m).any():
         raise ValueError("mask has NaN or +inf entries: use finite values or -inf")
-    m = m.reshape((1,) * (4 - m.ndim) + m.shape)
-    return np.ascontiguousarray(np.broadcast_to(m, stored), dtype=np.float16)
+    m = np.where(np.isfinite(m), np.maximum(m, -F16_MAX), m)
+    with np.errstate(over="ignore"):
+        m16 = np.asarray(m, dtype=np.float16)
+    check_stored(m, np.isfinite(m16) | np.isneginf(m), "mask", "f16", F16_MAX,
+                 "the mask is stored as f16 (finite values below -65504 saturate, -inf hides a key)")
+    m16 = m16.reshape((1,) * (4 - m16.ndim) + m16.shape)
+    return np.ascontiguousarray(np.broadcast_to(m16, s.mask_shape))
+
+
+def _as_variant(variant) -> Variant | None:
+    """plan()'s `variant`: a Variant, its uri (Variant.parse) or None; anything else by name."""
+    if variant is None or isinstance(variant, Variant):
+        return variant
+    if not isinstance(variant, str):
+        raise ValueError(f"variant={variant!r}: a kgen Variant, its uri string, or None")
+    try:
+        return Variant.parse(variant)
+    except ValueError as exc:
+        raise ValueError(f"variant={variant!r}: {exc}") from None
+
+
+def _buffer_sizes(p: Plan, dims: dict[str, int]) -> dict[str, int]:
+    """Bytes of every buffer a plan allocates: the caller's tensors, then the recipe's scratch."""
+    s, c = p.kernel_shapes, p.shapes
+    sizes = {"q": 4 * strided_extent(p.q_strides, c.batch, c.heads_q, c.n_q, c.head_k),
+             "k": p.kv_layouts["k"].nbytes}
+    if not p.v_in_k:
+        sizes["v"] = p.kv_layouts["v"].nbytes
+    if s.mask_shape is not None:
+        sizes["mask"] = max(4, 2 * math.prod(s.mask_shape))
+    if s.sinks:
+        sizes["sinks"] = s.heads_q * 4
+    sizes["o"] = 4 * strided_extent(p.o_strides, c.batch, c.heads_q, c.n_q, c.head_v)
+    return sizes | p.recipe.sizes(dims)
+
+
+# The call's dimensions as the API names them, for errors about the grid a dimension sizes.
+_DIMENSION_WORDS = {"n_batch": "batch", "n_head_q": "heads", "n_head_kv": "heads_kv", "n_q": "n_q",
+                    "n_kv": "n_kv", "split_count": "KV splits", "mask_planes": "mask planes",
+                    "mask_rows": "mask rows"}
+
+
+def _tensor_words(p: Plan, name: str) -> str:
+    c = p.shapes
+    return {"q": f"f32 (B, Hq, Nq, Dk)={(c.batch, c.heads_q, c.n_q, c.head_k)} by q_strides {p.q_strides}",
+            "k": f"{c.k_type} (B, Hkv, Nkv, Dk)={(c.batch, c.heads_kv, c.n_kv, c.head_k)}",
+            "v": f"{c.v_type} (B, Hkv, Nkv, Dv)={(c.batch, c.heads_kv, c.n_kv, c.head_v)}",
+            "mask": f"f16, stored as {c.mask_shape}", "sinks": f"f32 ({c.heads_q},)",
+            "o": f"f32 (B, Hq, Nq, Dv)={(c.batch, c.heads_q, c.n_q, c.head_v)} by o_strides {p.o_strides}"}[name]
+
+
+def _check_device_limits(p: Plan, sizes: dict[str, int]) -> None:
+    """A ValueError naming the tensor or dimension that exceeds the device's
+    maxStorageBufferRange or maxComputeWorkGroupCount (OutOfResources for a scratch buffer,
+    which the variant sizes), before anything is allocated or compiled."""
+    caps, dims = p.device.caps, p.dims()
+    limit = caps.max_storage_buffer_range
+    for name, nbytes in sizes.items():
+        if nbytes <= limit:
+            continue
+        if name in CALLER_BUFFERS:
+            raise ValueError(f"{name}: {nbytes} bytes ({_tensor_words(p, name)}) exceed this device's "
+                             f"maxStorageBufferRange of {limit} bytes; split the call (batch, heads or rows)")
+        raise OutOfResources(p.variant.uri, f"bytes in scratch buffer {name!r} (maxStorageBufferRange)", nbytes, limit)
+    folded = p.kernel_shapes is not p.shapes
+    for step in p.recipe.steps:
+        for axis, (expr, most) in enumerate(zip(step.grid, caps.max_workgroup_count)):
+            count, most = evaluate(expr, dims), min(most, MAX_GROUPS)
+            if count <= most:
+                continue
+            named = ", ".join(f"{_DIMENSION_WORDS.get(d, d)}={dims[d]}" for d in names(expr))
+            note = (" (GQA folded: each group's Hq/Hkv query heads are rows of one head, so n_q is "
+                    "Nq x Hq/Hkv and heads is Hkv)") if folded else ""
+            raise ValueError(f"{named}: the {step.name} step needs {count} workgroups along grid "
+                             f"{'xyz'[axis]}, this device allows {most} (maxComputeWorkGroupCount"
+                             f"[{axis}], at most {MAX_GROUPS} for kgen's grids){note}; split the call")

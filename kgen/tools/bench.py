@@ -30,6 +30,7 @@ from ..errors import KgenError
 from ..kvtensor import KVTensor
 from ..timing import rotation_sets
 from ..quant import roundtrip
+from ..variant import Variant
 from .suites import Case
 
 REPEATS_MAX = 10_000
@@ -41,6 +42,10 @@ TORCH_SPIN_CYCLES = 1_000_000  # about 0.5 ms at an H100's clock
 
 class PlotUnavailable(KgenError):
     """The PNG needs matplotlib, which is not importable here."""
+
+
+class NothingToPlot(KgenError, ValueError):
+    """A results file without the times a chart draws (every case failed)."""
 
 
 @dataclass
@@ -153,11 +158,40 @@ def working_bytes(case: Case, splits: int = 1) -> int:
 
 
 # --- the kgen measurement ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Choice:
+    """A variant and the KV splits asked of it; `split_count`: the splits a plan then runs
+    (CaseResult.splits), from kgen.planning.recipe's formulas."""
+    variant: Variant
+    splits: int
+    split_count: int
+
+
+HEURISTIC_FORCED = "heuristic default (forced: tuning DB not read)"   # CaseResult.chosen_by
+
+
+def heuristic_choice(case: Case, caps) -> Choice:
+    """What kgen runs for `case` (as run, i.e. fitted) with an empty tuning DB: the dispatcher's
+    heuristic default (kgen.planning.choose, tuned=False) for the shapes its plan computes, GQA
+    folded as dense layouts allow, under KGEN_PATH where set. Raises InvalidVariant when no
+    path can run the class."""
+    from ..api import resolve_path
+    from ..planning.choose import choose_variant, split_values
+    from ..shapes import dense_strides, fold_for_layouts
+    s = case.shapes()
+    kernel, _, _ = fold_for_layouts(s, dense_strides(s.n_q, s.heads_q, s.head_k),
+                                    dense_strides(s.n_q, s.heads_q, s.head_v))
+    v, splits, _ = choose_variant(kernel, caps, resolve_path(None), None, tuned=False)
+    return Choice(v, splits, split_values(kernel.n_kv, splits, v.bc)[1])
+
+
 def bench_case(case: Case, device=None, *, repeats: int = 100, warmup: int = 10, roofline=None,
-               torch: bool = True, seed: int | None = None) -> CaseResult:
+               torch: bool = True, seed: int | None = None, heuristic: bool = False) -> CaseResult:
     """Bench one case on `device` (an index, a runtime Device or None for the default): the case
     itself on a GPU, `case.fitted(caps)` on a CPU device. `roofline`: a kgen.timing.roofline.Roofline,
-    a string saying why there is none, or None to ask kgen.timing.roofline for the device's ceilings."""
+    a string saying why there is none, or None to ask kgen.timing.roofline for the device's ceilings.
+    `heuristic`: run the heuristic default (`heuristic_choice`) instead of the dispatcher's
+    decision, as if the tuning DB were empty."""
     check_counts(repeats, warmup)
     from ..planning.probe import open_for_kernels
     dev = open_for_kernels(device)
@@ -169,7 +203,8 @@ def bench_case(case: Case, device=None, *, repeats: int = 100, warmup: int = 10,
                         reference_us=dict(run.reference_us), target_us=run.target_us)
     x = Inputs.random(run, zlib.crc32(case.name.encode()) if seed is None else seed)
     try:
-        path = _run_kgen(result, run, x, dev, repeats, warmup)
+        forced = heuristic_choice(run, caps) if heuristic else None
+        path = _run_kgen(result, run, x, dev, repeats, warmup, forced)
     except KgenError as exc:  # a named failure (unsupported, out of resources, compile): this case only
         result.error = f"{type(exc).__name__}: {exc}"
     if result.error:
@@ -182,21 +217,24 @@ def bench_case(case: Case, device=None, *, repeats: int = 100, warmup: int = 10,
     return result
 
 
-def _run_kgen(result: CaseResult, case: Case, x: Inputs, dev, repeats: int, warmup: int):
-    """Plan (as the dispatcher chooses), time, check; fills `result` and returns the path."""
+def _run_kgen(result: CaseResult, case: Case, x: Inputs, dev, repeats: int, warmup: int,
+              forced: Choice | None = None):
+    """Plan (as the dispatcher chooses, or `forced`), time, check; fills `result` and returns the path."""
     from ..api import plan
+    given = {} if forced is None else {"variant": forced.variant, "split_k": forced.splits}
 
     def make():
         t0 = time.perf_counter()
         p = plan(x.q, x.kt, x.vt, mask=x.mask, causal=case.causal, window=case.window or None,
-                 scale=case.scale, softcap=case.softcap, sinks=x.sinks, precision=case.precision, device=dev)
+                 scale=case.scale, softcap=case.softcap, sinks=x.sinks, precision=case.precision, device=dev,
+                 **given)
         return p, (time.perf_counter() - t0) * 1e3
 
     first, first_ms = make()
     plans = [first]
     try:
         result.variant, result.path, result.splits = first.variant.uri, str(first.variant.path), first.splits
-        result.chosen_by = first.how
+        result.chosen_by = first.how if forced is None else HEURISTIC_FORCED
         for _ in range(rotation_sets(working_bytes(case, first.splits)) - 1):
             plans.append(make()[0])
         for p in plans:
@@ -398,8 +436,9 @@ def _torch_time(torch, case: Case, repeats: int, warmup: int) -> float:
 
 # --- files ------------------------------------------------------------------------------------
 def write_json(results: list[CaseResult], path, *, caps=None, command: str = "", suite: str = "",
-               roofline=None) -> Path:
-    """One results file: the command, date, device, kgen build, ceilings and every case."""
+               roofline=None, model_report: dict | None = None) -> Path:
+    """One results file: the command, date, device, kgen build, ceilings and every case (and
+    with --model, kgen.tools.model_report's document under "model_report")."""
     from ..identity import BuildIdentity, DeviceIdentity
     doc = {
         "command": command,
@@ -411,6 +450,8 @@ def write_json(results: list[CaseResult], path, *, caps=None, command: str = "",
         "roofline": _roofline_summary(roofline),
         "results": [r.as_dict() for r in results],
     }
+    if model_report is not None:
+        doc["model_report"] = model_report
     if caps is not None:
         doc["device"]["identity"] = DeviceIdentity.of(caps).as_dict()
         doc["build"] = BuildIdentity.current().as_dict()
@@ -434,10 +475,11 @@ def _roofline_summary(roofline) -> dict | str | None:
     return roofline.to_dict()
 
 
-def plot(json_path, png_path=None) -> Path:
+def plot(json_path, png_path=None, draw=None) -> Path:
     """A bar chart per case (log-scale GPU microseconds): kgen, the reference figures of
-    llama.cpp and torch (hatched) and torch in this run. Raises PlotUnavailable without
-    matplotlib. png_path defaults to the JSON's name with .png."""
+    llama.cpp and torch (hatched) and torch in this run; `draw(plt, doc, json_path)` -> figure
+    replaces it (kgen.tools.model_report.draw_results: a model report's tuned-vs-default chart).
+    Raises PlotUnavailable without matplotlib. png_path defaults to the JSON's name with .png."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -448,9 +490,22 @@ def plot(json_path, png_path=None) -> Path:
     json_path = Path(json_path)
     png_path = Path(png_path) if png_path else json_path.with_suffix(".png")
     doc = json.loads(json_path.read_text())
+    fig = (draw or draw_cases)(plt, doc, json_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png_path.with_name(png_path.name + ".tmp")   # a failed save leaves no half-written chart
+    try:
+        fig.savefig(tmp, dpi=120, format=png_path.suffix.lstrip(".") or "png")
+        tmp.replace(png_path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return png_path
+
+
+def draw_cases(plt, doc: dict, json_path: Path):
     cases = [r for r in doc["results"] if r.get("gpu")]
     if not cases:
-        raise ValueError(f"{json_path}: no case with a GPU time to plot")
+        raise NothingToPlot(f"{json_path}: no case with a GPU time to plot")
     cols = min(4, len(cases))
     rows = math.ceil(len(cases) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False)
@@ -474,7 +529,4 @@ def plot(json_path, png_path=None) -> Path:
     device = (doc.get("device") or {}).get("name", "")
     fig.suptitle(f"kgen bench {doc.get('suite', '')} on {device} ({doc.get('date', '')})", fontsize=9)
     fig.tight_layout()
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path, dpi=120)
-    plt.close(fig)
-    return png_path
+    return fig

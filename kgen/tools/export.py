@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import struct
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,8 +158,10 @@ def eval_grid(grid: dict, dims: dict) -> tuple[int, int, int]:
 
 
 # --- rows: winners -> compiled, deduplicated shaders ------------------------------------------------
-def collect(entries) -> list[Row]:
-    """Compile every winner's shaders once; rows sorted by (device key, class key)."""
+def collect(entries, skipped: list | None = None) -> list[Row]:
+    """Compile every winner's shaders once; rows sorted by (device key, class key). A winner the
+    table cannot serve is left out, with the reason appended to `skipped` as (winner, reason):
+    the C lookup then falls back to the nearest class or the engine's kernel for it."""
     entries = sorted(entries, key=lambda e: (e[0].key, e[2].problem.key, e[1].key))
     if not entries:
         raise ExportError("no tuning winners to export: run `kgen tune` first")
@@ -173,11 +176,11 @@ def collect(entries) -> list[Row]:
 
     rows = []
     for device, build, w in entries:
-        v = _checked_variant(w)
-        if v.fused_reduce and w.splits * v.br > FUSED_STATS_SLOTS:
-            raise ExportError(f"winner {w.variant} with {w.splits} splits: its fused reduce combines at most "
-                              f"{FUSED_STATS_SLOTS} (row, split) pairs per row tile, and br {v.br} x {w.splits} "
-                              "splits can exceed that on a larger Nq of the bucket")
+        if (reason := _unservable(w)) is not None:
+            if skipped is not None:
+                skipped.append((w, reason))
+            continue
+        v = Variant.parse(w.variant)
         rec = recipe(v)
         twin = v.replace(aligned=not v.aligned)
         fa = shader(("fa", v.uri), lambda: Shader(v.uri, rec.fa.spirv(), v.wg, v.subgroup))
@@ -185,6 +188,8 @@ def collect(entries) -> list[Row]:
         steps = tuple((st, fa if st.role == "fa" else shader(("step", st.name), functools.partial(_step_shader, st)))
                       for st in rec.steps)
         rows.append(Row(device, build, w, v, fa, other, rec, steps))
+    if not rows:
+        raise ExportError("no winner can be exported: " + "; ".join(f"{w.problem.key}: {r}" for w, r in skipped or ()))
     return rows
 
 
@@ -192,11 +197,19 @@ def _step_shader(st: Step) -> Shader:
     return Shader(st.name, st.spirv(), st.local_size_x, st.required_subgroup_size)
 
 
-def _checked_variant(w: Winner) -> Variant:
-    v = Variant.parse(w.variant)
+def _unservable(w: Winner) -> str | None:
+    """Why the table cannot carry winner `w` for every call of its class, or None."""
+    try:
+        v = Variant.parse(w.variant)
+    except (KgenError, ValueError) as exc:
+        return f"winner {w.variant!r} does not parse: {exc}"
     if (reason := mismatch(v, w.problem, w.splits)) is not None:
-        raise ExportError(f"winner {w.variant} (splits {w.splits}): {reason}")
-    return v
+        return f"winner {w.variant} (splits {w.splits}): {reason}"
+    if v.fused_reduce and w.splits * v.br > FUSED_STATS_SLOTS:
+        return (f"winner {w.variant} with {w.splits} splits: its fused reduce combines at most "
+                f"{FUSED_STATS_SLOTS} (row, split) pairs per row tile, and br {v.br} x {w.splits} "
+                "splits can exceed that on a larger Nq of the bucket")
+    return None
 
 
 # --- interface tables ----------------------------------------------------------------------------
@@ -469,7 +482,10 @@ def export(entries, out_dir, fmt: str) -> list[Path]:
     Returns the paths written, under `out_dir`."""
     if fmt not in WRITERS:
         raise ValueError(f"format {fmt!r}: one of {', '.join(FORMATS)}")
-    rows = collect(entries)
+    skipped: list = []
+    rows = collect(entries, skipped)
+    for w, reason in skipped:
+        print(f"kgen export: left out class {w.problem.key}: {reason}", file=sys.stderr)
     out = Path(out_dir).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))

@@ -37,8 +37,10 @@ class Outcome:
     median: float | None = None      # set from samples, or from a stored measurement
     spread: float | None = None
     runs: int = 0                    # timed runs behind median (a stored measurement's too)
+    recorded: bool = False           # the tuning DB holds it as it is (new timings clear it)
 
     def add(self, samples: list[float]) -> None:
+        self.recorded = False
         self.samples = list(samples)
         self.runs = len(self.samples)
         self.median, self.spread = median_spread(self.samples)
@@ -58,7 +60,8 @@ class CandidateFailed(Exception):
 
 
 class Evaluator(Protocol):
-    def check(self, c: Candidate) -> Outcome: ...          # status ok/wrong/failed, no samples yet
+    # status ok/wrong/failed, no samples yet; or an outcome `recorded` by another tuner meanwhile
+    def check(self, c: Candidate) -> Outcome: ...
     def time(self, c: Candidate, runs: int) -> list[float]: ...
 
 
@@ -169,7 +172,8 @@ def run_search(strategy: str, cands: list[Candidate], default: Candidate, ev: Ev
 
     def measure(c: Candidate) -> None:
         o = ev.check(c)
-        _timed(o, ev, first_runs)
+        if not o.recorded:   # else measured by another tuner meanwhile: taken as it was stored
+            _timed(o, ev, first_runs)
         outcomes.append(o)
         on_outcome(o)
 
@@ -216,7 +220,7 @@ def run_search(strategy: str, cands: list[Candidate], default: Candidate, ev: Ev
             elif n.name not in seen:
                 measure(n)
     _confirm(outcomes, ev, limits.runs, on_outcome)
-    winner, runner_up = pick_winner(outcomes, default, ev, limits.runs, on_outcome)
+    winner, runner_up = pick_winner(outcomes, default, ev, limits.runs, on_outcome, cands)
     return winner, runner_up, outcomes
 
 
@@ -242,7 +246,7 @@ def _timed(o: Outcome, ev: Evaluator, runs: int) -> None:
     try:
         o.add(ev.time(o.candidate, runs))
     except CandidateFailed as exc:
-        o.status, o.reason, o.median, o.spread = "failed", str(exc), None, None
+        o.status, o.reason, o.median, o.spread, o.recorded = "failed", str(exc), None, None, False
 
 
 def _ok_sorted(outcomes: list[Outcome]) -> list[Outcome]:
@@ -271,7 +275,10 @@ def _ties(ok: list[Outcome]) -> list[Outcome]:
 
 
 def pick_winner(outcomes: list[Outcome], default: Candidate, ev: Evaluator, runs: int,
-                on_outcome: Callable[[Outcome], None] = lambda o: None) -> tuple[Outcome | None, Outcome | None]:
+                on_outcome: Callable[[Outcome], None] = lambda o: None,
+                order: list[Candidate] | None = None) -> tuple[Outcome | None, Outcome | None]:
+    """Near-ties timed again with 3x the runs, then `decide`. `order`: the enumeration order that
+    breaks ties (default: the order of `outcomes`)."""
     ok = _ok_sorted(outcomes)
     if not ok:
         return None, None
@@ -280,10 +287,20 @@ def pick_winner(outcomes: list[Outcome], default: Candidate, ev: Evaluator, runs
         for o in close:  # near-ties: more runs, so the medians settle and real gaps show
             _timed(o, ev, 3 * runs)
             on_outcome(o)
-        ok = _ok_sorted(outcomes)
-    ties = _ties(ok)
-    order = {o.candidate.name: i for i, o in enumerate(outcomes)}
-    tied = sorted(ties, key=lambda o: (o.candidate != default, order[o.candidate.name]))
+    return decide(outcomes, default, order if order is not None else [o.candidate for o in outcomes])
+
+
+def decide(outcomes: list[Outcome], default: Candidate, order: list[Candidate]) -> tuple[Outcome | None, Outcome | None]:
+    """The winner rule on timings as they are: the fastest passing outcome, or among those tied
+    with it (`_ties`) the default, else the earliest in `order` (then by name). A pure function
+    of the outcomes, so every tuner of a class that sees the same timings picks the same one
+    (the tuning DB decides with it from all of a class's stored measurements)."""
+    ok = _ok_sorted(outcomes)
+    if not ok:
+        return None, None
+    rank = {c.name: i for i, c in enumerate(order)}
+    tied = sorted(_ties(ok), key=lambda o: (o.candidate != default, rank.get(o.candidate.name, len(rank)),
+                                            o.candidate.name))
     winner = tied[0]
     runner_up = next((o for o in ok if o is not winner), None)
     return winner, runner_up

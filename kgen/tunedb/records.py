@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 import typing
 from dataclasses import dataclass
 
@@ -22,6 +23,26 @@ EXPORT_FORMAT = "kgen-tuning-db"
 STATUSES = ("ok", "wrong", "failed")  # timed; failed the reference check; compile/pipeline/run error
 MAX_TEXT = 4096          # longest string stored or imported (a longer `reason` is cut on record)
 _MAX_INT = 2**63 - 1     # SQLite's INTEGER range; identity numbers are never negative
+
+# Reasons the tuner reads back. A candidate whose check took its process down CRASH_STRIKES times
+# is stored as failed with crash_reason(); `kgen tune --retry-crashed` forgets those. Older kgens
+# stored LEGACY_CRASH_MARK before every check and left it behind when killed: it counts as one
+# strike. A failure whose reason starts with TRANSIENT (a compiler killed by a signal) is checked
+# again by the next tune.
+CRASH_STRIKES = 2
+CRASHED = "its check died with the process"
+LEGACY_CRASH_MARK = ("crashed the process while being checked (a driver crash?); "
+                     "a rerun skips it, `kgen db reset` forgets it")
+TRANSIENT = "transient, checked again by the next tune: "
+
+
+def crash_reason(times: int) -> str:
+    return (f"{CRASHED} {times} times (a driver crash, or a kill from outside); "
+            "`kgen tune --retry-crashed` checks it again")
+
+
+def is_crash(reason: str) -> bool:
+    return reason.startswith(CRASHED) or reason == LEGACY_CRASH_MARK
 
 
 class TuningDBError(KgenError):
@@ -80,6 +101,8 @@ def _check_choice(where: str, problem: ProblemClass, uri: str, splits: int) -> N
         v = Variant.parse(uri)
     except (ValueError, ArithmeticError) as exc:
         _fail(where, f"{_short(uri)} is not a valid variant: {str(exc)[:200]}")
+    if v.uri != uri:   # digits of other scripts, leading zeros: one decision, one spelling
+        _fail(where, f"{_short(uri)} is not canonical: the variant's uri is {_short(v.uri)}")
     reason = mismatch(v, problem, splits)
     if reason is not None:
         _fail(where, reason)
@@ -164,8 +187,11 @@ class Winner(_Record):
             _fail(f"{where}.runner_up_us", "set exactly when runner_up is")
         if self.runner_up is not None:
             uri, at, splits = self.runner_up.rpartition("@")
-            if not at or not splits.isdigit() or len(splits) > 6:
+            if not at:
                 uri, splits = self.runner_up, "1"
+            elif not re.fullmatch(r"[1-9][0-9]{0,5}", splits):
+                _fail(f"{where}.runner_up", f"{_short(self.runner_up)}: the splits after @ are not "
+                      "a number from 1 to 999999 in ASCII digits without leading zeros")
             _check_choice(f"{where}.runner_up", self.problem, uri, int(splits))
 
 
@@ -203,8 +229,13 @@ class Stored:
 
 
 def identity_from_record(cls: type[DeviceIdentity] | type[BuildIdentity], rec: dict, where: str):
-    """A DeviceIdentity or BuildIdentity from its record: its fields and the key they make."""
+    """A DeviceIdentity or BuildIdentity from its record: its fields and the key they make. Its
+    strings are printed (`kgen db show`, merge's conflicts): no control characters."""
     values = _fields(where, rec, {"key": str, **typing.get_type_hints(cls)})
+    for name, value in values.items():
+        if isinstance(value, str) and not value.isprintable():
+            _fail(f"{where}.{name}", f"{_short(value)} holds control characters (escapes, newlines, NUL, "
+                  "bidi controls)")
     key = values.pop("key")
     identity = cls(**values)
     if identity.key != key:

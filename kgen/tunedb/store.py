@@ -6,6 +6,13 @@ BuildIdentity.key, ProblemClass.key, and (variant uri, splits) for a candidate. 
 and winner also holds the kernel digest it was timed with (identity.kernel_digest); its readers
 use it only while that is still the variant's (identity.is_current).
 
+A tuner marks each candidate before its check (`checks_v2`, never exported) under its lease
+(lease.py): a marker whose owner still runs is a check in flight; one whose owner died is a strike
+against the candidate, which is checked again until it has CRASH_STRIKES. A class's winner is
+decided by the tuner's rule from every stored measurement of the class, in the transaction that
+stores one, so that concurrent tuners agree whoever writes last. On open, PRAGMA quick_check
+warns (once per file) of damage that no query has met yet.
+
 Tables are named by their schema (`winners_v2`). A file written by another schema keeps its
 tables and its rows: this kgen creates its own beside them and never reads the others, nor
 imports another schema's export. A decision not carried over costs speed, never correctness:
@@ -21,12 +28,16 @@ import os
 import sqlite3
 import threading
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..identity import BuildIdentity, DeviceIdentity
 from ..problem import ProblemClass
-from .records import (EXPORT_FORMAT, SCHEMA_VERSION, Export, Measurement, Stored, TuningDBError, Winner,
-                      _fail, _short)
+from . import lease
+from .records import (CRASH_STRIKES, EXPORT_FORMAT, LEGACY_CRASH_MARK, SCHEMA_VERSION, Export, Measurement,
+                      Stored, TuningDBError, Winner, _fail, _short, crash_reason, is_crash)
 
 BUSY_TIMEOUT_S = 30.0
 
@@ -54,7 +65,29 @@ CREATE TABLE IF NOT EXISTS winners_v2 (
   kernel TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (device, build, problem));
 CREATE INDEX IF NOT EXISTS winners_v2_like ON winners_v2
   (device, build, head_k, head_v, k_type, v_type, features, acc);
+CREATE TABLE IF NOT EXISTS checks_v2 (
+  device TEXT NOT NULL, build TEXT NOT NULL, problem TEXT NOT NULL, variant TEXT NOT NULL,
+  splits INTEGER NOT NULL, owner TEXT NOT NULL, strikes INTEGER NOT NULL, started_at REAL NOT NULL,
+  PRIMARY KEY (device, build, problem, variant, splits));
 """
+_KEY_SQL = "device = ? AND build = ? AND problem = ?"
+_CANDIDATE_SQL = _KEY_SQL + " AND variant = ? AND splits = ?"
+# A winner rule: every stored measurement of a class -> its winner, or None (nothing passed).
+Rule = Callable[[list[Measurement]], "Winner | None"]
+_warned_damage: set[str] = set()
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What claim() found: "go" (the marker is this process's now), "busy" (a live process is
+    checking it: `holder`), or "crashed" (stored as failed: `reason`). `strikes`: earlier checks
+    of it that died with their process."""
+    state: str
+    strikes: int = 0
+    holder: str = ""
+    reason: str = ""
+
+
 _KINDS = {"measurements": Measurement, "winners": Winner}   # export list -> record type
 _COLUMNS_SQL = ("SELECT m.name, p.name FROM sqlite_master m JOIN pragma_table_info(m.name) p "
                 "WHERE m.type = 'table' ORDER BY m.name, p.cid")
@@ -88,6 +121,8 @@ class TuningDB:
         from .. import knobs
         self.path = Path(path) if path is not None else knobs.db_path()
         self._lock = threading.Lock()   # one connection, shared by the threads of a process
+        self._lease: lease.Lease | None = None
+        self._lease_users = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
@@ -95,12 +130,14 @@ class TuningDB:
         except sqlite3.Error as exc:
             raise TuningDBError(f"cannot open the tuning DB {self.path}: {exc}") from None
         self._conn.row_factory = sqlite3.Row
+        self._file = self._file_id()
         try:
             with self._errors():
                 self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
                 self._check_schema()   # first: a file that is not ours is left as it was
                 self._use_wal()
                 self._conn.execute("PRAGMA synchronous = NORMAL")   # in WAL: still never corrupts
+                self._quick_check()
         except BaseException:
             self._conn.close()
             raise
@@ -123,11 +160,37 @@ class TuningDB:
         except sqlite3.DatabaseError as exc:
             raise self._corrupt(f"is damaged or not a tuning DB ({exc})") from exc
 
+    def _file_id(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def moved(self) -> bool:
+        """Whether the file at self.path is no longer the one this connection has open (`kgen db
+        reset` moved it aside, or it was deleted)."""
+        return self._file_id() != self._file
+
+    def _quick_check(self) -> None:
+        """Damage on pages no query has read yet is silent until one does: say so once per file."""
+        problems = [row[0] for row in self._conn.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"] and str(self.path) not in _warned_damage:
+            _warned_damage.add(str(self.path))
+            warnings.warn(f"kgen: the tuning DB {self.path} is damaged ({'; '.join(problems)[:300]}); its "
+                          "readable rows are used, but `kgen db reset` moves it aside and starts an empty one",
+                          stacklevel=3)
+
     @contextlib.contextmanager
     def _write(self):
         """One short BEGIN IMMEDIATE transaction: concurrent writers queue on the busy timeout,
-        and an interrupt rolls back only the write in progress."""
+        and an interrupt rolls back only the write in progress. A file moved aside under this
+        connection is not written: the writes would be lost with it."""
         with self._lock, self._errors():
+            if self.moved():
+                raise TuningDBError(f"the tuning DB {self.path} was moved aside or replaced while this "
+                                    "process had it open (`kgen db reset`?); nothing more is written to "
+                                    "the old file: run the command again")
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
@@ -186,14 +249,15 @@ class TuningDB:
         conn.execute(f"INSERT OR REPLACE INTO {table}_v2 ({', '.join(columns)}) VALUES "
                      f"({', '.join('?' * len(columns))})", [*rec.values(), *_class_values(stored.item.problem)])
 
-    def _store(self, device: DeviceIdentity, build: BuildIdentity, table: str, item, where: str) -> None:
+    def _put_checked(self, conn, device: DeviceIdentity, build: BuildIdentity, table: str, item) -> None:
         """Check `item` as an import would, then write it with its device and build."""
+        where = (f"measurement {item.variant}@{item.splits}" if table == "measurements"
+                 else f"winner of {item.problem.key!r}")
         rec = {"device": device.key, "build": build.key, **item.to_record(), "created_at": time.time()}
         stored = Stored.from_record(rec, where, _KINDS[table])
-        with self._write() as conn:
-            self._put_identity(conn, device)
-            self._put_identity(conn, build)
-            self._put(conn, table, stored)
+        self._put_identity(conn, device)
+        self._put_identity(conn, build)
+        self._put(conn, table, stored)
 
     def _item(self, cls, row: sqlite3.Row):
         """A row as its Measurement or Winner. Not from_record: a stored variant that no longer
@@ -211,25 +275,144 @@ class TuningDB:
             raise self._corrupt(f"holds an unreadable {cls.__name__} ({exc})") from None
 
     # --- measurements and winners ------------------------------------------------------------
-    def record(self, device: DeviceIdentity, build: BuildIdentity, m: Measurement) -> None:
-        """Insert or replace the measurement of (device, build, class, variant, splits)."""
-        self._store(device, build, "measurements", m, f"measurement {m.variant}@{m.splits}")
-
-    def forget(self, device: DeviceIdentity, build: BuildIdentity, problem: ProblemClass,
-               variant: str, splits: int) -> None:
-        """Delete one measurement (the tuner's crash marker, when an interrupt ends its check)."""
+    def record(self, device: DeviceIdentity, build: BuildIdentity, m: Measurement, *,
+               owner: str | None = None, rule: Rule | None = None) -> None:
+        """Insert or replace the measurement of (device, build, class, variant, splits). `owner`:
+        the lease whose marker of this candidate (claim) it replaces. `rule`: the class's winner
+        rule; a stored winner of the same timing shape is decided again with it, in this
+        transaction, so a later measurement that beats it (or one that now fails) moves it."""
         with self._write() as conn:
-            conn.execute("DELETE FROM measurements_v2 WHERE device = ? AND build = ? AND problem = ? "
-                         "AND variant = ? AND splits = ?", (device.key, build.key, problem.key, variant, splits))
+            self._put_checked(conn, device, build, "measurements", m)
+            key = (device.key, build.key, m.problem.key, m.variant, m.splits)
+            if owner is not None:
+                conn.execute(f"DELETE FROM checks_v2 WHERE {_CANDIDATE_SQL} AND owner = ?", (*key, owner))
+            if rule is not None:
+                self._redecide(conn, device, build, m.problem, rule, m.shape)
 
     def measurements(self, device: DeviceIdentity, build: BuildIdentity,
                      problem: ProblemClass) -> list[Measurement]:
-        rows = self._query("SELECT * FROM measurements_v2 WHERE device = ? AND build = ? "
-                           "AND problem = ? ORDER BY variant, splits", (device.key, build.key, problem.key))
+        rows = self._query(f"SELECT * FROM measurements_v2 WHERE {_KEY_SQL} ORDER BY variant, splits",
+                           (device.key, build.key, problem.key))
         return [self._item(Measurement, r) for r in rows]
 
+    def measurement(self, device: DeviceIdentity, build: BuildIdentity, problem: ProblemClass,
+                    variant: str, splits: int) -> Measurement | None:
+        rows = self._query(f"SELECT * FROM measurements_v2 WHERE {_CANDIDATE_SQL}",
+                           (device.key, build.key, problem.key, variant, splits))
+        return self._item(Measurement, rows[0]) if rows else None
+
     def set_winner(self, device: DeviceIdentity, build: BuildIdentity, w: Winner) -> None:
-        self._store(device, build, "winners", w, f"winner of {w.problem.key!r}")
+        """Store `w` as it is (an import's way); a tuner decides with decide()."""
+        with self._write() as conn:
+            self._put_checked(conn, device, build, "winners", w)
+
+    def decide(self, device: DeviceIdentity, build: BuildIdentity, problem: ProblemClass,
+               rule: Rule) -> Winner | None:
+        """Store and return the winner that `rule` picks from every stored measurement of the
+        class, in one transaction; None (and the stored winner left as it is) if nothing passed."""
+        with self._write() as conn:
+            w = rule(self._class_measurements(conn, device, build, problem))
+            if w is not None:
+                self._put_checked(conn, device, build, "winners", w)
+            return w
+
+    def _class_measurements(self, conn, device, build, problem) -> list[Measurement]:
+        rows = conn.execute(f"SELECT * FROM measurements_v2 WHERE {_KEY_SQL} ORDER BY variant, splits",
+                            (device.key, build.key, problem.key)).fetchall()
+        return [self._item(Measurement, r) for r in rows]
+
+    def _redecide(self, conn, device, build, problem, rule: Rule, shape: str) -> None:
+        """Decide a stored winner again if it was timed on `shape` (another timing shape of the
+        class is another tune's question, left to it)."""
+        held = conn.execute(f"SELECT variant, splits FROM winners_v2 WHERE {_KEY_SQL}",
+                            (device.key, build.key, problem.key)).fetchone()
+        if held is None:
+            return
+        timed = conn.execute(f"SELECT shape FROM measurements_v2 WHERE {_CANDIDATE_SQL}",
+                             (device.key, build.key, problem.key, held["variant"], held["splits"])).fetchone()
+        if timed is None or timed["shape"] != shape:
+            return
+        w = rule(self._class_measurements(conn, device, build, problem))
+        if w is not None:
+            self._put_checked(conn, device, build, "winners", w)
+        else:   # nothing on its shape passes any more, itself included
+            conn.execute(f"DELETE FROM winners_v2 WHERE {_KEY_SQL}", (device.key, build.key, problem.key))
+
+    # --- check markers: which candidate each tuning process is checking ----------------------
+    @contextlib.contextmanager
+    def lease(self):
+        """This process's lease on the DB while it tunes (re-entrant); yields its token. A marker
+        under it reads as in flight while the process lives, and `kgen db reset` refuses."""
+        with self._lock:
+            if self._lease is None:
+                self._lease = lease.Lease(self.path)
+            self._lease_users += 1
+            token = self._lease.token
+        try:
+            yield token
+        finally:
+            with self._lock:
+                self._lease_users -= 1
+                if self._lease_users == 0:
+                    self._lease.release()
+                    self._lease = None
+
+    def claim(self, device: DeviceIdentity, build: BuildIdentity, failed: Measurement, owner: str) -> Claim:
+        """Mark the candidate of `failed` (its class, variant, splits, shape and kernel) as being
+        checked by the lease `owner`, unless a live process is checking it. A marker left by a
+        dead process is a strike; at CRASH_STRIKES the candidate is stored as `failed` with
+        crash_reason() instead, in the same transaction."""
+        key = (device.key, build.key, failed.problem.key, failed.variant, failed.splits)
+        with self._write() as conn:
+            row = conn.execute(f"SELECT owner, strikes FROM checks_v2 WHERE {_CANDIDATE_SQL}", key).fetchone()
+            if row is not None:
+                if row["owner"] == owner or lease.alive(self.path, row["owner"]):
+                    return Claim("busy", row["strikes"], holder=row["owner"])
+                strikes = row["strikes"] + 1
+            else:
+                stored = conn.execute(f"SELECT reason FROM measurements_v2 WHERE {_CANDIDATE_SQL} "
+                                      "AND status = 'failed'", key).fetchone()
+                if stored is not None and stored["reason"] != LEGACY_CRASH_MARK and is_crash(stored["reason"]):
+                    return Claim("crashed", CRASH_STRIKES, reason=stored["reason"])
+                strikes = 1 if stored is not None and stored["reason"] == LEGACY_CRASH_MARK else 0
+            if strikes >= CRASH_STRIKES:
+                conn.execute(f"DELETE FROM checks_v2 WHERE {_CANDIDATE_SQL}", key)
+                reason = crash_reason(strikes)
+                self._put_checked(conn, device, build, "measurements",
+                                  dataclasses.replace(failed, status="failed", median_us=None, spread_us=None,
+                                                      runs=0, nmse=None, reason=reason))
+                return Claim("crashed", strikes, reason=reason)
+            conn.execute("INSERT OR REPLACE INTO checks_v2 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (*key, owner, strikes, time.time()))
+            return Claim("go", strikes)
+
+    def release(self, owner: str) -> None:
+        """Drop every marker of the lease `owner` (its checks ended without a crash)."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM checks_v2 WHERE owner = ?", (owner,))
+
+    def retry_crashed(self, device: DeviceIdentity, build: BuildIdentity, problem: ProblemClass) -> int:
+        """Forget the class's crash verdicts and the strikes of its dead processes' markers, so
+        that its candidates are checked again; returns how many candidates that frees."""
+        klass = (device.key, build.key, problem.key)
+        with self._write() as conn:
+            crashed = {(r["variant"], r["splits"]) for r in conn.execute(
+                f"SELECT variant, splits, reason FROM measurements_v2 WHERE {_KEY_SQL} AND status = 'failed'",
+                klass).fetchall() if is_crash(r["reason"])}
+            dead = {(r["variant"], r["splits"]) for r in conn.execute(
+                f"SELECT variant, splits, owner FROM checks_v2 WHERE {_KEY_SQL}", klass).fetchall()
+                if not lease.alive(self.path, r["owner"])}
+            for candidate in crashed:
+                conn.execute(f"DELETE FROM measurements_v2 WHERE {_CANDIDATE_SQL}", (*klass, *candidate))
+            for candidate in dead:
+                conn.execute(f"DELETE FROM checks_v2 WHERE {_CANDIDATE_SQL}", (*klass, *candidate))
+            return len(crashed | dead)
+
+    def markers(self, device: DeviceIdentity, build: BuildIdentity, problem: ProblemClass) -> list[dict]:
+        """The class's check markers: variant, splits, owner, strikes, started_at, alive."""
+        rows = self._query(f"SELECT variant, splits, owner, strikes, started_at FROM checks_v2 WHERE {_KEY_SQL} "
+                           "ORDER BY variant, splits", (device.key, build.key, problem.key))
+        return [{**dict(r), "alive": lease.alive(self.path, r["owner"])} for r in rows]
 
     def winner(self, device: DeviceIdentity, build: BuildIdentity, problem: ProblemClass) -> Winner | None:
         rows = self._query("SELECT * FROM winners_v2 WHERE device = ? AND build = ? AND problem = ?",
@@ -294,9 +477,14 @@ class TuningDB:
     @classmethod
     def reset(cls, path: Path | None = None) -> Path | None:
         """Move the DB file (and its WAL sidecars) aside to `<name>.corrupt-<time>` and start an
-        empty one; returns where it went, or None if there was no file."""
+        empty one; returns where it went, or None if there was no file. Refused while a tune holds
+        a lease on it (it would go on writing to the moved file)."""
         from .. import knobs
         path = Path(path) if path is not None else knobs.db_path()
+        if held := lease.holders(path):
+            raise TuningDBError(f"the tuning DB {path} is in use by {len(held)} running tune(s) ("
+                                + "; ".join(h.describe() for h in held[:4])
+                                + "): let them finish or stop them, then reset")
         cached = _DEFAULT.pop(path, None)
         if cached is not None and _DEFAULT_PID == os.getpid():
             cached.close()
@@ -339,8 +527,9 @@ _DEFAULT_PID = os.getpid()
 
 
 def open_default(path: Path | None = None) -> TuningDB:
-    """The process's shared TuningDB for `path` (default knobs.db_path()). After a fork the
-    parent's connections are dropped unclosed (closing them could disturb the parent's locks)."""
+    """The process's shared TuningDB for `path` (default knobs.db_path()); reopened when the file
+    was moved aside (`kgen db reset`). After a fork the parent's connections are dropped unclosed
+    (closing them could disturb the parent's locks)."""
     global _DEFAULT_PID
     from .. import knobs
     path = Path(path) if path is not None else knobs.db_path()
@@ -348,6 +537,8 @@ def open_default(path: Path | None = None) -> TuningDB:
         _DEFAULT.clear()
         _DEFAULT_PID = os.getpid()
     db = _DEFAULT.get(path)
+    if db is not None and db._conn is not None and db._lease is None and db.moved():
+        db.close()   # reset by another process; a tune of this one's stops at its next write instead
     if db is None or db._conn is None:
         db = _DEFAULT[path] = TuningDB(path)
     return db

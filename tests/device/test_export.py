@@ -376,7 +376,7 @@ int main(void) {
 """
 
 
-def test_fused_reduce_winners_export_without_a_reduce_pass(tmp_path):
+def test_fused_reduce_winners_export_without_a_reduce_pass(tmp_path, capsys):
     """A fused_reduce winner (P3's on the H100) is exported with its flag and no reduce shader;
     the notes say what to bind instead, and the header carries the flag."""
     decode = ProblemClass(head_k=64, head_v=64, features=("causal",), nq_bucket=0, nkv_bucket=3)
@@ -398,8 +398,14 @@ def test_fused_reduce_winners_export_without_a_reduce_pass(tmp_path):
         assert build.returncode == 0, build.stderr
         out = subprocess.run([str(tmp_path / "fused")], capture_output=True, text=True, check=True).stdout
         assert out == f"{v.uri} fused=1 reduce=0 splits=4\n"
-    # More (row, split) pairs than its combine holds: refused by name before anything is written.
-    too_many = dataclasses.replace(winner, splits=ex.FUSED_STATS_SLOTS // v.br + 1)
+    # More (row, split) pairs than its combine holds: that row is left out and reported, the
+    # others are exported; with no other row, refused by name before anything is written.
+    too_many = dataclasses.replace(winner, problem=dataclasses.replace(decode, nkv_bucket=4),
+                                   splits=ex.FUSED_STATS_SLOTS // v.br + 1)
+    ex.export(entries + [(DEVICE, BuildIdentity.current(), too_many)], tmp_path / "both", "json")
+    kept = json.loads((tmp_path / "both" / "kgen_dispatch.json").read_text())["entries"]
+    assert [k["splits"] for k in kept] == [4]
+    assert "left out class " + too_many.problem.key in capsys.readouterr().err
     with pytest.raises(ex.ExportError, match="at most 256"):
         ex.export([(DEVICE, BuildIdentity.current(), too_many)], tmp_path / "x", "json")
     assert not (tmp_path / "x").exists()

@@ -46,6 +46,35 @@ def test_stats_table_counts_as_shared_memory_and_bounds_the_splits():
         kgen.plan(q, k, vv, variant=fused.replace(aligned=False), split_k=100)
 
 
+def test_a_tuned_fused_decision_that_cannot_serve_a_call_falls_back(tmp_path, monkeypatch):
+    """A class spans Nq 2-8: a fused winner tuned with 100 splits on 2 rows (200 pairs) cannot
+    combine 8 rows' (400 pairs). A call of 8 rows runs the heuristic default instead of raising."""
+    from kgen.identity import BuildIdentity, DeviceIdentity, kernel_digest
+    from kgen.runtime import open_device
+    from kgen.tunedb import TuningDB, Winner
+    monkeypatch.setenv("KGEN_DB", str(tmp_path / "fused.sqlite"))
+    caps = open_device().caps
+    sg = caps.subgroup_size
+    fused = Variant(**dict(SCALAR, subgroup=sg, wg=4 * sg, bc=max(16, 4 * sg // 8)), split_k=True,
+                    fused_reduce=True, aligned=True)
+    q2, k, v, _ = case_inputs("fits", 1, 2, 2, 2, 6400, 64, 64, False)
+    with kgen.plan(q2, k, v, variant=fused, split_k=100) as tuned_on:
+        problem, splits = tuned_on.kernel_shapes.problem(), tuned_on.splits
+    assert splits == 100
+    db = TuningDB(tmp_path / "fused.sqlite")
+    db.set_winner(DeviceIdentity.of(caps), BuildIdentity.current(),
+                  Winner(problem=problem, variant=fused.uri, splits=100, median_us=1.0, spread_us=0.0,
+                         kernel=kernel_digest(fused.uri)))
+    db.close()
+    with kgen.plan(q2, k, v) as p:
+        assert p.how.startswith("tuned, exact") and p.variant.fused_reduce
+    q8, _, _, _ = case_inputs("wider", 1, 2, 2, 8, 6400, 64, 64, False)
+    with kgen.plan(q8, k, v) as p:
+        assert p.kernel_shapes.problem() == problem
+        assert p.how == "heuristic default"
+        check(p(q8, k, v), q8, k, v)
+
+
 def test_lanes_share_outputs_only_when_the_tile_has_few():
     wide = Variant(**dict(SCALAR, head_v=128, bc=64, wg=256, subgroup=32), split_k=True, fused_reduce=True)
     assert fused_reduce_lanes(wide) == 2          # 4 rows x 32 vec4 outputs on 256 threads

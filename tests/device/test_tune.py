@@ -356,42 +356,6 @@ def test_autotune_at_call_time_stores_and_uses_a_decision(tmp_path, monkeypatch,
     assert "tuning it now" not in capsys.readouterr().out
 
 
-def test_a_candidate_that_crashes_the_process_is_skipped_on_resume(db, monkeypatch):
-    """A driver crash cannot be caught; the marker stored before each check survives it."""
-    cands, default = candidates(SHAPE, open_device(None).caps)
-    costs = costs_for(cands, [default])
-
-    class Crashing(FakeEvaluator):
-        def check(self, c):
-            if c == cands[2]:
-                raise SystemExit("simulated crash")  # stands in for SIGSEGV: nothing after runs
-            return super().check(c)
-
-    monkeypatch.setattr(driver, "GpuEvaluator", lambda timed, **kw: Crashing(costs))
-    monkeypatch.setattr(driver._Evaluator, "check", _no_unmark(driver._Evaluator.check))
-    with pytest.raises(SystemExit):
-        tune(SHAPE, db, strategy="exhaustive", limits=Limits(runs=3))
-    ident, build = DeviceIdentity.of(open_device(None).caps), BuildIdentity.current()
-    marks = [m for m in db.measurements(ident, build, SHAPE.problem()) if m.reason == driver.CRASH_MARK]
-    assert [(m.variant, m.splits) for m in marks] == [(cands[2].variant.uri, cands[2].splits)]
-    monkeypatch.setattr(driver._Evaluator, "check", _real_check)
-    ev = FakeEvaluator(costs)
-    monkeypatch.setattr(driver, "GpuEvaluator", lambda timed, **kw: ev)
-    result = tune(SHAPE, db, strategy="exhaustive", limits=Limits(runs=3))
-    assert cands[2].name not in ev.checked and result.winner.candidate == default
-
-
-_real_check = driver._Evaluator.check
-
-
-def _no_unmark(check):
-    """A real crash ends the process before the marker could be removed: skip the cleanup."""
-    def without_cleanup(self, c):
-        self.unmark = lambda c: None
-        return check(self, c)
-    return without_cleanup
-
-
 @pytest.mark.parametrize("argv, message", [
     (["--suite", "h100-anchors", "--case", "nope"], "--case nope: no case of h100-anchors matches"),
     (["--runs", "1"], "runs=1: >= 3"),

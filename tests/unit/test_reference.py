@@ -489,12 +489,20 @@ def test_forty_wide_rows_are_zero_padded(t):
 
 @pytest.mark.parametrize("value, bits", [
     (1.0, 0x3F80), (1 + 2**-8, 0x3F80), (1 + 3 * 2**-8, 0x3F82), (1 + 2**-8 + 2**-20, 0x3F81),
-    (-0.0, 0x8000), (np.inf, 0x7F80), (float(np.finfo(F).max), 0x7F80), (-1.5, 0xBFC0),
+    (-0.0, 0x8000), (np.inf, 0x7F80), (-1.5, 0xBFC0),
     (2.0**-140, 0x0000), (3 * 2.0**-134, 0x0002),          # subnormals round too (even)
 ])
 def test_bf16_round_to_nearest_even(value, bits):
     raw = quant.quantize(np.array([value], F), "bf16")
     assert int(raw.view("<u2")[0]) == bits
+
+
+def test_bf16_overflow_is_refused_but_the_rounding_is_ggml_s():
+    """f32's largest value rounds to bf16 +inf (ggml's rounding); quantize refuses to store a
+    finite value as inf."""
+    assert int(quant._bf16_bits(np.array([np.finfo(F).max], F))[0]) == 0x7F80
+    with pytest.raises(ValueError, match=r"beyond bf16's range"):
+        quant.quantize(np.array([np.finfo(F).max], F), "bf16")
 
 
 def test_bf16_nan_stays_nan_and_becomes_quiet():

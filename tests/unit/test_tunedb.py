@@ -400,7 +400,7 @@ def _rows(path) -> dict[str, list]:
 
 def test_tables_are_named_by_their_schema():
     assert {t for t in store._expected_columns() if t != "meta"} == \
-        {f"{t}_v{tunedb.SCHEMA_VERSION}" for t in ("devices", "builds", "measurements", "winners")}
+        {f"{t}_v{tunedb.SCHEMA_VERSION}" for t in ("devices", "builds", "measurements", "winners", "checks")}
 
 
 @pytest.mark.parametrize("schema", [1, 2])

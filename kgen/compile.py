@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from . import knobs
-from .errors import CompileError, KgenError
+from .errors import CompileError, KgenError, UnsupportedVariant
 from .render import render
 from .toolchain import TARGET_ENV, Compiler, describe_exit, find_compiler, run_tool, spirv_tool
 from .variant import Variant
@@ -194,12 +194,13 @@ def compile_source(source: str, *, name: str, cache: SpirvCache | None = None,
         log = (result.stdout + result.stderr).replace(str(src), f"{name}.comp")
         if result.returncode != 0 or not out.is_file():
             status = describe_exit(result.returncode) if result.returncode else "wrote no output"
-            raise CompileError(name, f"{compiler.path.name} {status}\n{log}", excerpt_for(log, source))
+            raise CompileError(name, f"{compiler.path.name} {status}\n{log}", excerpt_for(log, source),
+                               returncode=result.returncode)
         if validate:
             check = _run([str(spirv_tool("spirv-val")), "--target-env", TARGET_ENV, str(out)], name=name)
             if check.returncode != 0:
                 raise CompileError(name, f"spirv-val rejected the module ({describe_exit(check.returncode)}):\n"
-                                   + check.stdout + check.stderr)
+                                   + check.stdout + check.stderr, returncode=check.returncode)
         blob = out.read_bytes()
     cache.put(key, blob, name=name, compiler=compiler.identity, target=TARGET_ENV)
     return Compiled(name, key, blob, False)
@@ -214,16 +215,17 @@ def _run(cmd: list[str], *, name: str) -> subprocess.CompletedProcess:
 
 
 def create_with(source: str, create: Callable[[bytes], T], *, name: str, cache: SpirvCache | None = None,
-                compiler: Compiler | None = None) -> T:
+                compiler: Compiler | None = None, compiled: Compiled | None = None) -> T:
     """create(spirv) (a device's pipeline, say) for this source. A cached binary that create
     refuses with a kgen error (a driver that rejects the module or the pipeline) is dropped and
-    compiled once more, so a bad entry that passed the cache's checks fails one call, not all."""
+    compiled once more, so a bad entry that passed the cache's checks fails one call, not all.
+    `compiled`: compile_source's result for this source already at hand (an in-process memo)."""
     cache = cache if cache is not None else SpirvCache()
-    compiled = compile_source(source, name=name, cache=cache, compiler=compiler)
+    compiled = compiled or compile_source(source, name=name, cache=cache, compiler=compiler)
     try:
         return create(compiled.spirv)
-    except KgenError:
-        if not compiled.from_cache:
+    except KgenError as exc:
+        if not compiled.from_cache or isinstance(exc, UnsupportedVariant):  # that one is about the device
             raise
         cache.drop(compiled.key)
         fresh = compile_source(source, name=name, cache=cache, compiler=compiler)

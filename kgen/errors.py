@@ -32,10 +32,11 @@ class OutOfResources(UnsupportedVariant):
 
 
 class CompileError(KgenError):
-    """The GLSL compiler rejected a rendered variant; `log` holds its messages."""
+    """The GLSL compiler rejected a rendered variant; `log` holds its messages. `returncode` is
+    the failing tool's exit status where it had one (negative: killed by that signal)."""
 
-    def __init__(self, uri: str, log: str, excerpt: str = ""):
-        self.uri, self.log, self.excerpt = uri, log, excerpt
+    def __init__(self, uri: str, log: str, excerpt: str = "", *, returncode: int | None = None):
+        self.uri, self.log, self.excerpt, self.returncode = uri, log, excerpt, returncode
         text = f"compiling {uri} failed:\n{log.rstrip()}"
         if excerpt:
             text += f"\n--- offending GLSL ---\n{excerpt.rstrip()}"

@@ -224,3 +224,62 @@ def _sinks(sinks: np.ndarray | None, n_head: int) -> np.ndarray | None:
     if not np.isfinite(sinks).all():
         raise ValueError("sinks has non-finite values: each sink logit must be finite")
     return sinks
+
+
+# --- paged KV caches and ragged batches ---------------------------------------------------------
+def paged_attention(q: np.ndarray, k_cache, v_cache, block_table: np.ndarray, seq_lens: np.ndarray,
+                    cu_seqlens_q: np.ndarray | None = None, *, causal: bool = False, window: int | None = None,
+                    scale: float | None = None, softcap: float = 0.0, sinks: np.ndarray | None = None,
+                    layout: str = "NHD") -> np.ndarray:
+    """attention() per sequence over a paged cache; returns (total_q, Hq, Dv) float64.
+
+    q: (total_q, Hq, Dk); sequence b owns rows cu_seqlens_q[b]:cu_seqlens_q[b+1] (None: one row
+    each) and its keys are tokens 0..seq_lens[b]-1 of pages block_table[b, 0], [b, 1], ...
+    Caches: float arrays (num_blocks, block_size, Hkv, D) for layout "NHD" or
+    (num_blocks, Hkv, block_size, D) for "HND", or a kgen.paged.PagedKV, decoded (dequantized)
+    by its values(). causal and window align per sequence, as attention() does for one batch
+    entry. A sequence with seq_len 0 or no query rows gives zeros (no keys: nothing visible).
+    No mask yet, so no ALiBi (its slopes scale the mask).
+    """
+    k_pages, v_pages = _pages(k_cache, "k_cache", layout), _pages(v_cache, "v_cache", layout)
+    q = np.asarray(q, dtype=np.float64)
+    table, lens = np.asarray(block_table), np.asarray(seq_lens)
+    if q.ndim != 3 or table.ndim != 2 or lens.shape != table.shape[:1]:
+        raise ValueError(f"q {q.shape}, block_table {table.shape}, seq_lens {lens.shape}: expected "
+                         "(total_q, Hq, Dk), (B, max_blocks_per_seq), (B,)")
+    cu = np.arange(len(lens) + 1) if cu_seqlens_q is None else np.asarray(cu_seqlens_q)
+    if cu.shape != (len(lens) + 1,) or cu[0] != 0 or cu[-1] != q.shape[0] or (np.diff(cu) < 0).any():
+        raise ValueError(f"cu_seqlens_q={cu.tolist()}: (B+1,), from 0, non-decreasing, to total_q={q.shape[0]}")
+    if k_pages.shape[:3] != v_pages.shape[:3]:
+        raise ValueError(f"k_cache pages {k_pages.shape[:3]}, v_cache pages {v_pages.shape[:3]}: must match")
+    num_blocks, block_size = k_pages.shape[:2]
+    out = np.zeros((q.shape[0], q.shape[1], v_pages.shape[3]))
+    for b, (n, r0, r1) in enumerate(zip(lens.tolist(), cu[:-1].tolist(), cu[1:].tolist())):
+        pages = table[b, :max(0, -(-n // block_size))]
+        if not 0 <= n <= table.shape[1] * block_size or ((pages < 0) | (pages >= num_blocks)).any():
+            raise ValueError(f"sequence {b}: seq_len {n} with pages {pages.tolist()} does not fit "
+                             f"{table.shape[1]} pages of {block_size} among num_blocks={num_blocks}")
+        if n == 0 or r1 == r0:
+            continue
+        k, v = (_gather(p, pages, n) for p in (k_pages, v_pages))
+        out[r0:r1] = attention(q[None, r0:r1].swapaxes(1, 2), k, v, causal=causal, window=window, scale=scale,
+                               softcap=softcap, sinks=sinks)[0].swapaxes(0, 1)
+    return out
+
+
+def _pages(cache, name: str, layout: str) -> np.ndarray:
+    """A cache's values as float64 (num_blocks, block_size, Hkv, D)."""
+    if hasattr(cache, "values") and hasattr(cache, "block_size"):
+        return cache.values()
+    if layout not in ("NHD", "HND"):
+        raise ValueError(f"layout={layout!r}: NHD or HND")
+    pages = np.asarray(cache, dtype=np.float64)
+    if pages.ndim != 4:
+        raise ValueError(f"{name} has shape {pages.shape}: expected 4 dims (num_blocks, block_size, Hkv, D)")
+    return pages if layout == "NHD" else pages.swapaxes(1, 2)
+
+
+def _gather(pages: np.ndarray, table_row: np.ndarray, n: int) -> np.ndarray:
+    """Tokens 0..n-1 of the listed pages as one sequence, (1, Hkv, n, D)."""
+    tokens = pages[table_row].reshape(-1, *pages.shape[2:])[:n]
+    return tokens.swapaxes(0, 1)[None]

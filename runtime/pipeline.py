@@ -9,6 +9,7 @@ from typing import Any
 
 import vulkan
 
+from kgen.compile import looks_like_spirv
 from kgen.errors import UnsupportedVariant
 
 from . import handles
@@ -17,7 +18,6 @@ from .launch import Buffers, check_groups, check_push, resolve
 from .pipeline_stats import Statistic, capture_flags, read_statistics, statistics_problem
 from .vk import VulkanError, ffi, lib
 
-SPIRV_MAGIC = b"\x03\x02\x23\x07"  # 0x07230203, little-endian
 # VK_PIPELINE_SHADER_STAGE_CREATE_REQUIRE_FULL_SUBGROUPS_BIT: the binding's name for it is None.
 REQUIRE_FULL_SUBGROUPS = 0x2
 _ENTRY = ffi.new("char[]", b"main")  # module-level: the pointer the driver sees never dangles
@@ -145,10 +145,11 @@ def build(dev: Any, spirv: bytes, *, name: str, required_subgroup_size: int | No
           full_subgroups: bool) -> Kernel:
     """The device's Kernel for this code and these options, created on first request."""
     spirv = bytes(spirv)
-    if len(spirv) < 20 or len(spirv) % 4 or spirv[:4] != SPIRV_MAGIC:
+    if not looks_like_spirv(spirv):   # a malformed module can crash a driver rather than fail
         raise InvalidArgument(f"Device.pipeline({name!r})", "spirv", f"{len(spirv)} bytes starting "
-                              f"{spirv[:4].hex() or 'with nothing'}", "a SPIR-V module: a multiple of 4 bytes "
-                              "starting 03022307", "pass kgen.compile.compile_source(...).spirv")
+                              f"{spirv[:4].hex() or 'with nothing'}", "a whole SPIR-V module: a multiple of 4 "
+                              "bytes starting 03022307, its instructions ending with OpFunctionEnd",
+                              "pass kgen.compile.compile_source(...).spirv")
     if (reason := subgroup_problem(dev, required_subgroup_size, full_subgroups)) is not None:
         raise UnsupportedVariant(name, reason)
     key = KernelKey(hashlib.sha256(spirv).hexdigest(), required_subgroup_size, bool(full_subgroups))

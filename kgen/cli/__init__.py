@@ -56,7 +56,7 @@ def _pick(caps_list: list, index: int | None):
         from ..select import default_index
         index = default_index(caps_list)
     if not 0 <= index < len(caps_list):
-        raise SystemExit(f"--device {index}: there are {len(caps_list)} device(s), 0-{len(caps_list) - 1}")
+        raise ValueError(f"--device {index}: there are {len(caps_list)} device(s), 0-{len(caps_list) - 1}")
     return caps_list[index]
 
 

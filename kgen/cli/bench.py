@@ -1,10 +1,11 @@
 """`kgen bench`: time a shape suite on a device, print a table, file the results as JSON (+ PNG)."""
 from __future__ import annotations
 
+import json
 import shlex
 import sys
+from pathlib import Path
 
-from ..models import ModelError
 from ..tools import bench
 from ..tools import model_report as model_charts
 from ..tools.suites import SUITES, suite
@@ -47,6 +48,7 @@ def validate(args) -> tuple[tuple, str]:
     if args.plot:
         if args.suite or args.model or args.shape:
             raise ValueError("--plot redraws an earlier results file: give it without --suite")
+        _check_results_file(args.plot)
         return (), ""
     chosen = chosen_cases(args, one_per_class=False)
     if chosen is None:
@@ -59,14 +61,25 @@ def validate(args) -> tuple[tuple, str]:
     return tuple(chosen[0]), chosen[1]
 
 
+def _check_results_file(name: str) -> None:
+    """ValueError naming --plot unless `name` reads as a `kgen bench --json` results file."""
+    try:
+        doc = json.loads(Path(name).read_text())
+    except OSError as exc:
+        raise ValueError(f"--plot {name}: cannot read it ({exc.strerror or exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"--plot {name}: not JSON ({str(exc)[:200]})") from None
+    results = doc.get("results") if isinstance(doc, dict) else None
+    if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+        raise ValueError(f"--plot {name}: not a results file (as `kgen bench --json FILE` writes)")
+
+
 def cmd_bench(args) -> int:
     try:
         cases, label = validate(args)
-    except ModelError as exc:
+    except ValueError as exc:   # ModelError too: a usage error, before any device is opened
         print(f"kgen bench: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:
-        raise SystemExit(f"kgen bench: {exc}") from None
     if args.plot:
         png = bench.plot(args.plot, args.png, draw=model_charts.draw_results)
         print(f"wrote {png}")

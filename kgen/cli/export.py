@@ -22,7 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--cover", choices=sorted(COVER_SETS),
                    help="also every class of this case set that has no tuned winner, with kgen's heuristic "
                         "default for the device opened here (ggml: test-backend-ops' FLASH_ATTN_EXT cases)")
-    p.add_argument("--device", help="with --cover or --model: device index (see `kgen devices`); default: "
+    p.add_argument("--device", type=int, help="with --cover or --model: device index (see `kgen devices`); default: "
                    "KGEN_DEVICE or the best")
     from .model import add_case_options
     add_case_options(p)   # --model/--shape: cover that model's classes as --cover does a case set
@@ -38,8 +38,13 @@ COVER_SETS = {"ggml": _ggml_cases}
 
 
 def cmd_export(args) -> int:
+    from ..models import ModelError
     from .model import chosen_cases
-    picked = chosen_cases(args, one_per_class=True)   # before any device is opened: bad options exit 2
+    try:   # before any device is opened
+        picked = chosen_cases(args, one_per_class=True)
+    except ModelError as exc:
+        print(f"kgen export: {exc}", file=sys.stderr)
+        return 2
     db = Path(args.db) if args.db else knobs.db_path()
     try:
         entries = read_winners(db, device_key=args.device_key, all_builds=args.all_builds)
@@ -88,7 +93,7 @@ def read_winners(db_path: Path, *, device_key: str | None, all_builds: bool) -> 
     return entries
 
 
-def cover(entries: list, name: str, device: str | None, cases: list | None = None) -> list:
+def cover(entries: list, name: str, device: int | None, cases: list | None = None) -> list:
     """Heuristic-default winners for the classes of case set `name` (or of `cases`, Shapes)
     that `entries` leave untuned on the device opened here; prints what the set covers and what
     kgen cannot serve."""
@@ -98,7 +103,7 @@ def cover(entries: list, name: str, device: str | None, cases: list | None = Non
     from ..tools.export import DEFAULT_STRATEGY
     from ..tools.ggml_cases import classes
     from ..tunedb import Winner
-    caps = open_for_kernels(int(device) if device is not None else None).caps
+    caps = open_for_kernels(device).caps
     ident, build = DeviceIdentity.of(caps), BuildIdentity.current()
     if cases is None:
         cases = COVER_SETS[name]()

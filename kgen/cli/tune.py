@@ -6,7 +6,6 @@ import argparse
 import sys
 import time
 
-from ..models import ModelError
 from ..tools.suites import SUITES, Case, suite
 from .db import printable
 from .model import OWN_DEFAULT, add_case_options, chosen_cases
@@ -72,12 +71,8 @@ def cmd_tune(args) -> int:
     from ..tunedb import TuningDB
     from ..variant import PathKind
 
-    try:  # bad arguments fail before the GPU is touched
+    try:  # bad arguments are usage errors, refused before the GPU is touched
         chosen = chosen_cases(args, one_per_class=True)
-    except ModelError as exc:
-        print(f"kgen tune: {exc}", file=sys.stderr)
-        return 2
-    try:
         if chosen is None:
             args.suite = args.suite or "quick"
             cases, label = suite(args.suite, args.case), f"--suite {args.suite}"
@@ -85,8 +80,9 @@ def cmd_tune(args) -> int:
             cases, label = chosen
         paths = tuple(PathKind.parse(p) for p in args.path) if args.path else None
         Limits(args.budget, args.max_evals, args.runs)
-    except ValueError as exc:
-        raise SystemExit(f"kgen tune: {exc}") from None
+    except ValueError as exc:   # ModelError is one
+        print(f"kgen tune: {exc}", file=sys.stderr)
+        return 2
     dev = open_device(args.device)
     if args.budget is None and args.max_evals is None and dev.caps.device_type != "cpu":
         args.budget = GPU_CASE_BUDGET_S * len(cases)

@@ -98,8 +98,8 @@ class Plan:
         for i, (step, grid) in enumerate(zip(r.steps, groups)):
             if knobs.debug(4):
                 print(f"kgen: glsl {step.name} {step.dump_glsl()}")
-            pipeline = dev.pipeline(step.spirv(), name=step.name, required_subgroup_size=step.required_subgroup_size,
-                                    full_subgroups=bool(step.required_subgroup_size) and dev.caps.compute_full_subgroups)
+            pipeline = step.pipeline(dev, full_subgroups=bool(step.required_subgroup_size)
+                                     and dev.caps.compute_full_subgroups)
             if step.role == "fa":
                 self.kernel = pipeline
             binds = {abi.BINDING[binding]: self._buffer(name) for binding, name in step.binds}

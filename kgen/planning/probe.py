@@ -4,6 +4,8 @@ here, when a plan (or the tuner) opens a device for kernels, never inside the ru
 from __future__ import annotations
 
 import dataclasses
+import functools
+import threading
 import warnings
 import weakref
 from typing import Any
@@ -15,6 +17,7 @@ from ..caps import Fragment
 from ..errors import KgenError
 
 _probed: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_probe_lock = threading.Lock()   # two threads' first plans on a device must not both probe it
 
 
 def open_for_kernels(device: Any = None) -> Any:
@@ -22,10 +25,13 @@ def open_for_kernels(device: Any = None) -> Any:
     once per Device (the register-softmax kernels need it; other paths do not care)."""
     from ..runtime import open_device
     dev = open_device(device)
-    if dev not in _probed:
-        if dev.caps.has_coopmat1 and dev.caps.subgroup_size_control and not dev.caps.coopmat1_fragments:
-            dev.caps = dataclasses.replace(dev.caps, coopmat1_fragments=probe_or_warn(dev))
-        _probed.add(dev)
+    if dev in _probed:
+        return dev
+    with _probe_lock:
+        if dev not in _probed:
+            if dev.caps.has_coopmat1 and dev.caps.subgroup_size_control and not dev.caps.coopmat1_fragments:
+                dev.caps = dataclasses.replace(dev.caps, coopmat1_fragments=probe_or_warn(dev))
+            _probed.add(dev)
     return dev
 
 
@@ -45,7 +51,7 @@ def probe_or_warn(device: Any) -> tuple[Fragment, ...]:
 def probe(device: Any) -> tuple[Fragment, ...]:
     """Every subgroup-scope f16 x f16 -> f32 shape's accumulator and A fragments, as the device
     lays them out (one small dispatch per shape)."""
-    from ..compile import compile_source
+    from ..compile import create_with
     from ..paths.coopmat1 import _shapes  # the shapes coopmat1 multiplies f16 -> f32 with
     from ..render import environment
 
@@ -61,8 +67,8 @@ def probe(device: Any) -> tuple[Fragment, ...]:
             m=m, n=n, k=k, subgroup=lanes, slots=slots, push_fields=abi.PUSH_FIELDS,
             binding=abi.BINDING, roles={})
         name = f"fragment_probe_m{m}n{n}k{k}"
-        kernel = device.pipeline(compile_source(source, name=name).spirv, name=name,
-                                 required_subgroup_size=lanes, full_subgroups=True)
+        kernel = create_with(source, functools.partial(device.pipeline, name=name, required_subgroup_size=lanes,
+                                                       full_subgroups=True), name=name)
         buf = device.buffer(4 * (2 + 2 * lanes * slots))
         try:
             buf.write(np.full(2 + 2 * lanes * slots, -1.0, np.float32))

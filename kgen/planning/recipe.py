@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from .. import abi
-from ..compile import compile_source, dump_glsl
+from ..compile import Compiled, compile_source, create_with, dump_glsl
+from ..errors import KgenError
 from ..extent import Expr, ceil_div, evaluate, mul
 from ..passes import kernel_push, passes_before
 from ..render import REDUCE_WG, _within_group_limit, reduce_chunks, reduce_grid, render, render_split_k_reduce
@@ -53,7 +54,22 @@ class Step:
     required_subgroup_size: int | None = None   # with full subgroups where the device has them
 
     def spirv(self) -> bytes:
-        return _compiled(self.name, self.source())
+        return _compiled(self.name, self.source()).spirv
+
+    def pipeline(self, device: Any, *, full_subgroups: bool) -> Any:
+        """The device's pipeline of this step (compile.create_with): a cached binary that the
+        driver refuses is dropped, here and on disk, and built once more."""
+        source = self.source()
+
+        def create(spirv: bytes) -> Any:
+            try:
+                return device.pipeline(spirv, name=self.name, required_subgroup_size=self.required_subgroup_size,
+                                       full_subgroups=full_subgroups)
+            except KgenError:
+                _compiled.cache_clear()   # lru_cache forgets no single entry; a refusal is rare
+                raise
+
+        return create_with(source, create, name=self.name, compiled=_compiled(self.name, source))
 
     def dump_glsl(self):
         """Its rendered GLSL, written under knobs.glsl_dir() (KGEN_DEBUG=4); returns the path."""
@@ -130,8 +146,8 @@ def recipe(v: Variant) -> Recipe:
 
 
 @functools.lru_cache(maxsize=256)
-def _compiled(name: str, source: str) -> bytes:
-    return compile_source(source, name=name).spirv
+def _compiled(name: str, source: str) -> Compiled:
+    return compile_source(source, name=name)
 
 
 def _reads(v: Variant, name: str) -> bool:

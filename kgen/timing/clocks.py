@@ -9,11 +9,12 @@ subgroup, so it scales with 1 / clock and with nothing else (no memory, no other
 """
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Any
 
 from .. import abi
-from ..compile import compile_source
+from ..compile import create_with
 from .roofline import FMA_X, FMA_Y, _push, _render
 
 PROBE_WG = 32
@@ -28,7 +29,7 @@ class ClockProbe:
 
     def __init__(self, device: Any):
         source = _render("fma.comp.j2", vec="vec4", scalar="float", wg=PROBE_WG, chains=1, unroll=8)
-        self.kernel = device.pipeline(compile_source(source, name="clock_probe").spirv, name="clock probe")
+        self.kernel = create_with(source, functools.partial(device.pipeline, name="clock probe"), name="clock_probe")
         self._out = device.buffer(4 * PROBE_WG)
         self.step = (self.kernel, {abi.BINDING["out"]: self._out},
                      _push(iters=PROBE_ITERS, x=FMA_X, y=FMA_Y), (1, 1, 1))

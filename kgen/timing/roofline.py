@@ -16,6 +16,7 @@ never is: the compiler cannot drop the work, and no memory traffic competes with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -31,7 +32,7 @@ import numpy as np
 
 from .. import abi, knobs
 from ..caps import Caps
-from ..compile import compile_source
+from ..compile import create_with
 from ..errors import CompileError, KgenError, UnsupportedVariant
 from ..identity import DeviceIdentity
 from ..render import environment
@@ -294,8 +295,8 @@ def measure_copy(device: Any, budget: Budget | None = None) -> float:
         for offset in range(0, src.nbytes, block.nbytes):
             src.write(block[:(src.nbytes - offset) // 4], offset)
         n = src.nbytes // 16
-        spirv = compile_source(copy_source(), name="roofline_copy").spirv
-        kernel = device.pipeline(spirv, name="roofline copy")
+        kernel = create_with(copy_source(), functools.partial(device.pipeline, name="roofline copy"),
+                             name="roofline_copy")
         groups = (min(caps.max_workgroup_count[0], math.ceil(n / (COPY_WG * COPY_UNROLL))), 1, 1)
         step = (kernel, {abi.BINDING["q"]: src, abi.BINDING["out"]: dst}, _push(count=n), groups)
 
@@ -313,9 +314,9 @@ def measure_copy(device: Any, budget: Budget | None = None) -> float:
 def measure_bench(device: Any, bench: Bench, budget: Budget | None = None) -> float:
     """TFLOPS of one matrix kernel."""
     budget = budget or budget_for(device.caps)
-    kernel = device.pipeline(compile_source(bench.source, name=f"roofline_{bench.key}").spirv,
-                             name=f"roofline {bench.label}", required_subgroup_size=bench.subgroup,
-                             full_subgroups=bench.full_subgroups)
+    kernel = create_with(bench.source, functools.partial(
+        device.pipeline, name=f"roofline {bench.label}", required_subgroup_size=bench.subgroup,
+        full_subgroups=bench.full_subgroups), name=f"roofline_{bench.key}")
     groups = (min(budget.groups, device.caps.max_workgroup_count[0]), 1, 1)
     buffers = []
     try:

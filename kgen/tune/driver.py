@@ -71,6 +71,7 @@ class _CompileAhead:
     def __init__(self, cands: list[Candidate]):
         self.done: dict[str, CompileError | None] = {}
         self.finished = False
+        self.crashed: BaseException | None = None   # what stopped the thread other than a CompileError
         self.cond = threading.Condition()
         variants = list({c.variant.uri: c.variant for c in cands}.values())
         self.thread = threading.Thread(target=self._run, args=(variants,), daemon=True)
@@ -82,14 +83,21 @@ class _CompileAhead:
                 with self.cond:
                     self.done[uri] = outcome if isinstance(outcome, CompileError) else None
                     self.cond.notify_all()
+        except BaseException as exc:  # a bad knob, a missing tool, a full disk: the tune's own error
+            with self.cond:
+                self.crashed = exc
         finally:
             with self.cond:
                 self.finished = True
                 self.cond.notify_all()
 
     def error_of(self, uri: str) -> CompileError | None:
+        """The candidate's CompileError, None once it compiled; re-raises what stopped the thread
+        before it got there."""
         with self.cond:
             self.cond.wait_for(lambda: uri in self.done or self.finished)
+            if uri not in self.done and self.crashed is not None:
+                raise self.crashed
             return self.done.get(uri)
 
 
@@ -102,9 +110,8 @@ def _compile_failure(c: Candidate, error: CompileError) -> Outcome:
     kill) said nothing about the kernel: that failure is stored as TRANSIENT, so the next tune
     compiles it again. The exit status where the error carries one; else the log's first line,
     and a compiler that failed without a word is taken for one killed too."""
-    status = getattr(error, "returncode", None)
-    if isinstance(status, int):
-        killed = status < 0
+    if error.returncode is not None:
+        killed = error.returncode < 0
     else:
         first = error.log.strip().partition("\n")[0]
         killed = not first or _KILLED.search(first) is not None

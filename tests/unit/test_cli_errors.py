@@ -140,3 +140,19 @@ def test_variant_takes_numpy_integers_as_ints():
     v = Variant.parse(SC)
     w = dataclasses.replace(v, br=np.int64(8), bc=np.int32(32))
     assert w == v and type(w.br) is int and w.uri == SC
+
+
+# --- bad arguments of each command: exit 2 (usage), one line naming the command -------------------
+@pytest.mark.parametrize("argv, names", [
+    (["bench", "--suite", "quick", "--repeats", "0"], ["kgen bench: --repeats 0", "1..10000"]),
+    (["bench", "--plot", str(ROOT / "kgen" / "data" / "h100.json")], ["kgen bench: --plot", "not a results file"]),
+    (["tune", "--runs", "1"], ["kgen tune: runs=1", ">= 3"]),
+    (["export", "--format", "json", "-o", "{tmp}/out", "--context", "4096"], ["kgen export: --context", "give --model"]),
+    (["export", "--format", "json", "-o", "{tmp}/out", "--cover", "ggml", "--device", "abc"], ["--device", "'abc'"]),
+    (["model", "show", "Qwen3-8B", "--context", "0"], ["kgen model show: --context 0"]),
+    (["db", "import", "{tmp}/no-export.json"], ["no-export.json", "No such file"]),
+])
+def test_bad_arguments_of_each_command_exit_2_in_one_line(argv, names, tmp_path):
+    result = kgen(*(a.format(tmp=tmp_path) for a in argv), KGEN_DB=str(tmp_path / "db.sqlite"))
+    assert_one_line(result, 2, *names)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "db.sqlite").exists()

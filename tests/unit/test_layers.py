@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Low to high. A module belongs to the first entry naming it or a package above it.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("kgen.version", "kgen.errors", "kgen.knobs", "kgen.types", "kgen.abi", "kgen.extent", "kgen.quant",
-     "kgen.reference", "kgen.kvtensor", "kgen.caps", "kgen.variant", "kgen.problem", "kgen.shapes",
+     "kgen.reference", "kgen.kvtensor", "kgen.paged", "kgen.caps", "kgen.variant", "kgen.problem", "kgen.shapes",
      "kgen.profiles", "kgen.select", "kgen.templates"),
     ("kgen.paths", "kgen.space"),                                    # what exists and why not
     ("kgen.render", "kgen.passes", "kgen.compile", "kgen.toolchain", "kgen.identity"),  # GLSL, SPIR-V

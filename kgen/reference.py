@@ -2,7 +2,7 @@
 
     score(i, j) = scale * q_i . k_j                    scale defaults to 1/sqrt(Dk)
     score       = softcap * tanh(score / softcap)       when softcap > 0
-    score      += slope_h * mask[i, j]                  slope_h = 1 without ALiBi
+    score      += slope_h * mask[i, j]                  slope_h = 1 without ALiBi; -inf stays -inf
     hidden keys (causal / window / -inf mask) drop out of the softmax
     out_i       = sum_j softmax(score_i)_j v_j          sinks: one extra logit per head
 
@@ -34,7 +34,16 @@ def alibi_slopes(n_head: int, max_bias: float) -> np.ndarray:
     n2 = 1 << (n_head.bit_length() - 1)
     m0, m1 = 2.0 ** (-max_bias / n2), 2.0 ** (-max_bias / 2 / n2)
     h = np.arange(n_head)
-    return np.where(h < n2, m0 ** (h + 1.0), m1 ** (2.0 * (h - n2) + 1.0))
+    with np.errstate(over="ignore", under="ignore", divide="ignore"):   # np.where computes both branches
+        return np.where(h < n2, m0 ** (h + 1.0), m1 ** (2.0 * (h - n2) + 1.0))
+
+
+def _alibi_bias(slopes: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """slope * mask, where a -inf entry stays -inf: the key is hidden whatever the slope. A large
+    max_bias underflows slopes to 0 (in float32, as kernels compute them, below 2^-149), and
+    0 * -inf would be NaN; the kernels clamp such a score to their hidden value."""
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isneginf(mask), -np.inf, slopes * mask)
 
 
 # The correctness bar every kernel meets against this reference (tuner checks, bench, tests).
@@ -112,7 +121,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, mask: np.ndarray |
                     s = softcap * np.tanh(s / softcap)
                 if mask is not None:
                     m = mask[b, h0:h1, r0:r1].reshape(hk1 - hk0, group, r1 - r0, Nkv)
-                    s = s + slopes[h0:h1].reshape(hk1 - hk0, group, 1, 1) * m
+                    s = s + _alibi_bias(slopes[h0:h1].reshape(hk1 - hk0, group, 1, 1), m)
                 if causal or window is not None:
                     s = np.where(_visible(r0, r1, Nq, Nkv, window), s, -np.inf)
                 sink = None if sinks is None else sinks[h0:h1].reshape(hk1 - hk0, group, 1)

@@ -113,4 +113,4 @@ def default_variant(problem: ProblemClass, caps: Caps, path: PathKind | None = N
         if (reason := why_invalid(v, caps)) is None:
             return v
         reasons.append(f"{kind}: default {v.uri}: {reason}")
-    raise InvalidVariant(f"{problem}", "no path can run it here: " + "; ".join(reasons))
+    raise InvalidVariant(problem.key, "no path can run it here: " + "; ".join(reasons))

@@ -6,9 +6,8 @@ BuildIdentity.key, ProblemClass.key, and (variant uri, splits) for a candidate. 
 and winner also holds the kernel digest it was timed with (identity.kernel_digest); its readers
 use it only while that is still the variant's (identity.is_current).
 
-A tuner marks each candidate before its check (`checks_v2`, never exported) under its lease
-(lease.py): a marker whose owner still runs is a check in flight; one whose owner died is a strike
-against the candidate, which is checked again until it has CRASH_STRIKES. A class's winner is
+A tuner marks each candidate before its check under its lease (checks.py, lease.py); a candidate
+whose check died with its process CRASH_STRIKES times is stored as failed. A class's winner is
 decided by the tuner's rule from every stored measurement of the class, in the transaction that
 stores one, so that concurrent tuners agree whoever writes last. On open, PRAGMA quick_check
 warns (once per file) of damage that no query has met yet.
@@ -29,15 +28,14 @@ import sqlite3
 import threading
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from ..identity import BuildIdentity, DeviceIdentity
 from ..problem import ProblemClass
-from . import lease
-from .records import (CRASH_STRIKES, EXPORT_FORMAT, LEGACY_CRASH_MARK, SCHEMA_VERSION, Export, Measurement,
-                      Stored, TuningDBError, Winner, _fail, _short, crash_reason, is_crash)
+from . import checks, lease
+from .checks import CANDIDATE_SQL, KEY_SQL, CheckMarkers, Claim  # noqa: F401 (Claim: store.Claim)
+from .records import EXPORT_FORMAT, SCHEMA_VERSION, Export, Measurement, Stored, TuningDBError, Winner, _fail, _short
 
 BUSY_TIMEOUT_S = 30.0
 
@@ -65,27 +63,10 @@ CREATE TABLE IF NOT EXISTS winners_v2 (
   kernel TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (device, build, problem));
 CREATE INDEX IF NOT EXISTS winners_v2_like ON winners_v2
   (device, build, head_k, head_v, k_type, v_type, features, acc);
-CREATE TABLE IF NOT EXISTS checks_v2 (
-  device TEXT NOT NULL, build TEXT NOT NULL, problem TEXT NOT NULL, variant TEXT NOT NULL,
-  splits INTEGER NOT NULL, owner TEXT NOT NULL, strikes INTEGER NOT NULL, started_at REAL NOT NULL,
-  PRIMARY KEY (device, build, problem, variant, splits));
-"""
-_KEY_SQL = "device = ? AND build = ? AND problem = ?"
-_CANDIDATE_SQL = _KEY_SQL + " AND variant = ? AND splits = ?"
+{checks.SCHEMA}"""
 # A winner rule: every stored measurement of a class -> its winner, or None (nothing passed).
 Rule = Callable[[list[Measurement]], "Winner | None"]
 _warned_damage: set[str] = set()
-
-
-@dataclass(frozen=True)
-class Claim:
-    """What claim() found: "go" (the marker is this process's now), "busy" (a live process is
-    checking it: `holder`), or "crashed" (stored as failed: `reason`). `strikes`: earlier checks
-    of it that died with their process."""
-    state: str
-    strikes: int = 0
-    holder: str = ""
-    reason: str = ""
 
 
 _KINDS = {"measurements": Measurement, "winners": Winner}   # export list -> record type
@@ -114,7 +95,7 @@ def _class_values(problem: ProblemClass) -> tuple:
             problem.gqa_bucket)
 
 
-class TuningDB:
+class TuningDB(CheckMarkers):
     """Open with TuningDB(path) (default knobs.db_path()); use as a context manager or close()."""
 
     def __init__(self, path: Path | None = None):
@@ -285,19 +266,19 @@ class TuningDB:
             self._put_checked(conn, device, build, "measurements", m)
             key = (device.key, build.key, m.problem.key, m.variant, m.splits)
             if owner is not None:
-                conn.execute(f"DELETE FROM checks_v2 WHERE {_CANDIDATE_SQL} AND owner = ?", (*key, owner))
+                checks.drop(conn, key, owner)
             if rule is not None:
                 self._redecide(conn, device, build, m.problem, rule, m.shape)
 
     def measurements(self, device: DeviceIdentity, build: BuildIdentity,
                      problem: ProblemClass) -> list[Measurement]:
-        rows = self._query(f"SELECT * FROM measurements_v2 WHERE {_KEY_SQL} ORDER BY variant, splits",
+        rows = self._query(f"SELECT * FROM measurements_v2 WHERE {KEY_SQL} ORDER BY variant, splits",
                            (device.key, build.key, problem.key))
         return [self._item(Measurement, r) for r in rows]
 
     def measurement(self, device: DeviceIdentity, build: BuildIdentity, problem: ProblemClass,
                     variant: str, splits: int) -> Measurement | None:
-        rows = self._query(f"SELECT * FROM measurements_v2 WHERE {_CANDIDATE_SQL}",
+        rows = self._query(f"SELECT * FROM measurements_v2 WHERE {CANDIDATE_SQL}",
                            (device.key, build.key, problem.key, variant, splits))
         return self._item(Measurement, rows[0]) if rows else None
 
@@ -317,18 +298,18 @@ class TuningDB:
             return w
 
     def _class_measurements(self, conn, device, build, problem) -> list[Measurement]:
-        rows = conn.execute(f"SELECT * FROM measurements_v2 WHERE {_KEY_SQL} ORDER BY variant, splits",
+        rows = conn.execute(f"SELECT * FROM measurements_v2 WHERE {KEY_SQL} ORDER BY variant, splits",
                             (device.key, build.key, problem.key)).fetchall()
         return [self._item(Measurement, r) for r in rows]
 
     def _redecide(self, conn, device, build, problem, rule: Rule, shape: str) -> None:
         """Decide a stored winner again if it was timed on `shape` (another timing shape of the
         class is another tune's question, left to it)."""
-        held = conn.execute(f"SELECT variant, splits FROM winners_v2 WHERE {_KEY_SQL}",
+        held = conn.execute(f"SELECT variant, splits FROM winners_v2 WHERE {KEY_SQL}",
                             (device.key, build.key, problem.key)).fetchone()
         if held is None:
             return
-        timed = conn.execute(f"SELECT shape FROM measurements_v2 WHERE {_CANDIDATE_SQL}",
+        timed = conn.execute(f"SELECT shape FROM measurements_v2 WHERE {CANDIDATE_SQL}",
                              (device.key, build.key, problem.key, held["variant"], held["splits"])).fetchone()
         if timed is None or timed["shape"] != shape:
             return
@@ -336,83 +317,7 @@ class TuningDB:
         if w is not None:
             self._put_checked(conn, device, build, "winners", w)
         else:   # nothing on its shape passes any more, itself included
-            conn.execute(f"DELETE FROM winners_v2 WHERE {_KEY_SQL}", (device.key, build.key, problem.key))
-
-    # --- check markers: which candidate each tuning process is checking ----------------------
-    @contextlib.contextmanager
-    def lease(self):
-        """This process's lease on the DB while it tunes (re-entrant); yields its token. A marker
-        under it reads as in flight while the process lives, and `kgen db reset` refuses."""
-        with self._lock:
-            if self._lease is None:
-                self._lease = lease.Lease(self.path)
-            self._lease_users += 1
-            token = self._lease.token
-        try:
-            yield token
-        finally:
-            with self._lock:
-                self._lease_users -= 1
-                if self._lease_users == 0:
-                    self._lease.release()
-                    self._lease = None
-
-    def claim(self, device: DeviceIdentity, build: BuildIdentity, failed: Measurement, owner: str) -> Claim:
-        """Mark the candidate of `failed` (its class, variant, splits, shape and kernel) as being
-        checked by the lease `owner`, unless a live process is checking it. A marker left by a
-        dead process is a strike; at CRASH_STRIKES the candidate is stored as `failed` with
-        crash_reason() instead, in the same transaction."""
-        key = (device.key, build.key, failed.problem.key, failed.variant, failed.splits)
-        with self._write() as conn:
-            row = conn.execute(f"SELECT owner, strikes FROM checks_v2 WHERE {_CANDIDATE_SQL}", key).fetchone()
-            if row is not None:
-                if row["owner"] == owner or lease.alive(self.path, row["owner"]):
-                    return Claim("busy", row["strikes"], holder=row["owner"])
-                strikes = row["strikes"] + 1
-            else:
-                stored = conn.execute(f"SELECT reason FROM measurements_v2 WHERE {_CANDIDATE_SQL} "
-                                      "AND status = 'failed'", key).fetchone()
-                if stored is not None and stored["reason"] != LEGACY_CRASH_MARK and is_crash(stored["reason"]):
-                    return Claim("crashed", CRASH_STRIKES, reason=stored["reason"])
-                strikes = 1 if stored is not None and stored["reason"] == LEGACY_CRASH_MARK else 0
-            if strikes >= CRASH_STRIKES:
-                conn.execute(f"DELETE FROM checks_v2 WHERE {_CANDIDATE_SQL}", key)
-                reason = crash_reason(strikes)
-                self._put_checked(conn, device, build, "measurements",
-                                  dataclasses.replace(failed, status="failed", median_us=None, spread_us=None,
-                                                      runs=0, nmse=None, reason=reason))
-                return Claim("crashed", strikes, reason=reason)
-            conn.execute("INSERT OR REPLACE INTO checks_v2 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         (*key, owner, strikes, time.time()))
-            return Claim("go", strikes)
-
-    def release(self, owner: str) -> None:
-        """Drop every marker of the lease `owner` (its checks ended without a crash)."""
-        with self._write() as conn:
-            conn.execute("DELETE FROM checks_v2 WHERE owner = ?", (owner,))
-
-    def retry_crashed(self, device: DeviceIdentity, build: BuildIdentity, problem: ProblemClass) -> int:
-        """Forget the class's crash verdicts and the strikes of its dead processes' markers, so
-        that its candidates are checked again; returns how many candidates that frees."""
-        klass = (device.key, build.key, problem.key)
-        with self._write() as conn:
-            crashed = {(r["variant"], r["splits"]) for r in conn.execute(
-                f"SELECT variant, splits, reason FROM measurements_v2 WHERE {_KEY_SQL} AND status = 'failed'",
-                klass).fetchall() if is_crash(r["reason"])}
-            dead = {(r["variant"], r["splits"]) for r in conn.execute(
-                f"SELECT variant, splits, owner FROM checks_v2 WHERE {_KEY_SQL}", klass).fetchall()
-                if not lease.alive(self.path, r["owner"])}
-            for candidate in crashed:
-                conn.execute(f"DELETE FROM measurements_v2 WHERE {_CANDIDATE_SQL}", (*klass, *candidate))
-            for candidate in dead:
-                conn.execute(f"DELETE FROM checks_v2 WHERE {_CANDIDATE_SQL}", (*klass, *candidate))
-            return len(crashed | dead)
-
-    def markers(self, device: DeviceIdentity, build: BuildIdentity, problem: ProblemClass) -> list[dict]:
-        """The class's check markers: variant, splits, owner, strikes, started_at, alive."""
-        rows = self._query(f"SELECT variant, splits, owner, strikes, started_at FROM checks_v2 WHERE {_KEY_SQL} "
-                           "ORDER BY variant, splits", (device.key, build.key, problem.key))
-        return [{**dict(r), "alive": lease.alive(self.path, r["owner"])} for r in rows]
+            conn.execute(f"DELETE FROM winners_v2 WHERE {KEY_SQL}", (device.key, build.key, problem.key))
 
     def winner(self, device: DeviceIdentity, build: BuildIdentity, problem: ProblemClass) -> Winner | None:
         rows = self._query("SELECT * FROM winners_v2 WHERE device = ? AND build = ? AND problem = ?",

@@ -530,3 +530,19 @@ def test_quant_api_errors():
         quant.quantize(np.zeros(32), "q8_0", iq4_nl_search=True)
     with pytest.raises(ValueError, match="dtype"):
         quant.dequantize(np.zeros(34), "q8_0", 32)
+
+
+def test_alibi_zero_slope_keeps_a_minus_inf_mask_entry_hidden():
+    # max_bias 2000 over 8 heads: slopes 2^-250 .. 2^-2000, the last one 0 even in float64.
+    assert alibi_slopes(8, 2000.0)[-1] == 0
+    rng = np.random.default_rng(7)
+    q, k, v = (rng.standard_normal(s) for s in ((1, 8, 3, 16), (1, 8, 5, 16), (1, 8, 5, 16)))
+    mask = np.zeros((1, 1, 3, 5))
+    mask[..., 1] = -np.inf
+    mask[..., 3] = -2.5
+    out = attention(q, k, v, mask=mask, alibi_max_bias=2000.0)
+    assert np.isfinite(out).all()
+    # A slope that small leaves finite entries as 0 and still hides the -inf column.
+    seen = np.delete(np.arange(5), 1)
+    expect = attention(q, k[:, :, seen], v[:, :, seen])
+    np.testing.assert_allclose(out, expect, rtol=1e-12, atol=1e-12)

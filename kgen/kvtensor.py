@@ -24,6 +24,31 @@ def _ints(field: str, value, length: int, meaning: str) -> tuple[int, ...]:
     return tuple(int(x) for x in items)
 
 
+def parse_type(owner: str, t) -> KvType:
+    """A cache description's `type` field as a KvType, or a ValueError naming `owner`.type."""
+    try:
+        return KvType.parse(t)
+    except ValueError as exc:
+        raise ValueError(f"{owner}.type: {exc}") from None
+
+
+def check_data(owner: str, data) -> None:
+    """A cache's raw bytes come as bytes, bytearray, memoryview or a numeric numpy array."""
+    if isinstance(data, np.ndarray) and data.dtype.kind not in "biuf":
+        raise ValueError(f"{owner}.data: a {data.dtype} array; expected bytes or a numeric numpy array")
+    if not isinstance(data, (bytes, bytearray, memoryview, np.ndarray)):
+        raise ValueError(f"{owner}.data: a {type(data).__name__}; expected bytes, bytearray, "
+                         "memoryview or a numpy array holding the raw bytes")
+
+
+def raw_bytes(data) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, np.ndarray):
+        return np.ascontiguousarray(data).tobytes()
+    return bytes(data)
+
+
 @dataclass(frozen=True)
 class KVTensor:
     """Raw bytes of a (B, H, N, D) tensor of `type`, with strides in elements of that type
@@ -37,15 +62,8 @@ class KVTensor:
     offset: int = 0
 
     def __post_init__(self):
-        try:
-            object.__setattr__(self, "type", KvType.parse(self.type))
-        except ValueError as exc:
-            raise ValueError(f"KVTensor.type: {exc}") from None
-        if isinstance(self.data, np.ndarray) and self.data.dtype.kind not in "biuf":
-            raise ValueError(f"KVTensor.data: a {self.data.dtype} array; expected bytes or a numeric numpy array")
-        if not isinstance(self.data, (bytes, bytearray, memoryview, np.ndarray)):
-            raise ValueError(f"KVTensor.data: a {type(self.data).__name__}; expected bytes, bytearray, "
-                             "memoryview or a numpy array holding the tensor's raw bytes")
+        object.__setattr__(self, "type", parse_type("KVTensor", self.type))
+        check_data("KVTensor", self.data)
         object.__setattr__(self, "shape", _ints("shape", self.shape, 4, "(B, H, N, D)"))
         object.__setattr__(self, "strides", _ints("strides", self.strides, 3, "(row, head, batch)"))
         if not isinstance(self.offset, numbers.Integral) or isinstance(self.offset, (bool, np.bool_)):
@@ -82,11 +100,7 @@ class KVTensor:
 
     @property
     def raw(self) -> bytes:
-        if isinstance(self.data, bytes):
-            return self.data
-        if isinstance(self.data, np.ndarray):
-            return np.ascontiguousarray(self.data).tobytes()
-        return bytes(self.data)
+        return raw_bytes(self.data)
 
     def rows(self) -> np.ndarray:
         """The bytes the tensor addresses, as uint8 (B, H, N, row bytes): each row's whole blocks."""

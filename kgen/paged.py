@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .kvtensor import check_data, parse_type, raw_bytes
 from .quant import dequantize, quantize, row_bytes
 from .shapes import as_flag
 from .types import KvType
@@ -62,17 +63,10 @@ class PagedKV:
     offset: int = 0
 
     def __post_init__(self):
-        try:
-            object.__setattr__(self, "type", KvType.parse(self.type))
-        except ValueError as exc:
-            raise ValueError(f"PagedKV.type: {exc}") from None
+        object.__setattr__(self, "type", parse_type("PagedKV", self.type))
         if self.layout not in LAYOUTS:
             raise ValueError(f"PagedKV.layout={self.layout!r}: one of {', '.join(LAYOUTS)}")
-        if isinstance(self.data, np.ndarray) and self.data.dtype.kind not in "biuf":
-            raise ValueError(f"PagedKV.data: a {self.data.dtype} array; expected bytes or a numeric numpy array")
-        if not isinstance(self.data, (bytes, bytearray, memoryview, np.ndarray)):
-            raise ValueError(f"PagedKV.data: a {type(self.data).__name__}; expected bytes or a numpy "
-                             "array holding the cache's raw bytes")
+        check_data("PagedKV", self.data)
         for name in ("num_blocks", "block_size", "heads", "head_dim"):
             object.__setattr__(self, name, _count(name, getattr(self, name), 1))
         object.__setattr__(self, "offset", _count("offset", self.offset, 0))
@@ -115,11 +109,7 @@ class PagedKV:
 
     @property
     def raw(self) -> bytes:
-        if isinstance(self.data, bytes):
-            return self.data
-        if isinstance(self.data, np.ndarray):
-            return np.ascontiguousarray(self.data).tobytes()
-        return bytes(self.data)
+        return raw_bytes(self.data)
 
     def rows(self) -> np.ndarray:
         """The cache's bytes as uint8 (num_blocks, block_size, heads, row bytes), whatever its layout."""

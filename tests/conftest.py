@@ -51,3 +51,12 @@ def cache_root(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("KGEN_CACHE_DIR", str(root / "spirv"))
         yield root
+
+
+@pytest.fixture
+def fresh_discovery():
+    """Compiler discovery is cached per process: forget it around a test that changes the overrides."""
+    from kgen import toolchain
+    toolchain.find_compiler.cache_clear()
+    yield
+    toolchain.find_compiler.cache_clear()

@@ -27,12 +27,8 @@ def _load_caps(args) -> "list":
 
 def _caps_file(name: str) -> list:
     from ..caps import Caps
-    try:
-        data = json.loads(Path(name).read_text())
-    except OSError as exc:
-        raise ValueError(f"--caps {name}: cannot read it ({exc.strerror or exc})") from None
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"--caps {name}: not JSON ({str(exc)[:200]})") from None
+    from .files import read_json_option
+    data = read_json_option("--caps", name)
     items = data if isinstance(data, list) else [data]
     expected = "capability records as `kgen devices --json` writes them"
     if not items or not all(isinstance(d, dict) for d in items):

@@ -1,14 +1,13 @@
 """`kgen bench`: time a shape suite on a device, print a table, file the results as JSON (+ PNG)."""
 from __future__ import annotations
 
-import json
 import shlex
 import sys
-from pathlib import Path
 
 from ..tools import bench
 from ..tools import model_report as model_charts
 from ..tools.suites import SUITES, suite
+from .files import read_json_option
 from .model import add_case_options, chosen_cases, command_words, model_cases_in
 
 
@@ -63,12 +62,7 @@ def validate(args) -> tuple[tuple, str]:
 
 def _check_results_file(name: str) -> None:
     """ValueError naming --plot unless `name` reads as a `kgen bench --json` results file."""
-    try:
-        doc = json.loads(Path(name).read_text())
-    except OSError as exc:
-        raise ValueError(f"--plot {name}: cannot read it ({exc.strerror or exc})") from None
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"--plot {name}: not JSON ({str(exc)[:200]})") from None
+    doc = read_json_option("--plot", name)
     results = doc.get("results") if isinstance(doc, dict) else None
     if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
         raise ValueError(f"--plot {name}: not a results file (as `kgen bench --json FILE` writes)")

@@ -110,31 +110,34 @@ def test_one_plan_from_three_threads(cache_root) -> None:
         run_threads(*(calls(w) for w in range(3)))
 
 
+def calls_until_closed(plan, worker: int, called: threading.Event, outcomes: list[str]):
+    """A thread body calling `plan` until it is closed: appends "closed", or "finished" after 200
+    calls; every call that returned is checked (it ran whole) and sets `called`."""
+    def body():
+        for i in range(200):
+            q, k, v = inputs(1000 * worker + i)
+            try:
+                out = plan(q, k, v)
+            except ClosedError:
+                outcomes.append("closed")
+                return
+            assert_close(out, q, k, v)
+            called.set()
+        outcomes.append("finished")
+    return body
+
+
 def test_close_while_other_threads_call(cache_root) -> None:
     q0, k0, v0 = inputs(0)
     plan = kgen.plan(q0, k0, v0)
     called = threading.Event()
     outcomes: list[str] = []
 
-    def caller(worker: int):
-        def body():
-            for i in range(200):
-                q, k, v = inputs(1000 * worker + i)
-                try:
-                    out = plan(q, k, v)
-                except ClosedError:
-                    outcomes.append("closed")
-                    return
-                assert_close(out, q, k, v)   # a call that returned ran whole
-                called.set()
-            outcomes.append("finished")
-        return body
-
     def closer():
         assert called.wait(JOIN_S)
         plan.close()
 
-    run_threads(caller(0), caller(1), caller(2), closer)
+    run_threads(*(calls_until_closed(plan, w, called, outcomes) for w in range(3)), closer)
     assert outcomes.count("closed") == 3, outcomes
 
 
@@ -240,25 +243,11 @@ def test_device_close_while_other_threads_call(cache_root) -> None:
     called = threading.Event()
     outcomes: list[str] = []
 
-    def caller(plan, worker: int):
-        def body():
-            for i in range(200):
-                q, k, v = inputs(1000 * worker + i)
-                try:
-                    out = plan(q, k, v)
-                except ClosedError:
-                    outcomes.append("closed")
-                    return
-                assert_close(out, q, k, v)
-                called.set()
-            outcomes.append("finished")
-        return body
-
     def closer():
         assert called.wait(JOIN_S)
         dev.close()
 
-    run_threads(caller(plans[0], 0), caller(plans[1], 1), closer)
+    run_threads(*(calls_until_closed(p, w, called, outcomes) for w, p in enumerate(plans)), closer)
     assert outcomes == ["closed", "closed"], outcomes
     for plan in plans:
         plan.close()   # after the device: harmless

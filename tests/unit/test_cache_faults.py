@@ -255,13 +255,6 @@ def test_compiler_killed_by_a_signal_is_named(tmp_path, cache):
     assert "crashes" in str(info.value)
 
 
-@pytest.fixture
-def fresh_discovery():
-    toolchain.find_compiler.cache_clear()
-    yield
-    toolchain.find_compiler.cache_clear()
-
-
 def test_compiler_that_hangs_on_version_is_a_toolchain_error(tmp_path, monkeypatch, fresh_discovery):
     script = tmp_path / "glslang"
     script.write_text("#!/bin/sh\nexec sleep 30\n")

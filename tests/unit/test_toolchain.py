@@ -24,14 +24,6 @@ def test_spirv_tools_present():
         assert toolchain.spirv_tool(name).is_file()
 
 
-@pytest.fixture
-def fresh_discovery():
-    """Discovery is cached per process: forget it around a test that changes the overrides."""
-    toolchain.find_compiler.cache_clear()
-    yield
-    toolchain.find_compiler.cache_clear()
-
-
 def test_override_that_cannot_compile_the_probe_is_a_clear_error(tmp_path, monkeypatch, fresh_discovery):
     fake = tmp_path / "glslang"
     fake.write_text("#!/bin/sh\necho 'Glslang Version: 11:12.0.0'\nexit 1\n")

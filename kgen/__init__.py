@@ -9,12 +9,12 @@ import importlib
 
 from .version import __version__  # noqa: F401
 from . import paths  # noqa: E402,F401  (registers each path's variant rules)
-from .api import attention, plan  # noqa: E402  (no Vulkan import until a plan is made)
+from .api import attention, paged_attention, paged_plan, plan  # noqa: E402  (no Vulkan import until a plan is made)
 from .kvtensor import KVTensor  # noqa: E402
-from .paged import PagedKV, paged_attention  # noqa: E402  (validation only; the kernels are not built yet)
+from .paged import PagedKV  # noqa: E402
 from .types import KvType  # noqa: E402
 
-__all__ = ["attention", "plan", "paged_attention", "PagedKV", "KVTensor", "KvType", "reference", "quant", "runtime"]
+__all__ = ["attention", "plan", "paged_attention", "paged_plan", "PagedKV", "KVTensor", "KvType", "reference", "quant", "runtime"]
 
 # Loaded on first use: `runtime` imports Vulkan; `reference` (float64 attention) and `quant` (the
 # ggml quantizers) need only numpy, and README promises them after `import kgen`.

@@ -100,5 +100,30 @@ BINDINGS: tuple[Binding, ...] = (
     Binding(8, "mask_tiles", "mask_tiles only: u32 class per (mask plane, br row tile, bc KV tile)"),
     Binding(9, "split_arrivals", "fused_reduce only: u32 per (b, h, row): splits of the row tile "
             "starting there that have finished; zero before a call, and the kernel leaves it zero"),
+    Binding(10, "block_table", "paged KV only: i32 (B, max_blocks_per_seq), sequence b's pages in order"),
+    Binding(11, "seq_lens", "paged KV only: i32 (B,), the KV length of each sequence"),
+    Binding(12, "cu_seqlens_q", "paged KV only: i32 (B+1,), sequence b's query rows are "
+            "cu_seqlens_q[b]..cu_seqlens_q[b+1]"),
 )
 BINDING = {b.name: b.index for b in BINDINGS}
+PAGED_BUFFERS = ("block_table", "seq_lens", "cu_seqlens_q")
+
+# What some push fields hold for a paged variant (Variant.page > 0), which folds each GQA group
+# into rows in the kernel: row R of KV head hk is query R / gqa_ratio of query head
+# hk * gqa_ratio + R % gqa_ratio. The mask fields are free there (no mask on the paged path).
+PAGED_PUSH = {
+    "n_q": "rows per sequence at most: the longest sequence's query rows x gqa_ratio",
+    "n_kv": "the longest KV length (split-k sizes its splits by it)",
+    "n_head_q": "KV heads (Hkv): grid y",
+    "n_batch": "sequences (B)",
+    "q_stride_row": "Q (total_q, Hq, Dk): elements between query tokens",
+    "q_stride_head": "Q: elements between query heads",
+    "k_stride_row": "K: elements between the tokens of a page",
+    "k_stride_batch": "K: elements between pages",
+    "v_stride_row": "V: elements between the tokens of a page",
+    "v_stride_batch": "V: elements between pages",
+    "mask_stride_row": "block_table: entries per sequence (max_blocks_per_seq)",
+    "mask_stride_head": "pages in the cache (num_blocks): a page index is clamped below it",
+    "o_stride_row": "O (total_q, Hq, Dv): elements between query tokens",
+    "o_stride_head": "O: elements between query heads",
+}

@@ -91,3 +91,36 @@ def attention(q, k, v, *, mask=None, causal=False, window=None, scale=None, soft
               alibi_max_bias=alibi_max_bias, sinks=sinks, k_type=k_type, v_type=v_type,
               precision=precision, path=path, device=device, autotune=autotune) as p:
         return p(q, k, v, mask=mask, sinks=sinks, out=out)
+
+
+def paged_plan(q, k_cache, v_cache, *, block_table, seq_lens, cu_seqlens_q=None, causal=False, window=None,
+               scale=None, softcap=0.0, sinks=None, precision="f32", layout: str = "NHD", path=None,
+               device=None, split_k: int | None = None, variant=None):
+    """A reusable, device-resident attention over a paged KV cache (kgen.PagedKV, or float pages
+    in `layout`) for a ragged batch of this call's sizes; docs/paged.md. Later calls may change
+    the lengths, the table and the data (kgen.planning.paged_plan says what must stay)."""
+    from .paged import as_paged, check_layout
+    from .planning.paged_plan import PagedPlan
+    from .planning.plan import _as_variant
+    as_flag(causal, "causal")
+    check_layout(layout)
+    check_device(device)
+    k_cache, v_cache = as_paged(k_cache, "k_cache", layout), as_paged(v_cache, "v_cache", layout)
+    return PagedPlan(q, k_cache, v_cache, block_table=block_table, seq_lens=seq_lens, cu_seqlens_q=cu_seqlens_q,
+                     causal=causal, window=window, scale=scale, softcap=softcap, sinks=sinks,
+                     precision=precision, path=resolve_path(path), device=device, split_k=split_k,
+                     variant=_as_variant(variant))
+
+
+def paged_attention(q, k_cache, v_cache, *, block_table, seq_lens, cu_seqlens_q=None, causal=False,
+                    window=None, scale=None, softcap=0.0, sinks=None, precision="f32", layout: str = "NHD",
+                    path=None, device=None) -> np.ndarray:
+    """Attention over a paged KV cache for a ragged batch; returns (total_q, Hq, Dv) float32.
+    Every input is checked before any device work (kgen.paged.check_paged); docs/paged.md."""
+    from .paged import as_paged
+    k_cache, v_cache = as_paged(k_cache, "k_cache", layout), as_paged(v_cache, "v_cache", layout)
+    with paged_plan(q, k_cache, v_cache, block_table=block_table, seq_lens=seq_lens, cu_seqlens_q=cu_seqlens_q,
+                    causal=causal, window=window, scale=scale, softcap=softcap, sinks=sinks,
+                    precision=precision, path=path, device=device) as p:
+        return p(q, k_cache, v_cache, block_table=block_table, seq_lens=seq_lens, cu_seqlens_q=cu_seqlens_q,
+                 sinks=sinks)

@@ -260,19 +260,3 @@ def check_paged(q, k_cache: PagedKV, v_cache: PagedKV, block_table, seq_lens, cu
                        head_k=head_k, head_v=v_cache.head_dim, block_size=k_cache.block_size,
                        max_blocks_per_seq=table.shape[1], q_lens=tuple(np.diff(cu).tolist()),
                        seq_lens=tuple(lens.tolist()))
-
-
-def paged_attention(q, k_cache, v_cache, *, block_table, seq_lens, cu_seqlens_q=None, causal=False,
-                    window=None, scale=None, softcap=0.0, sinks=None,
-                    layout: str = "NHD") -> np.ndarray:
-    """Attention over a paged KV cache for a ragged batch; returns (total_q, Hq, Dv). Caches are
-    PagedKV or float arrays in `layout`. Inputs are checked (check_paged) before any device work;
-    the kernels are not built yet, so a valid call raises NotImplementedError."""
-    as_flag(causal, "causal")
-    check_layout(layout)
-    k_cache, v_cache = as_paged(k_cache, "k_cache", layout), as_paged(v_cache, "v_cache", layout)
-    check_paged(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, window=window, scale=scale,
-                softcap=softcap, sinks=sinks)
-    raise NotImplementedError("paged KV kernels (issue: read through the block table on the "
-                              "scalar/coopmat1/coopmat2 paths) are not built yet; "
-                              "kgen.reference.paged_attention is the float64 reference")

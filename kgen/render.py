@@ -76,15 +76,17 @@ def reduce_chunks(head_v: int) -> int:
     return -(-(head_v // 4) // reduce_lanes(head_v))
 
 
-def render_split_k_reduce(head_v: int, sinks: bool, wg: int = REDUCE_WG) -> str:
+def render_split_k_reduce(head_v: int, sinks: bool, wg: int = REDUCE_WG, page: int = 0) -> str:
     """The pass that combines split-k partial outputs (see templates/README.md, split_k); `wg`
-    threads (a power of two, at least reduce_lanes(head_v)); grid from `reduce_groups`."""
+    threads (a power of two, at least reduce_lanes(head_v)); grid from `reduce_groups`. `page`:
+    the paged kernels' reduce (ragged rows through cu_seqlens_q, common/paged.glsl)."""
     template = environment().get_template("fa_split_k_reduce.comp.j2")
     lanes = reduce_lanes(head_v)
     if wg & (wg - 1) or lanes > wg:
         raise ValueError(f"head_v={head_v}, wg={wg}: the reduce pass needs a power-of-two "
                          f"workgroup of at least {lanes} threads (one per 4 columns of its chunk)")
-    return _tidy(template.render(head_v=head_v, sinks=sinks, wg=wg, lanes=lanes,
+    paged = {"page": page}   # what common/paged.glsl reads of a variant
+    return _tidy(template.render(head_v=head_v, sinks=sinks, wg=wg, lanes=lanes, v=paged,
                                  chunks=reduce_chunks(head_v),
                                  push_fields=abi.PUSH_FIELDS, binding=abi.BINDING))
 

@@ -100,6 +100,7 @@ class Variant:
     mask_tiles: bool = False  # coopmat2: a pass classifies mask tiles (all -inf: skipped; all 0: no load)
     fused_reduce: bool = False  # split_k: the last workgroup of a row tile to finish combines the
                                 # splits' partial rows itself, so no reduce pass runs
+    page: int = 0            # paged KV: tokens per cache page, read through a block table (0 = dense)
     mat_m: int = 0           # coopmat1: matrix shape M x N x K
     mat_n: int = 0
     mat_k: int = 0
@@ -242,6 +243,24 @@ def _intrinsic_reason(v: Variant) -> str | None:
                 f"schedule={v.schedule}: leave it 0")
     if v.alibi and not v.mask:
         return "alibi scales the mask (score + slope * mask): it needs the mask feature"
+    if v.page:
+        return _paged_reason(v)
+    return None
+
+
+PAGE_STEP, PAGE_MAX = 16, 256
+
+
+def _paged_reason(v: Variant) -> str | None:
+    """Rules of the paged kernels (templates/README.md: paged KV), or None."""
+    if v.page % PAGE_STEP or not PAGE_STEP <= v.page <= PAGE_MAX:
+        return f"page={v.page}: tokens per page, a multiple of {PAGE_STEP} from {PAGE_STEP} to {PAGE_MAX}"
+    if v.path is not PathKind.SCALAR:
+        return f"page={v.page}: paged KV kernels exist on the scalar path only, not {v.path}"
+    unsupported = [name for name in ("mask", "alibi", "fused_reduce", "kv_f16", "v_in_k", "aligned")
+                   if getattr(v, name)]
+    if unsupported:
+        return f"page={v.page}: the paged kernels do not take {', '.join(unsupported)} (leave them off)"
     return None
 
 
@@ -295,6 +314,7 @@ _TOKENS: list[tuple[Callable[[Variant], str], str]] = [
     _flag("kv_f16", "kvf16"),
     _flag("mask_tiles", "mtiles"),
     _flag("fused_reduce", "fusedred"),
+    _knob("page", "pg"),
     (lambda v: f"m{v.mat_m}n{v.mat_n}k{v.mat_k}" if v.mat_m else "",
      r"(?:_m(?P<mat_m>\d+)n(?P<mat_n>\d+)k(?P<mat_k>\d+))?"),
     *(_flag(f, f.replace("_", "")) for f in FEATURES),

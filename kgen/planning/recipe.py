@@ -10,7 +10,8 @@ table and renders it as C, and an engine that follows the table runs what a Plan
 
 Buffer names are the caller's tensors (CALLER_BUFFERS: the output "o" among them, bound where the
 last step writes O) or a scratch buffer of the recipe. With V inside K's bytes (v_in_k) the caller
-gives K's buffer for "v".
+gives K's buffer for "v". A paged variant's steps also bind the caller's block table, sequence
+lengths and query starts (abi.PAGED_BUFFERS).
 """
 from __future__ import annotations
 
@@ -110,8 +111,8 @@ def fa_grid(br: Expr) -> tuple[Expr, Expr, Expr]:
     return ceil_div("n_q", br), "n_head_q", mul("n_batch", "split_count")
 
 
-def reduce_name(head_v: int, sinks: bool) -> str:
-    return f"fa_reduce_v{head_v}{'_sinks' if sinks else ''}"
+def reduce_name(head_v: int, sinks: bool, page: int = 0) -> str:
+    return f"fa_reduce_v{head_v}{'_sinks' if sinks else ''}{f'_pg{page}' if page else ''}"
 
 
 @functools.lru_cache(maxsize=512)
@@ -126,6 +127,8 @@ def recipe(v: Variant) -> Recipe:
     if v.fused_reduce:
         scratch.append(Scratch("split_arrivals", mul(4, ROWS), zero_once=True))
     kernel_binds = {name: name for name in CALLER_BUFFERS[:-1] if _reads(v, name)}
+    if v.page:
+        kernel_binds |= {name: name for name in abi.PAGED_BUFFERS}
     kernel_binds |= {b.name: b.name for b in scratch} | {output: "o"}
     steps = []
     for i, p in enumerate(passes_before(v)):
@@ -139,8 +142,8 @@ def recipe(v: Variant) -> Recipe:
     steps.append(Step(v.kernel.uri, "fa", functools.partial(render, v), v.wg, binds, "kernel", fa_grid(v.br),
                       barrier=bool(steps), required_subgroup_size=v.subgroup))
     if v.split_k and not v.fused_reduce:
-        steps.append(Step(reduce_name(v.head_v, v.sinks), "reduce",
-                          functools.partial(render_split_k_reduce, v.head_v, v.sinks, REDUCE_WG), REDUCE_WG,
+        steps.append(Step(reduce_name(v.head_v, v.sinks, v.page), "reduce",
+                          functools.partial(render_split_k_reduce, v.head_v, v.sinks, REDUCE_WG, v.page), REDUCE_WG,
                           binds, "kernel", reduce_grid(reduce_chunks(v.head_v)), barrier=True))
     return Recipe(v, tuple(steps), tuple(scratch), kernel_push(v), output)
 

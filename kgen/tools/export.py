@@ -38,7 +38,9 @@ from ..types import KV_TYPES
 from ..variant import FEATURES, HEAD_MAX, HEAD_MIN, HEAD_STEP, Variant
 
 FORMAT_NAME = "kgen-fa-dispatch"
-FORMAT_VERSION = 7  # 7: O is a caller buffer ("o", bound at the recipe's `output` binding), not scratch;
+FORMAT_VERSION = 8  # 8: abi bindings 10-12 (paged KV's block table, sequence lengths and query
+                    # starts; no exported entry binds them yet);
+                    # 7: O is a caller buffer ("o", bound at the recipe's `output` binding), not scratch;
                     # 6: every entry carries its recipe (kgen.planning.recipe: steps, scratch, result)
                     # and both alignment twins of its kernel; grids are kgen.extent formulas; the
                     # nearest-class tiers and the split values are written as the dispatcher's;
@@ -57,7 +59,8 @@ PUSH_TYPES = {"uint": ("uint32_t", 4), "float": ("float", 4)}
 # Element type of each abi binding ("k_type"/"v_type": the entry's KV types).
 BINDING_ELEMENTS = {"q": "f32", "k": "k_type", "v": "v_type", "mask": "f16", "sinks": "f32",
                     "out": "f32", "stats": "vec2<f32> (max, sum)", "reduced": "f32",
-                    "mask_tiles": "u32", "split_arrivals": "u32"}
+                    "mask_tiles": "u32", "split_arrivals": "u32", "block_table": "i32",
+                    "seq_lens": "i32", "cu_seqlens_q": "i32"}
 assert set(BINDING_ELEMENTS) == set(abi.BINDING), "a new abi binding needs its element type here"
 _PUSH_NAMES = {f.name for f in abi.PUSH_FIELDS}
 # Per-entry values the shared formulas name (fa_grid("br"), split_kv("bc"), ...).
@@ -205,6 +208,8 @@ def _unservable(w: Winner) -> str | None:
         return f"winner {w.variant!r} does not parse: {exc}"
     if (reason := mismatch(v, w.problem, w.splits)) is not None:
         return f"winner {w.variant} (splits {w.splits}): {reason}"
+    if v.page:
+        return f"winner {w.variant}: paged KV entries are not in the export format yet"
     if v.fused_reduce and w.splits * v.br > FUSED_STATS_SLOTS:
         return (f"winner {w.variant} with {w.splits} splits: its fused reduce combines at most "
                 f"{FUSED_STATS_SLOTS} (row, split) pairs per row tile, and br {v.br} x {w.splits} "

@@ -15,7 +15,7 @@ float alibi_slope(uint h) {
 
 // Key j is visible to query i iff j <= i + (Nkv - Nq), and with a window W also j > i + (Nkv - Nq) - W.
 bool kv_visible(uint i, uint j) {
-    int last = int(i) + int(pc.n_kv) - int(pc.n_q);
+    int last = int(i) + int({{ "seq_n_kv" if v.page else "pc.n_kv" }}) - int({{ "seq_n_q" if v.page else "pc.n_q" }});
     return int(j) <= last && (pc.window == 0u || int(j) > last - int(pc.window));
 }
 {% endif %}

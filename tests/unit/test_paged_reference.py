@@ -14,6 +14,8 @@ from kgen import quant, reference
 from kgen.paged import PagedKV, check_paged
 from kgen.types import KvType
 
+from helpers import make_paged_problem as make_problem
+
 SETTINGS = settings(max_examples=30, deadline=None, derandomize=True)
 
 
@@ -34,27 +36,6 @@ def dense_expected(q, k_pages, v_pages, table, lens, cu, **features):
         qb = q[r0:r1].transpose(1, 0, 2)[None]
         out[r0:r1] = reference.attention(qb, k, v, **features)[0].transpose(1, 0, 2)
     return out
-
-
-def make_problem(rng, *, bs, lens, q_lens, hkv, hq, dk, dv, t, share, spare_pages=0, spare_columns=0):
-    """(q, k pages NHD, v pages, table, seq_lens, cu_seqlens_q): pages shuffled, each used once,
-    except that with `share` sequence 1 reads sequence 0's pages for its common prefix."""
-    need = [-(-n // bs) for n in lens]
-    max_blocks = max(need + [1]) + spare_columns
-    num_blocks = max(sum(need), 1) + spare_pages
-    order = rng.permutation(num_blocks).astype(np.int32)
-    table = np.full((len(lens), max_blocks), -1, np.int32)     # unused entries: vLLM's padding
-    at = 0
-    for b, k in enumerate(need):
-        table[b, :k] = order[at:at + k]
-        at += k
-    if share:
-        table[1, :min(need[0], need[1])] = table[0, :min(need[0], need[1])]
-    k_pages = quant.roundtrip(rng.standard_normal((num_blocks, bs, hkv, dk)), t)
-    v_pages = quant.roundtrip(rng.standard_normal((num_blocks, bs, hkv, dv)), t)
-    q = rng.standard_normal((sum(q_lens), hq, dk))
-    cu = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
-    return q, k_pages, v_pages, table, np.array(lens, np.int32), cu
 
 
 @st.composite
@@ -94,8 +75,6 @@ def test_paged_reference_equals_dense_on_the_gathered_sequences(problem):
             assert not got[cu[b]:cu[b + 1]].any()
     check_paged(q, k_cache, v_cache, table, lens, cu, window=features["window"], softcap=features["softcap"],
                 sinks=features["sinks"])
-    with pytest.raises(NotImplementedError, match="kgen.reference.paged_attention"):
-        kgen.paged_attention(q, k_cache, v_cache, block_table=table, seq_lens=lens, cu_seqlens_q=cu, **features)
 
 
 @SETTINGS

@@ -16,7 +16,6 @@ import numpy as np
 
 from .. import abi, knobs
 from ..errors import UnsupportedVariant
-from ..extent import evaluate
 from ..paged import PagedKV, PagedShapes, check_paged
 from ..shapes import Shapes, as_f32, as_int
 from ..space import default_variant, why_invalid
@@ -52,21 +51,14 @@ class PagedPlan:
         self.capacity = shapes.max_blocks_per_seq * shapes.block_size   # the longest KV a table can hold
         # V inside K's bytes (MLA): one device buffer serves both bindings.
         self.v_in_k = v_cache.data is k_cache.data and self.k_type == self.v_type
-        # The dense call whose class picks the tiles: each GQA group's rows stacked on one head.
-        dense = Shapes(batch=shapes.batch, heads_q=shapes.heads_kv, heads_kv=shapes.heads_kv,
-                       n_q=self.max_q * self.gqa, n_kv=self.capacity, head_k=shapes.head_k, head_v=shapes.head_v,
-                       k_type=self.k_type, v_type=self.v_type, causal=self.causal, window=self.window,
-                       scale=scale, softcap=self.softcap, sinks=self.sinks, precision=precision)
-        dense.validate()
+        dense = folded_shapes(shapes, self.k_type, self.v_type, causal=self.causal, window=self.window,
+                              scale=scale, softcap=self.softcap, sinks=self.sinks, precision=precision)
         self.device = open_for_kernels(device)
         if variant is None:
-            base = default_variant(dense.problem(), self.device.caps, PathKind.SCALAR)
-            variant = base.replace(page=shapes.block_size, aligned=False, fused_reduce=False, v_in_k=False,
-                                   kv_f16=False)
-            how = "heuristic default"
+            variant, how = default_paged_variant(dense, self.device.caps, shapes.block_size), "heuristic default"
         else:
             how = "given"
-        splits = split_k or self._split_count(variant)
+        splits = split_k or paged_splits(variant, shapes, self.device.caps)
         variant = variant.replace(split_k=splits > 1)
         if variant.page != shapes.block_size:
             raise ValueError(f"variant {variant.uri}: reads pages of {variant.page} tokens, the caches have "
@@ -85,16 +77,6 @@ class PagedPlan:
         except BaseException:
             self.close()
             raise
-
-    def _split_count(self, v: Variant) -> int:
-        """KV splits from the batch's work: chunks of the same size for every sequence, so that
-        the work items fill the GPU however the lengths are spread. CPUs get 1."""
-        s = self.shapes
-        if self.device.caps.device_type == "cpu":
-            return 1
-        work = sum(math.ceil(n * self.gqa / v.br) * kv for n, kv in zip(s.q_lens, s.seq_lens)) * s.heads_kv
-        chunk = max(4 * v.bc, math.ceil(work / TARGET_WORKGROUPS / v.bc) * v.bc)
-        return max(1, min(math.ceil(self.capacity / chunk), self.capacity // v.bc))
 
     # --- construction ----------------------------------------------------------------------
     def dims(self) -> dict[str, int]:
@@ -222,3 +204,36 @@ class PagedPlan:
 def _cache_layout(c: PagedKV) -> tuple[tuple[int, int, int], int, int, int]:
     """(strides, device bytes, offset, pages) of a cache: what a plan is specialized on."""
     return c.strides, len(c.raw), c.offset, c.num_blocks
+
+
+def folded_shapes(s: PagedShapes, k_type, v_type, *, causal: bool, window: int, scale, softcap: float,
+                  sinks: bool, precision: str) -> Shapes:
+    """The dense call whose class picks a paged call's tiles: each GQA group's query rows of the
+    longest sequence stacked on one head, over the table's capacity (a ValueError names what
+    kgen cannot run)."""
+    gqa = s.heads_q // s.heads_kv
+    dense = Shapes(batch=s.batch, heads_q=s.heads_kv, heads_kv=s.heads_kv, n_q=max(s.q_lens) * gqa,
+                   n_kv=s.max_blocks_per_seq * s.block_size, head_k=s.head_k, head_v=s.head_v, k_type=k_type,
+                   v_type=v_type, causal=causal, window=window, scale=scale, softcap=softcap, sinks=sinks,
+                   precision=precision)
+    dense.validate()
+    return dense
+
+
+def default_paged_variant(dense: Shapes, caps, page: int) -> Variant:
+    """The heuristic paged kernel: the scalar default of the folded class, reading pages of `page`."""
+    base = default_variant(dense.problem(), caps, PathKind.SCALAR)
+    return base.replace(page=page, aligned=False, fused_reduce=False, v_in_k=False, kv_f16=False)
+
+
+def paged_splits(v: Variant, s: PagedShapes, caps) -> int:
+    """KV splits from the batch's work: chunks of one size for every sequence, sized so that the
+    work items (row tiles x keys, over sequences and KV heads) make about TARGET_WORKGROUPS,
+    however the lengths are spread; at least 4 tiles a chunk. CPUs get 1. The C dispatcher
+    computes the same from the lengths the engine passes."""
+    if caps.device_type == "cpu":
+        return 1
+    gqa, capacity = s.heads_q // s.heads_kv, s.max_blocks_per_seq * s.block_size
+    work = sum(math.ceil(n * gqa / v.br) * kv for n, kv in zip(s.q_lens, s.seq_lens)) * s.heads_kv
+    chunk = max(4 * v.bc, math.ceil(work / TARGET_WORKGROUPS / v.bc) * v.bc)
+    return max(1, min(math.ceil(capacity / chunk), capacity // v.bc))

@@ -61,6 +61,7 @@ def batches(draw):
                 "sinks": rng.standard_normal(q.shape[1]) if draw(st.booleans()) else None}
     layout = draw(st.sampled_from(["NHD", "HND"]))
     split_k = draw(st.sampled_from([None, None, 3]))
+    features["precision"] = draw(st.sampled_from(["f32", "f32", "f16"]))
     return q, kp, vp, table, seq_lens, cu, k_type, v_type, layout, split_k, features
 
 
@@ -73,6 +74,7 @@ def test_paged_kernels_match_the_paged_reference(batch):
                          split_k=split_k, **features) as p:
         out = p(q, k_cache, v_cache, block_table=table, seq_lens=seq_lens, cu_seqlens_q=cu, sinks=features["sinks"])
         what = (p.variant.uri, p.splits, seq_lens.tolist(), np.diff(cu).tolist())
+    features.pop("precision")
     ref = reference.paged_attention(q, k_cache, v_cache, table, seq_lens, cu, **features)
     check(out, ref, what)
     for b, n in enumerate(seq_lens):           # an empty sequence gives zeros, sinks or not

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from .. import tunedb
-from ..tunedb import TuningDBError
+from .files import read_json
 
 
 def cmd_export(args) -> int:
@@ -20,19 +20,8 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _read_json(file: str) -> dict:
-    """An export file (- for stdin) as JSON, or a TuningDBError naming the file."""
-    try:
-        text = sys.stdin.read() if file == "-" else Path(file).read_text()
-        return json.loads(text)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TuningDBError(f"cannot read {file}: {exc}") from None
-    except (ValueError, RecursionError) as exc:   # RecursionError: absurdly nested JSON
-        raise TuningDBError(f"{file} is not JSON: {str(exc)[:200]}") from None
-
-
 def cmd_import(args) -> int:
-    data = _read_json(args.file)
+    data = read_json(args.file, stdin=True)
     with tunedb.TuningDB() as db:
         count = db.import_json(data)
         print(f"imported {count} record(s) from {args.file} into {db.path}")
@@ -41,7 +30,7 @@ def cmd_import(args) -> int:
 
 def cmd_merge(args) -> int:
     from ..tunedb.merge import merge
-    merged, counts = merge([(f, _read_json(f)) for f in args.files])
+    merged, counts = merge([(f, read_json(f, stdin=True)) for f in args.files])
     text = json.dumps(merged, indent=1, sort_keys=True) + "\n"
     out = Path(args.output)
     tmp = out.with_name(out.name + ".tmp")   # no half-written file on a failure

@@ -1,9 +1,10 @@
 """Tune one problem class on one device: enumerate -> compile (in the background) -> check ->
 time -> store. Every outcome is stored as soon as it exists, so Ctrl-C keeps what was
-measured and a rerun resumes from it. Each check runs under a marker in the DB (TuningDB.claim)
-held by this process's lease: a rerun after a kill checks the marked candidate again (up to
-CRASH_STRIKES deaths), and concurrent tuners wait for each other's checks instead of reading
-them as crashes. The winner is the DB's decision from every stored measurement (winner_rule)."""
+measured and a rerun resumes from it. Each check, with its first timing, and each later timing
+of a candidate runs under a marker in the DB (TuningDB.claim) held by this process's lease: a
+rerun after a kill measures the marked candidate again (up to CRASH_STRIKES deaths), and
+concurrent tuners wait for each other's checks instead of reading them as crashes. The winner
+is the DB's decision from every stored measurement (winner_rule)."""
 from __future__ import annotations
 
 import contextlib
@@ -23,7 +24,7 @@ from ..tunedb.records import LEGACY_CRASH_MARK, TRANSIENT
 from ..variant import PathKind
 from .candidates import Candidate, candidates
 from .measure import GpuEvaluator, describe_shape
-from .search import Limits, Outcome, decide, order_for, run_search
+from .search import CandidateFailed, Limits, Outcome, decide, order_for, run_search
 
 # CPU devices (lavapipe) build each pipeline in seconds: a few candidates keep a tune short.
 CPU_MAX_EVALS = 4
@@ -137,9 +138,10 @@ POLL_S = (0.05, 0.5)
 
 @dataclass
 class _Marks:
-    """The check markers of one tune: claim() before a check, so a rerun can tell a check that
-    took its process down (a strike; CRASH_STRIKES of them and the candidate is stored as failed)
-    from one still running in another tuner (waited for, and its outcome taken)."""
+    """The markers of one tune: claim() before a check, claim_timing() before a later timing, so
+    a rerun can tell a check or timing that took its process down (a strike; CRASH_STRIKES of
+    them and the candidate is stored as failed) from one still running in another tuner (a check
+    is waited for, and its outcome taken)."""
     db: TuningDB
     device: DeviceIdentity
     build: BuildIdentity
@@ -173,22 +175,41 @@ class _Marks:
             time.sleep(pause)
             pause = min(POLL_S[1], 2 * pause)
 
+    def claim_timing(self, c: Candidate) -> None:
+        """Mark `c`, measured before, for another timing: a timing that takes the process down
+        is a strike as a check is, so a candidate that crashes in every re-timing of a resumed
+        tune is stored as failed instead of crashing every rerun. CandidateFailed with the
+        verdict at CRASH_STRIKES. A marker another live tuner holds is left to it and the timing
+        runs anyway: it only loses the strike, should this process die in it."""
+        claim = self.db.claim(self.device, self.build, _measurement(self.problem, self.shape, Outcome(c, "failed")),
+                              self.owner)
+        if claim.state == "crashed":
+            raise CandidateFailed(claim.reason)
+
 
 class _Evaluator:
     """GpuEvaluator behind the background compiler and the check markers: compile errors lose
-    without a GPU call, and a candidate is checked only under this tune's marker."""
+    without a GPU call, and a candidate is checked or timed only under this tune's marker."""
 
     def __init__(self, gpu: GpuEvaluator, ahead: _CompileAhead, marks: _Marks):
         self.gpu, self.ahead, self.marks = gpu, ahead, marks
+        self.checked: set[str] = set()   # passed their check here; first timing under its marker
 
     def check(self, c: Candidate) -> Outcome:
         if (error := self.ahead.error_of(c.variant.uri)) is not None:
             return _compile_failure(c, error)
         if (taken := self.marks.claim(c)) is not None:
             return taken
-        return self.gpu.check(c)   # the marker stays until its outcome is recorded (or the tune ends)
+        outcome = self.gpu.check(c)   # the marker stays until its outcome is recorded (or the tune ends)
+        if outcome.status == "ok":
+            self.checked.add(c.name)
+        return outcome
 
     def time(self, c: Candidate, runs: int) -> list[float]:
+        if c.name in self.checked:
+            self.checked.discard(c.name)
+        else:   # recorded since its check: a marker of its own, dropped when this timing is recorded
+            self.marks.claim_timing(c)
         return self.gpu.time(c, runs)
 
 

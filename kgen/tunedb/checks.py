@@ -1,8 +1,10 @@
-"""Check markers: which candidate each tuning process is checking (`checks_v2`, never exported).
+"""Check markers: which candidate each tuning process is checking or timing (`checks_v2`, never
+exported).
 
-A tuner marks each candidate before its check under its lease (lease.py): a marker whose owner
-still runs is a check in flight; one whose owner died is a strike against the candidate, which is
-checked again until it has CRASH_STRIKES, and then stored as failed with crash_reason().
+A tuner marks each candidate before its check, and before each later timing, under its lease
+(lease.py): a marker whose owner still runs is a check or timing in flight; one whose owner died
+is a strike against the candidate, which is measured again until it has CRASH_STRIKES, and then
+stored as failed with crash_reason().
 """
 from __future__ import annotations
 
@@ -67,9 +69,9 @@ class CheckMarkers:
 
     def claim(self, device: DeviceIdentity, build: BuildIdentity, failed: Measurement, owner: str) -> Claim:
         """Mark the candidate of `failed` (its class, variant, splits, shape and kernel) as being
-        checked by the lease `owner`, unless a live process is checking it. A marker left by a
-        dead process is a strike; at CRASH_STRIKES the candidate is stored as `failed` with
-        crash_reason() instead, in the same transaction."""
+        checked or timed by the lease `owner`, unless a live process is measuring it. A marker
+        left by a dead process is a strike; at CRASH_STRIKES the candidate is stored as `failed`
+        with crash_reason() instead, in the same transaction."""
         key = (device.key, build.key, failed.problem.key, failed.variant, failed.splits)
         with self._write() as conn:
             row = conn.execute(f"SELECT owner, strikes FROM checks_v2 WHERE {CANDIDATE_SQL}", key).fetchone()

@@ -24,13 +24,18 @@ STATUSES = ("ok", "wrong", "failed")  # timed; failed the reference check; compi
 MAX_TEXT = 4096          # longest string stored or imported (a longer `reason` is cut on record)
 _MAX_INT = 2**63 - 1     # SQLite's INTEGER range; identity numbers are never negative
 
-# Reasons the tuner reads back. A candidate whose check took its process down CRASH_STRIKES times
-# is stored as failed with crash_reason(); `kgen tune --retry-crashed` forgets those. Older kgens
-# stored LEGACY_CRASH_MARK before every check and left it behind when killed: it counts as one
-# strike. A failure whose reason starts with TRANSIENT (a compiler killed by a signal) is checked
-# again by the next tune.
+# Reasons the tuner reads back. A candidate whose check or timing took its process down
+# CRASH_STRIKES times in a row is stored as failed with crash_reason(); `kgen tune --retry-crashed`
+# forgets those. A dead process cannot say what killed it: a driver crash and a kill from outside
+# (the OOM killer, kill -9) leave the same marker, so a single death is only a strike. An outside
+# kill rarely lands on one candidate twice, and a verdict costs that candidate's speed, never a
+# wrong result; a candidate that does crash its process would otherwise crash every rerun. Older
+# kgens stored LEGACY_CRASH_MARK before every check and left it behind when killed: it counts as
+# one strike. A failure whose reason starts with TRANSIENT (a compiler killed by a signal) is
+# checked again by the next tune.
 CRASH_STRIKES = 2
-CRASHED = "its check died with the process"
+CRASHED = "its check or timing died with the process"
+EARLIER_CRASHED = "its check died with the process"   # how older kgens worded the same verdict
 LEGACY_CRASH_MARK = ("crashed the process while being checked (a driver crash?); "
                      "a rerun skips it, `kgen db reset` forgets it")
 TRANSIENT = "transient, checked again by the next tune: "
@@ -42,7 +47,7 @@ def crash_reason(times: int) -> str:
 
 
 def is_crash(reason: str) -> bool:
-    return reason.startswith(CRASHED) or reason == LEGACY_CRASH_MARK
+    return reason.startswith((CRASHED, EARLIER_CRASHED)) or reason == LEGACY_CRASH_MARK
 
 
 class TuningDBError(KgenError):

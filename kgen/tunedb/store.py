@@ -6,11 +6,11 @@ BuildIdentity.key, ProblemClass.key, and (variant uri, splits) for a candidate. 
 and winner also holds the kernel digest it was timed with (identity.kernel_digest); its readers
 use it only while that is still the variant's (identity.is_current).
 
-A tuner marks each candidate before its check under its lease (checks.py, lease.py); a candidate
-whose check died with its process CRASH_STRIKES times is stored as failed. A class's winner is
-decided by the tuner's rule from every stored measurement of the class, in the transaction that
-stores one, so that concurrent tuners agree whoever writes last. On open, PRAGMA quick_check
-warns (once per file) of damage that no query has met yet.
+A tuner marks each candidate before its check and each later timing under its lease (checks.py,
+lease.py); a candidate whose check or timing died with its process CRASH_STRIKES times is stored
+as failed. A class's winner is decided by the tuner's rule from every stored measurement of the
+class, in the transaction that stores one, so that concurrent tuners agree whoever writes last.
+On open, PRAGMA quick_check warns (once per file) of damage that no query has met yet.
 
 Tables are named by their schema (`winners_v2`). A file written by another schema keeps its
 tables and its rows: this kgen creates its own beside them and never reads the others, nor

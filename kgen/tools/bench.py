@@ -186,12 +186,14 @@ def heuristic_choice(case: Case, caps) -> Choice:
 
 
 def bench_case(case: Case, device=None, *, repeats: int = 100, warmup: int = 10, roofline=None,
-               torch: bool = True, seed: int | None = None, heuristic: bool = False) -> CaseResult:
+               torch: bool = True, seed: int | None = None, heuristic: bool = False,
+               forced: "tuple[Choice, str] | None" = None) -> CaseResult:
     """Bench one case on `device` (an index, a runtime Device or None for the default): the case
     itself on a GPU, `case.fitted(caps)` on a CPU device. `roofline`: a kgen.timing.roofline.Roofline,
     a string saying why there is none, or None to ask kgen.timing.roofline for the device's ceilings.
     `heuristic`: run the heuristic default (`heuristic_choice`) instead of the dispatcher's
-    decision, as if the tuning DB were empty."""
+    decision, as if the tuning DB were empty. `forced`: (a Choice, what chose it) to run instead,
+    e.g. another device's decision (kgen.tools.cross_matrix)."""
     check_counts(repeats, warmup)
     from ..planning.probe import open_for_kernels
     dev = open_for_kernels(device)
@@ -203,8 +205,9 @@ def bench_case(case: Case, device=None, *, repeats: int = 100, warmup: int = 10,
                         reference_us=dict(run.reference_us), target_us=run.target_us)
     x = Inputs.random(run, zlib.crc32(case.name.encode()) if seed is None else seed)
     try:
-        forced = heuristic_choice(run, caps) if heuristic else None
-        path = _run_kgen(result, run, x, dev, repeats, warmup, forced)
+        if heuristic:
+            forced = heuristic_choice(run, caps), HEURISTIC_FORCED
+        path = _run_kgen(result, run, x, dev, repeats, warmup, *(forced or (None, "")))
     except KgenError as exc:  # a named failure (unsupported, out of resources, compile): this case only
         result.error = f"{type(exc).__name__}: {exc}"
     if result.error:
@@ -218,7 +221,7 @@ def bench_case(case: Case, device=None, *, repeats: int = 100, warmup: int = 10,
 
 
 def _run_kgen(result: CaseResult, case: Case, x: Inputs, dev, repeats: int, warmup: int,
-              forced: Choice | None = None):
+              forced: Choice | None = None, forced_by: str = ""):
     """Plan (as the dispatcher chooses, or `forced`), time, check; fills `result` and returns the path."""
     from ..api import plan
     given = {} if forced is None else {"variant": forced.variant, "split_k": forced.splits}
@@ -234,7 +237,7 @@ def _run_kgen(result: CaseResult, case: Case, x: Inputs, dev, repeats: int, warm
     plans = [first]
     try:
         result.variant, result.path, result.splits = first.variant.uri, str(first.variant.path), first.splits
-        result.chosen_by = first.how if forced is None else HEURISTIC_FORCED
+        result.chosen_by = first.how if forced is None else forced_by
         for _ in range(rotation_sets(working_bytes(case, first.splits)) - 1):
             plans.append(make()[0])
         for p in plans:

@@ -549,7 +549,7 @@ def kv_type_pairs(kv_type: str | None, k_type: str | None, v_type: str | None) -
 
 
 SHAPE_FORMAT = "B,Hq,Hkv,Nq,Nkv,Dk,Dv[,K type[/V type]][,features joined by + or ,]"
-SHAPE_FEATURES = ("mask", "causal", "sinks", "mla", "window=W", "softcap=X", "scale=X")
+SHAPE_FEATURES = ("mask", "causal", "sinks", "mla", "window=W", "softcap=X", "scale=X", "page=N")
 
 
 def parse_shape(text: str) -> Case:
@@ -584,6 +584,12 @@ def parse_shape(text: str) -> Case:
     if mla and (dv > dk or k_type != v_type):
         raise ModelError(f"{where}: mla keeps V inside K (its first Dv columns): Dv <= Dk and one KV type")
     window = values.pop("window", 0)
+    if (page := values.get("page", 0)):
+        from .paged import why_block_size_invalid
+        if (reason := why_block_size_invalid(page)) is not None:
+            raise ModelError(f"{where}: page={page}: {reason}")
+        if mla or values.get("mask"):
+            raise ModelError(f"{where}: page={page}: paged KV is tuned without mask and mla so far")
     case = Case(f"shape {text}", hkv, hq // hkv, nq, nkv, dk, dv, k_type, v_type, batch=b, mla=mla,
                 causal=values.pop("causal", False) or window > 0, window=window, **values)
     try:
@@ -605,7 +611,7 @@ def _shape_feature(where: str, name: str, eq: str, value: str):
             raise ModelError(f"{where}: {name}{eq}{value}: {name} is on when named; it takes no value")
         return True
     try:
-        if name == "window" and eq:
+        if name in ("window", "page") and eq:
             if value.isdigit() and int(value) >= 1:
                 return int(value)
         elif name in ("softcap", "scale") and eq:
@@ -614,9 +620,9 @@ def _shape_feature(where: str, name: str, eq: str, value: str):
                 return number
     except ValueError:
         pass
-    if name in ("window", "softcap", "scale"):
+    if name in ("window", "softcap", "scale", "page"):
         raise ModelError(f"{where}: {name}{eq}{value}: {name}=N with N > 0"
-                         + (" and whole" if name == "window" else ""))
+                         + (" and whole" if name in ("window", "page") else ""))
     raise ModelError(f"{where}: unknown feature {name!r}; features: {', '.join(SHAPE_FEATURES)}")
 
 

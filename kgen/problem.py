@@ -12,6 +12,7 @@ NQ_BUCKETS = (1, 8, 64, 512, None)            # 1, 2-8, 9-64, 65-512, >512
 NKV_BUCKETS = (256, 1024, 4096, 16384, None)
 GQA_BUCKETS = (1, 2, 4, 8, 16, None)
 V_IN_K = "v_in_k"  # listed after the features in a class key
+PAGE_TOKEN = re.compile(r"pg(?P<page>[1-9][0-9]{0,3})")   # a paged class's page size, after v_in_k
 # The bucketed dimensions: (name in export tables and the C lookup, edges, ProblemClass field).
 BUCKETS = (("n_q", NQ_BUCKETS, "nq_bucket"), ("n_kv", NKV_BUCKETS, "nkv_bucket"),
            ("gqa", GQA_BUCKETS, "gqa_bucket"))
@@ -40,7 +41,7 @@ def bucket_range(index: int, edges: tuple) -> str:
 
 
 _KEY_RE = re.compile(r"(?P<hk>\d{1,4})/(?P<hv>\d{1,4}) (?P<kt>[a-z0-9_]{1,8})/(?P<vt>[a-z0-9_]{1,8}) "
-                     r"acc(?P<acc>16|32) (?P<features>-|[a-z_]+(?:\+[a-z_]+)*) "
+                     r"acc(?P<acc>16|32) (?P<features>-|[a-z0-9_]+(?:\+[a-z0-9_]+)*) "
                      r"nq(?P<nq>\d) nkv(?P<nkv>\d) gqa(?P<gqa>\d)")
 
 
@@ -57,6 +58,8 @@ class ProblemClass:
     gqa_bucket: int = 0
     v_in_k: bool = False             # V is the first head_v columns of K's rows (MLA): kernels may
                                      # read it from K's tile, so it is part of the class
+    page: int = 0                    # paged KV (kgen.planning.paged_plan): tokens per page; its
+                                     # buckets are the GQA-folded rows of a sequence and its KV length
 
     def __post_init__(self):
         object.__setattr__(self, "k_type", KvType.parse(self.k_type))
@@ -111,9 +114,10 @@ class ProblemClass:
             if index >= len(edges):
                 raise ValueError(f"problem class key {key!r}: {name}={index}, at most {len(edges) - 1}")
         features = () if g["features"] == "-" else tuple(g["features"].split("+"))
+        pages = [int(m["page"]) for f in features if (m := PAGE_TOKEN.fullmatch(f))]
         problem = cls(head_k=int(g["hk"]), head_v=int(g["hv"]), k_type=g["kt"], v_type=g["vt"],
-                      features=tuple(f for f in features if f != V_IN_K), acc=int(g["acc"]),
-                      v_in_k=V_IN_K in features,
+                      features=tuple(f for f in features if f != V_IN_K and not PAGE_TOKEN.fullmatch(f)),
+                      acc=int(g["acc"]), v_in_k=V_IN_K in features, page=pages[0] if pages else 0,
                       **{name: index for name, (index, _) in buckets.items()})
         if problem.key != key:
             raise ValueError(f"problem class key {key!r} is not canonical (expected {problem.key!r})")
@@ -121,9 +125,9 @@ class ProblemClass:
 
     @property
     def key_features(self) -> tuple[str, ...]:
-        """The features as the key and the tuning DB list them: v_in_k joins them (a class
-        with V inside K is tuned apart, and its nearest classes are too)."""
-        return self.features + ((V_IN_K,) if self.v_in_k else ())
+        """The features as the key and the tuning DB list them: v_in_k and a paged class's page
+        size (`pg16`) join them (such classes are tuned apart, and so are their nearest ones)."""
+        return self.features + ((V_IN_K,) if self.v_in_k else ()) + ((f"pg{self.page}",) if self.page else ())
 
     @property
     def describe(self) -> str:
@@ -147,7 +151,7 @@ def mismatch(v, problem: ProblemClass, splits: int | None = None) -> str | None:
         ("k_type", v.k_type == problem.k_type), ("v_type", v.v_type == problem.v_type),
         ("acc", v.acc == problem.acc),
         ("features", {*v.features} - {"split_k"} == {*problem.features} - {"split_k"}),
-        ("v_in_k", problem.v_in_k or not v.v_in_k)) if not ok]
+        ("v_in_k", problem.v_in_k or not v.v_in_k), ("page", v.page == problem.page)) if not ok]
     if wrong:
         reason = f"{v.uri} does not compute class {problem.key!r}: its {', '.join(wrong)} differ"
         if "v_in_k" in wrong:

@@ -112,7 +112,8 @@ def cmd_tune(args) -> int:
             budget = None
             if args.budget is not None:
                 budget = max(1.0, (args.budget - (time.monotonic() - start)) / (len(cases) - i))
-            result = tune(timed.shapes(), db, device=args.device, strategy=args.strategy,
+            result = tune(timed.paged_batch() if timed.page else timed.shapes(), db, device=args.device,
+                          strategy=args.strategy,
                           limits=Limits(budget, args.max_evals, args.runs), paths=paths, progress=_Bar(err),
                           retry_crashed=args.retry_crashed)
             for o in result.wrong:

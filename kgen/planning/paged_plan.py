@@ -10,6 +10,7 @@ sequence's end leave at once (kgen/abi.py PAGED_PUSH says what the kernels are t
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -17,9 +18,11 @@ import numpy as np
 from .. import abi, knobs
 from ..errors import UnsupportedVariant
 from ..paged import PagedKV, PagedShapes, check_paged
+from ..problem import ProblemClass
 from ..shapes import Shapes, as_f32, as_int
 from ..space import default_variant, why_invalid
 from ..variant import PathKind, Variant
+from . import dispatch
 from .choose import split_values
 from .recipe import recipe
 
@@ -55,7 +58,7 @@ class PagedPlan:
                               scale=scale, softcap=self.softcap, sinks=self.sinks, precision=precision)
         self.device = open_for_kernels(device)
         if variant is None:
-            variant, how = default_paged_variant(dense, self.device.caps, shapes.block_size), "heuristic default"
+            variant, how = choose_paged_variant(dense, self.device.caps, shapes.block_size)
         else:
             how = "given"
         splits = split_k or paged_splits(variant, shapes, self.device.caps)
@@ -71,7 +74,7 @@ class PagedPlan:
         if knobs.debug(1):
             print(f"kgen: paged plan B={shapes.batch} max_q={self.max_q} capacity={self.capacity} -> "
                   f"{variant.uri} (split_kv {self.split_kv} x {self.splits}; {how})")
-        self._buffers, self._sequence = {}, None
+        self._buffers, self._sequence, self.kernel = {}, None, None
         try:
             self._build()
         except BaseException:
@@ -109,8 +112,11 @@ class PagedPlan:
         for i, (step, grid) in enumerate(zip(self.recipe.steps, groups)):
             pipeline = step.pipeline(dev, full_subgroups=bool(step.required_subgroup_size)
                                      and dev.caps.compute_full_subgroups)
+            if step.role == "fa":
+                self.kernel = pipeline
             binds = {abi.BINDING[binding]: self._buffer(name) for binding, name in step.binds}
             steps.append((pipeline, binds, push, grid, i > 0 and not step.barrier))
+        self.steps = steps   # what kgen.timing records back to back
         self._sequence = dev.sequence(steps)
 
     def _buffer(self, name: str):
@@ -218,6 +224,21 @@ def folded_shapes(s: PagedShapes, k_type, v_type, *, causal: bool, window: int, 
                    precision=precision)
     dense.validate()
     return dense
+
+
+def paged_class(folded: Shapes, page: int) -> ProblemClass:
+    """The tuning class of a paged call whose folded class is `folded`: its page size joins the key."""
+    return dataclasses.replace(folded.problem(), page=page)
+
+
+def choose_paged_variant(folded: Shapes, caps, page: int) -> tuple[Variant, str]:
+    """(variant, how it was chosen): the tuned decision for the paged class (exact, else the
+    nearest tuned bucket with the same heads, types, features and page size; kgen tune --shape
+    ...,page=N tunes one), else the heuristic default."""
+    decision = dispatch.lookup(caps, paged_class(folded, page))
+    if decision is not None:
+        return decision.variant, f"tuned, {decision.level} class {decision.source}"
+    return default_paged_variant(folded, caps, page), "heuristic default"
 
 
 def default_paged_variant(dense: Shapes, caps, page: int) -> Variant:

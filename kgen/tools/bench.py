@@ -263,7 +263,7 @@ def _run_kgen(result: CaseResult, case: Case, x: Inputs, dev, repeats: int, warm
 
 # Case fields a results file lists only when a case sets them, so that the suites' results keep
 # the keys they had before kgen.models gave cases these features.
-RUNTIME_FEATURES = {"window": 0, "softcap": 0.0, "scale": None, "sinks": False}
+RUNTIME_FEATURES = {"window": 0, "softcap": 0.0, "scale": None, "sinks": False, "page": 0}
 
 
 def _dims(case: Case) -> dict:

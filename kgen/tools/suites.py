@@ -45,6 +45,9 @@ class Case:
     softcap: float = 0.0
     scale: float | None = None
     sinks: bool = False
+    # Paged KV: tokens per page (0 = dense). `kgen tune` then times a kgen.paged_plan batch of
+    # `batch` sequences of n_q query tokens and n_kv keys each (kgen.tune.paged).
+    page: int = 0
 
     @property
     def heads_q(self) -> int:
@@ -58,7 +61,14 @@ class Case:
                       softcap=self.softcap, sinks=self.sinks, precision=self.precision, v_in_k=self.mla)
 
     def problem(self) -> ProblemClass:
-        return self.shapes().problem()
+        return self.paged_batch().problem() if self.page else self.shapes().problem()
+
+    def paged_batch(self):
+        """The paged batch a paged case (page > 0) is timed on (kgen.tune.paged.PagedBatch)."""
+        from ..tune.paged import PagedBatch
+        return PagedBatch(self.batch, self.heads_q, self.heads_kv, self.n_q, self.n_kv, self.head_k, self.head_v,
+                          self.page, self.k_type, self.v_type, causal=self.causal, window=self.window,
+                          softcap=self.softcap, scale=self.scale, sinks=self.sinks, precision=self.precision)
 
     @property
     def flops(self) -> float:
@@ -104,7 +114,8 @@ class Case:
                 + (f" softcap {self.softcap:g}" if self.softcap else "")
                 + (f" scale {self.scale:.6g}" if self.scale is not None else "")
                 + (" sinks" if self.sinks else "")
-                + (" (V in K)" if self.mla else ""))
+                + (" (V in K)" if self.mla else "")
+                + (f" pages of {self.page}" if self.page else ""))
 
 
 # The H100 anchors (issue 7's P1-P5) with llama.cpp's and torch's times on the same GPU.

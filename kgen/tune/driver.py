@@ -24,6 +24,7 @@ from ..tunedb.records import LEGACY_CRASH_MARK, TRANSIENT
 from ..variant import PathKind
 from .candidates import Candidate, candidates
 from .measure import GpuEvaluator, describe_shape
+from .paged import PagedBatch, PagedEvaluator, paged_candidates
 from .search import CandidateFailed, Limits, Outcome, decide, order_for, run_search
 
 # CPU devices (lavapipe) build each pipeline in seconds: a few candidates keep a tune short.
@@ -33,7 +34,7 @@ CPU_MAX_EVALS = 4
 @dataclass
 class TuneResult:
     problem: ProblemClass
-    shape: Shapes
+    shape: "Shapes | PagedBatch"   # what was timed
     strategy: str
     default: Candidate
     winner: Outcome | None = None
@@ -262,22 +263,41 @@ def winner_rule(problem: ProblemClass, shape: str, cands: list[Candidate], defau
     return rule
 
 
-def tune(timed: Shapes, db: TuningDB, *, device=None, strategy: str = "auto", limits: Limits | None = None,
+@dataclass(frozen=True)
+class _Work:
+    """What one tune measures: the class, the timed shape's description, the candidates and
+    the evaluator that checks and times them (dense: Shapes; paged: a PagedBatch)."""
+    timed: "Shapes | PagedBatch"
+    problem: ProblemClass
+    shape: str
+    candidates: Callable
+    evaluator: Callable
+
+    @classmethod
+    def of(cls, timed: "Shapes | PagedBatch") -> "_Work":
+        if isinstance(timed, PagedBatch):
+            return cls(timed, timed.problem(), timed.describe(), lambda caps, paths: paged_candidates(timed, caps),
+                       lambda device: PagedEvaluator(timed, device=device))
+        timed = fold_gqa(timed)   # tune what plans will run (see kgen.api.fold_gqa)
+        return cls(timed, timed.problem(), describe_shape(timed), lambda caps, paths: candidates(timed, caps, paths),
+                   lambda device: GpuEvaluator(timed, device=device))
+
+
+def tune(timed: "Shapes | PagedBatch", db: TuningDB, *, device=None, strategy: str = "auto", limits: Limits | None = None,
          paths: tuple[PathKind, ...] | None = None, progress: Progress | None = None, retry_crashed: bool = False,
          clock: Callable[[], float] = time.monotonic) -> TuneResult:
-    """Tune the class of `timed` (timing that very shape) on `device`; store and return the result.
-    The winner is the DB's decision from every stored measurement of the class on this shape
-    (winner_rule), so it may be one another tuner measured. `retry_crashed`: check again the
-    candidates stored as crashing the process."""
+    """Tune the class of `timed` (timing that very shape; a PagedBatch: a paged class) on
+    `device`; store and return the result. The winner is the DB's decision from every stored
+    measurement of the class on this shape (winner_rule), so it may be one another tuner
+    measured. `retry_crashed`: check again the candidates stored as crashing the process."""
     from ..planning.probe import open_for_kernels
     dev = open_for_kernels(device)
     caps = dev.caps
-    timed = fold_gqa(timed)   # tune what plans will run (see kgen.api.fold_gqa)
-    problem = timed.problem()
+    work = _Work.of(timed)
+    timed, problem, shape = work.timed, work.problem, work.shape
     strategy, limits = resolve_strategy(strategy, caps, limits or Limits())
     ident, build = DeviceIdentity.of(caps), BuildIdentity.current()
-    shape = describe_shape(timed)
-    cands, default = candidates(timed, caps, paths)
+    cands, default = work.candidates(caps, paths)
     rule = winner_rule(problem, shape, cands, default, strategy)
     with db.lease() as owner:
         if retry_crashed:
@@ -300,7 +320,7 @@ def tune(timed: Shapes, db: TuningDB, *, device=None, strategy: str = "auto", li
                 result.outcomes.append(o)
             progress.step(o, first)
 
-        ev = _Evaluator(GpuEvaluator(timed, device=device),
+        ev = _Evaluator(work.evaluator(device),
                         _CompileAhead([c for c in todo if c.name not in known]), marks)
         try:
             _, _, result.outcomes = run_search(

@@ -225,3 +225,22 @@ def test_paged_kv_data_must_hold_every_page():
         PagedKV(bytes(4095), "f16", 4, 16, 2, 32)
     with pytest.raises(ValueError, match="multiples of 32"):
         PagedKV(bytes(1 << 16), "q8_0", 4, 16, 2, 32, strides=(1024, 48, 32))
+
+
+def test_paged_variants_and_classes_carry_the_page_size():
+    from kgen.errors import InvalidVariant
+    from kgen.problem import ProblemClass, mismatch
+    from kgen.variant import Variant
+    v = Variant(path="scalar", head_k=64, head_v=64, k_type="f16", v_type="f16", br=4, bc=32, wg=64,
+                subgroup=32, d_split=4, row_split=1, causal=True, page=16)
+    assert v.uri.endswith("_pg16_causal") and Variant.parse(v.uri) == v
+    for bad, words in (({"page": 24}, "page=24"), ({"mask": True}, "do not take mask"),
+                       ({"aligned": True}, "do not take aligned")):
+        with pytest.raises(InvalidVariant, match=words):
+            v.replace(**bad)
+    paged = ProblemClass(head_k=64, head_v=64, features=("causal",), page=16)
+    assert paged.key == "64/64 f16/f16 acc32 causal+pg16 nq3 nkv3 gqa0" and ProblemClass.parse(paged.key) == paged
+    assert mismatch(v, paged) is None
+    assert "page" in mismatch(v.replace(page=32), paged) and "page" in mismatch(v.replace(page=0), paged)
+    with pytest.raises(ValueError):
+        ProblemClass.parse("64/64 f16/f16 acc32 causal+pg016 nq3 nkv3 gqa0")   # not canonical

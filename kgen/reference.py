@@ -39,9 +39,9 @@ def alibi_slopes(n_head: int, max_bias: float) -> np.ndarray:
 
 
 def _alibi_bias(slopes: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """slope * mask, where a -inf entry stays -inf: the key is hidden whatever the slope. A large
-    max_bias underflows slopes to 0 (in float32, as kernels compute them, below 2^-149), and
-    0 * -inf would be NaN; the kernels clamp such a score to their hidden value."""
+    """slope * mask, where a -inf entry stays -inf: the key is hidden whatever the slope. Calls
+    keep every slope a normal f32 (alibi_max_bias <= 126, kgen.shapes), so a kernel never
+    meets 0 * -inf; the reference keeps the rule for any max_bias it is given."""
     with np.errstate(invalid="ignore"):
         return np.where(np.isneginf(mask), -np.inf, slopes * mask)
 

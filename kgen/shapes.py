@@ -17,6 +17,9 @@ from .variant import HEAD_MAX, HEAD_MIN, HEAD_STEP
 PRECISIONS = {"f32": 32, "f16": 16}
 U32_MAX = 2**32 - 1                                # push-constant uints (window, strides)
 F32_TINY = float(np.finfo(np.float32).tiny)        # GPUs may flush smaller f32 values to 0
+# ggml's slopes are 2^(-max_bias * k / n2) for k up to n2: the smallest is 2^-max_bias. Past
+# 2^-126 a GPU may flush it to 0, and 0 x a -inf mask entry is NaN, not a hidden key.
+ALIBI_MAX_BIAS_MAX = 126.0
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,9 @@ class Shapes:
         if not (0 <= self.softcap <= F32_MAX and (self.softcap == 0 or self.softcap >= F32_TINY)):
             raise ValueError(f"softcap={self.softcap}: must be 0 (off) or from {F32_TINY:.9g} to "
                              f"{F32_MAX:.9g} (a normal f32: the kernels divide by it)")
-        if not (math.isfinite(self.alibi_max_bias) and self.alibi_max_bias >= 0):
-            raise ValueError(f"alibi_max_bias={self.alibi_max_bias}: must be finite and >= 0")
+        if not (math.isfinite(self.alibi_max_bias) and 0 <= self.alibi_max_bias <= ALIBI_MAX_BIAS_MAX):
+            raise ValueError(f"alibi_max_bias={self.alibi_max_bias}: must be from 0 to {ALIBI_MAX_BIAS_MAX:g} "
+                             "(the smallest head's slope is 2^-alibi_max_bias and must stay a normal f32)")
         if self.alibi_max_bias > 0 and self.mask_shape is None:
             raise ValueError("alibi_max_bias > 0 scales the mask (score + slope * mask): pass a mask")
         if self.scale is not None and not abs(self.scale) <= F32_MAX:

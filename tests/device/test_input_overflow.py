@@ -61,6 +61,16 @@ def test_alibi_with_saturated_mask_matches_the_reference():
     _check(out, q, k, v, mask=np.maximum(mask, -F16_MAX), alibi_max_bias=8.0)
 
 
+def test_the_largest_alibi_max_bias_keeps_minus_inf_keys_hidden():
+    """At alibi_max_bias=126 the smallest slope is 2^-126, still a normal f32: slope x -inf is
+    -inf, never NaN. Past it the call is refused (tests/unit/test_input_limits.py)."""
+    q, k, v = _inputs(4)
+    mask = _mask(5, -np.inf)
+    mask[1, :3] = 0.0   # row 1 sees three keys
+    out = kgen.attention(q, k, v, mask=mask, alibi_max_bias=126.0)
+    _check(out, q, k, v, mask=mask, alibi_max_bias=126.0)
+
+
 def test_refused_call_leaves_the_last_good_inputs_in_place():
     q, k, v = _inputs(3)
     q2, _, _ = _inputs(4)

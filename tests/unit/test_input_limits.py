@@ -176,6 +176,7 @@ def test_kvtensor_bytes_outside_its_rows_are_not_checked():
     (dict(softcap=3.5e38), r"^softcap=3.5e\+38: must be 0 \(off\) or from 1.17549435e-38 to 3.40282347e\+38"),
     (dict(softcap=1e-40), r"^softcap=1e-40: must be 0 \(off\) or from"),
     (dict(alibi_max_bias="8", mask=np.zeros((3, 5))), r"^alibi_max_bias='8': expected a real number"),
+    (dict(alibi_max_bias=127.0, mask=np.zeros((3, 5))), r"^alibi_max_bias=127.0: must be from 0 to 126 "),
     (dict(causal="no"), r"^causal='no': expected True or False"),
     (dict(autotune="no"), r"^autotune='no': expected True or False or None"),
     (dict(device="llvmpipe"), r"^device='llvmpipe': a device index >= 0"),

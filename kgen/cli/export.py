@@ -22,8 +22,13 @@ def register(subparsers) -> None:
     p.add_argument("--cover", choices=sorted(COVER_SETS),
                    help="also every class of this case set that has no tuned winner, with kgen's heuristic "
                         "default for the device opened here (ggml: test-backend-ops' FLASH_ATTN_EXT cases)")
-    p.add_argument("--device", type=int, help="with --cover or --model: device index (see `kgen devices`); default: "
-                   "KGEN_DEVICE or the best")
+    p.add_argument("--paged", action="append", default=[], metavar="SPEC",
+                   help="also paged KV entries (json and c formats): SPEC is Dk,Dv,k_type,v_type,page[,feature...] "
+                        "with features of causal, softcap, sinks (a window is causal with a run-time width), e.g. "
+                        "128,128,f16,f16,16,causal; kgen's heuristic paged kernel per query-row and capacity "
+                        "bucket for the device opened here (paged kernels are not tuned yet); repeatable")
+    p.add_argument("--device", type=int, help="with --cover, --model or --paged: device index (see `kgen devices`); "
+                   "default: KGEN_DEVICE or the best")
     from .model import add_case_options
     add_case_options(p)   # --model/--shape: cover that model's classes as --cover does a case set
     p.set_defaults(func=cmd_export, suite=None, case=None)
@@ -39,27 +44,43 @@ COVER_SETS = {"ggml": _ggml_cases}
 
 def cmd_export(args) -> int:
     from ..models import ModelError
+    from ..tools.export import PagedSpec
     from .model import chosen_cases
     try:   # before any device is opened
         picked = chosen_cases(args, one_per_class=True)
-    except ModelError as exc:
+        specs = [PagedSpec.parse(text) for text in args.paged]
+    except (ModelError, ValueError) as exc:
         print(f"kgen export: {exc}", file=sys.stderr)
+        return 2
+    if specs and args.format == "c-header":
+        print("kgen export: --paged: the c-header format carries dense entries only; use --format c or json",
+              file=sys.stderr)
         return 2
     db = Path(args.db) if args.db else knobs.db_path()
     try:
         entries = read_winners(db, device_key=args.device_key, all_builds=args.all_builds)
-    except ExportError:
+    except ExportError as exc:
         if not args.cover and picked is None:
+            if specs:
+                raise ExportError(f"{exc}; --paged entries go beside dense ones (kgen tune, or --cover or "
+                                  "--model for heuristic dense entries)") from None
             raise
         entries = []   # defaults alone
     if args.cover:
         entries += cover(entries, args.cover, args.device)
     if picked is not None:
         entries += cover(entries, picked[1], args.device, cases=[c.shapes() for c in picked[0]])
-    written = export(entries, Path(args.out), args.format)
-    devices = len({d.key for d, _, _ in entries})
-    print(f"kgen export: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} for {devices} device(s), "
-          f"{len(written)} file(s) in {args.out}")
+    paged = []
+    if specs:
+        from ..planning.probe import open_for_kernels
+        from ..tools.export import paged_rows
+        paged = paged_rows(specs, open_for_kernels(args.device).caps)
+    written = export(entries, Path(args.out), args.format, paged)
+    devices = len({d.key for d, _, _ in entries} | {r.device.key for r in paged})
+    print(f"kgen export: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
+          + (f" and {len(paged)} paged entr{'y' if len(paged) == 1 else 'ies'} ({len(specs)} spec(s), heuristic "
+             "defaults)" if paged else "")
+          + f" for {devices} device(s), {len(written)} file(s) in {args.out}")
     return 0
 
 

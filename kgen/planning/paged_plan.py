@@ -28,6 +28,7 @@ from .recipe import recipe
 
 F32 = np.dtype("<f4")
 TARGET_WORKGROUPS = 256   # as kgen.planning.choose.split_count: a few per compute unit
+MIN_SPLIT_TILES = 4       # bc tiles a KV split holds at least (as choose.split_count's 4 * bc)
 
 
 class PagedPlan:
@@ -250,11 +251,11 @@ def default_paged_variant(dense: Shapes, caps, page: int) -> Variant:
 def paged_splits(v: Variant, s: PagedShapes, caps) -> int:
     """KV splits from the batch's work: chunks of one size for every sequence, sized so that the
     work items (row tiles x keys, over sequences and KV heads) make about TARGET_WORKGROUPS,
-    however the lengths are spread; at least 4 tiles a chunk. CPUs get 1. The C dispatcher
+    however the lengths are spread; at least MIN_SPLIT_TILES tiles a chunk. CPUs get 1. The C dispatcher
     computes the same from the lengths the engine passes."""
     if caps.device_type == "cpu":
         return 1
     gqa, capacity = s.heads_q // s.heads_kv, s.max_blocks_per_seq * s.block_size
     work = sum(math.ceil(n * gqa / v.br) * kv for n, kv in zip(s.q_lens, s.seq_lens)) * s.heads_kv
-    chunk = max(4 * v.bc, math.ceil(work / TARGET_WORKGROUPS / v.bc) * v.bc)
+    chunk = max(MIN_SPLIT_TILES * v.bc, math.ceil(work / TARGET_WORKGROUPS / v.bc) * v.bc)
     return max(1, min(math.ceil(capacity / chunk), capacity // v.bc))

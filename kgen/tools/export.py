@@ -27,19 +27,25 @@ from ..errors import KgenError
 from ..paths.coopmat1 import kv_rule
 from ..paths.shared import FUSED_STATS_SLOTS
 from ..planning.dispatch import BUCKET_FIELDS, NEAREST_TIERS
-from ..planning.recipe import CALLER_BUFFERS, SPLIT_COUNT, Recipe, Step, fa_grid, recipe, split_kv
+from ..planning.paged_plan import MIN_SPLIT_TILES, TARGET_WORKGROUPS, default_paged_variant, folded_shapes
+from ..planning.recipe import CALLER_BUFFERS as RECIPE_BUFFERS
+from ..planning.recipe import SPLIT_COUNT, Recipe, Step, fa_grid, recipe, split_kv
 from ..problem import mismatch
 from ..compile import compile_source
 from ..render import MASK_TO_F16_PER_THREAD, MASK_TO_F16_WG, reduce_chunks, reduce_grid, render_mask_to_f16
 from ..identity import BuildIdentity, DeviceIdentity
-from ..problem import BUCKETS, bucket_range
+from ..problem import BUCKETS, NKV_BUCKETS, NQ_BUCKETS, bucket_range
 from ..tunedb import Winner
-from ..types import KV_TYPES
+from ..paged import BLOCK_SIZE_MAX, BLOCK_SIZE_STEP, PagedShapes, why_block_size_invalid
+from ..space import why_invalid
+from ..types import KV_TYPES, KvType
 from ..variant import FEATURES, HEAD_MAX, HEAD_MIN, HEAD_STEP, Variant
 
 FORMAT_NAME = "kgen-fa-dispatch"
-FORMAT_VERSION = 8  # 8: abi bindings 10-12 (paged KV's block table, sequence lengths and query
-                    # starts; no exported entry binds them yet);
+FORMAT_VERSION = 9  # 9: paged entries (`paged_entries`: `kgen export --paged`, the heuristic paged
+                    # kernel per (n_q, n_kv) bucket of the folded rows, with and without split-k);
+                    # 8: abi bindings 10-12 (paged KV's block table, sequence lengths and query
+                    # starts);
                     # 7: O is a caller buffer ("o", bound at the recipe's `output` binding), not scratch;
                     # 6: every entry carries its recipe (kgen.planning.recipe: steps, scratch, result)
                     # and both alignment twins of its kernel; grids are kgen.extent formulas; the
@@ -54,6 +60,12 @@ API_HEADER, API_SOURCE = "kgen_fa.h", "kgen_fa.c"
 SPIRV_MAGIC = 0x07230203
 TEMPLATES = Path(__file__).resolve().parent / "export_templates"
 
+# The caller's buffers a recipe's step may bind: a dense call's (kgen.planning.recipe), then a
+# paged call's tables. The C dispatcher numbers them so, and its scratch buffers after them.
+CALLER_BUFFERS = RECIPE_BUFFERS + abi.PAGED_BUFFERS
+# Members of the C API's kgen_fa_buffers, in order: the dense call's, scratch and state, then the
+# paged call's (appended, so that a dense engine's code is unchanged).
+C_BUFFER_MEMBERS = RECIPE_BUFFERS + ("scratch", "state") + abi.PAGED_BUFFERS
 # C type and size of each abi.PushField.glsl type.
 PUSH_TYPES = {"uint": ("uint32_t", 4), "float": ("float", 4)}
 # Element type of each abi binding ("k_type"/"v_type": the entry's KV types).
@@ -96,6 +108,15 @@ NOTES = (
     "Zero a scratch buffer with zero_once (fused_reduce's split_arrivals) once when you "
     "create it: every run leaves it zero again, so two runs must not use one buffer at the "
     "same time. Run the steps at every call: they read Q, the mask or the cache as they are now.",
+    "Paged entries (`paged_entries`, heuristic defaults: source \"default\"): pick by device, head "
+    "sizes, KV types, page, features and the buckets of the folded rows: n_q = the longest "
+    "sequence's query tokens x (Hq / Hkv), n_kv = max_blocks_per_seq x page. Splits: 1 where "
+    "`splits_by` is \"one\"; else from the batch's work, w = Hkv x sum over sequences of "
+    "ceil(q_len x Hq / Hkv / br) x seq_len, chunk = max(min_split_tiles x bc, ceil(w / "
+    "target_workgroups / bc) x bc), splits = max(1, min(ceil(n_kv / chunk), floor(n_kv / bc))). "
+    "splits > 1 takes the entry with split_k; split_kv and split_count from `split_values` over "
+    "n_kv. Push fields as `paged_push` says; the steps bind block_table, seq_lens and "
+    "cu_seqlens_q (int32) too.",
     "Formulas (grids, buffer sizes, kernel_push values, split values) are expressions: an int, a "
     "dimension name (a push-constant field, one of `dims`, or the entry's br, bc, splits, "
     "reduce_chunks), or [op, operand...] with op \"mul\" (the product) or \"ceil_div\" "
@@ -217,6 +238,111 @@ def _unservable(w: Winner) -> str | None:
     return None
 
 
+# --- paged entries: heuristic defaults per bucket of the folded rows ------------------------------
+PAGED_FEATURES = ("causal", "softcap", "sinks")   # window: the causal feature with a run-time width
+PAGED_ACC = 32
+
+
+@dataclass(frozen=True)
+class PagedSpec:
+    """What `kgen export --paged` carries: `Dk,Dv,k_type,v_type,page[,feature...]`."""
+    head_k: int
+    head_v: int
+    k_type: KvType
+    v_type: KvType
+    page: int
+    features: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> "PagedSpec":
+        form = "Dk,Dv,k_type,v_type,page[,feature...]"
+        parts = [p.strip() for p in str(text).split(",")]
+        if len(parts) < 5:
+            raise ValueError(f"--paged {text!r}: expected {form}")
+        try:
+            head_k, head_v, page = int(parts[0]), int(parts[1]), int(parts[4])
+        except ValueError:
+            raise ValueError(f"--paged {text!r}: Dk, Dv and page are integers ({form})") from None
+        try:
+            k_type, v_type = KvType.parse(parts[2]), KvType.parse(parts[3])
+        except (KgenError, ValueError) as exc:
+            raise ValueError(f"--paged {text!r}: {exc}") from None
+        if (reason := why_block_size_invalid(page)) is not None:
+            raise ValueError(f"--paged {text!r}: page={page}: {reason}")
+        extra = [f for f in parts[5:] if f not in PAGED_FEATURES]
+        if extra or len(set(parts[5:])) < len(parts[5:]):
+            raise ValueError(f"--paged {text!r}: features are distinct names of {', '.join(PAGED_FEATURES)} "
+                             f"(window is causal with a run-time width){'; not ' + ', '.join(extra) if extra else ''}")
+        features = tuple(f for f in FEATURES if f in parts[5:])
+        return cls(head_k, head_v, k_type, v_type, page, features)
+
+    @property
+    def key(self) -> str:
+        return (f"{self.head_k}/{self.head_v} {self.k_type.label}/{self.v_type.label} pg{self.page} "
+                f"{'+'.join(self.features) or '-'}")
+
+    def folded(self, n_q: int, n_kv: int):
+        """folded_shapes of a batch whose folded rows are n_q and whose capacity is n_kv (rounded
+        up to whole pages): its class is what PagedPlan picks tiles by."""
+        pages = -(-n_kv // self.page)
+        s = PagedShapes(batch=1, total_q=n_q, heads_q=1, heads_kv=1, head_k=self.head_k, head_v=self.head_v,
+                        block_size=self.page, max_blocks_per_seq=pages, q_lens=(n_q,), seq_lens=(0,))
+        return folded_shapes(s, self.k_type, self.v_type, causal="causal" in self.features, window=0, scale=None,
+                             softcap=1.0 if "softcap" in self.features else 0.0, sinks="sinks" in self.features,
+                             precision="f32")
+
+
+@dataclass(frozen=True)
+class PagedRow:
+    """One paged entry: the heuristic paged kernel of `spec` for the (n_q, n_kv) buckets it
+    serves, with split-k or without."""
+    device: DeviceIdentity
+    build: BuildIdentity
+    spec: PagedSpec
+    buckets: tuple[tuple[int, int], ...]
+    variant: Variant
+    one_split: bool                  # paged_splits gives 1 on this device (a CPU)
+    recipe: Recipe
+    steps: tuple[tuple[Step, Shader], ...]
+
+    @property
+    def shader(self) -> Shader:
+        return next(sh for st, sh in self.steps if st.role == "fa")
+
+
+def paged_rows(specs, caps) -> list[PagedRow]:
+    """For each spec, default_paged_variant of folded_shapes for every (n_q, n_kv) bucket on the
+    device `caps` describes, without and with split-k; buckets with the same kernel share a row.
+    A bucket no variant serves is left out (the C dispatcher says it is not covered)."""
+    device, build = DeviceIdentity.of(caps), BuildIdentity.current()
+    rows = []
+    for spec in specs:
+        for split in (False, True):
+            served: dict[str, list] = {}
+            reasons = []
+            for i in range(len(NQ_BUCKETS)):
+                for j in range(len(NKV_BUCKETS)):
+                    n_q = 1 if i == 0 else NQ_BUCKETS[i - 1] + 1
+                    n_kv = 1 if j == 0 else NKV_BUCKETS[j - 1] + 1
+                    try:
+                        v = default_paged_variant(spec.folded(n_q, n_kv), caps, spec.page).replace(split_k=split)
+                    except (KgenError, ValueError) as exc:
+                        reasons.append(str(exc))
+                        continue
+                    if (reason := why_invalid(v, caps)) is None:
+                        served.setdefault(v.uri, []).append((i, j))
+                    else:
+                        reasons.append(f"{v.uri}: {reason}")
+            if not served and not split:
+                raise ExportError(f"--paged {spec.key}: no paged kernel serves it on {caps.name}: {reasons[0]}")
+            for uri, buckets in served.items():
+                v = Variant.parse(uri)
+                rec = recipe(v)
+                steps = tuple((st, _step_shader(st)) for st in rec.steps)
+                rows.append(PagedRow(device, build, spec, tuple(buckets), v, caps.device_type == "cpu", rec, steps))
+    return rows
+
+
 # --- interface tables ----------------------------------------------------------------------------
 def push_layout() -> list[dict]:
     """The push-constant block of kgen/abi.py with byte offsets (std430 scalars, 4-byte aligned)."""
@@ -254,14 +380,39 @@ def _identity(ident) -> dict:
 
 
 # --- json ----------------------------------------------------------------------------------------
-def dispatch_table(rows: list[Row]) -> dict:
-    def shader(s: Shader) -> dict:
-        return {"shader": s.name, "spv": s.file, "sha256": s.sha256, "bytes": len(s.spirv),
-                "local_size_x": s.local_size_x, "required_subgroup_size": s.required_subgroup_size}
+def _shader_entry(s: Shader) -> dict:
+    return {"shader": s.name, "spv": s.file, "sha256": s.sha256, "bytes": len(s.spirv),
+            "local_size_x": s.local_size_x, "required_subgroup_size": s.required_subgroup_size}
 
-    def step(st: Step, s: Shader) -> dict:
-        return {**shader(s), "role": st.role, "binds": {b: buf for b, buf in st.binds}, "push": st.push,
-                "grid": grid(st.grid), "barrier": st.barrier}
+
+def _recipe_entry(rec: Recipe, steps) -> dict:
+    return {"steps": [{**_shader_entry(s), "role": st.role, "binds": {b: buf for b, buf in st.binds}, "push": st.push,
+                       "grid": grid(st.grid), "barrier": st.barrier} for st, s in steps],
+            "scratch": [{"name": b.name, "bytes": formula(b.nbytes), "zero_once": b.zero_once} for b in rec.scratch],
+            "output": rec.output}
+
+
+def _paged_entry(r: PagedRow) -> dict:
+    spec, v = r.spec, r.variant
+    return {"device": r.device.key, "tuned_build": r.build.key, "source": "default", "spec": spec.key,
+            "head_k": spec.head_k, "head_v": spec.head_v, "k_type": spec.k_type.label, "v_type": spec.v_type.label,
+            "page": spec.page, "features": list(spec.features), "acc": PAGED_ACC,
+            "buckets": [{"n_q": i, "n_kv": j} for i, j in r.buckets],
+            "variant": v.uri, **_shader_entry(r.shader), "grid": grid(r.recipe.fa.grid), "br": v.br, "bc": v.bc,
+            "split_k": v.split_k, "reduce_chunks": reduce_chunks(v.head_v),
+            "splits_by": "one" if r.one_split else "work", "target_workgroups": TARGET_WORKGROUPS,
+            "min_split_tiles": MIN_SPLIT_TILES, "recipe": _recipe_entry(r.recipe, r.steps)}
+
+
+def _split(rows) -> tuple[list[Row], list[PagedRow]]:
+    """A table's rows: the dense ones (Row) and the paged ones (PagedRow), each in order."""
+    return [r for r in rows if isinstance(r, Row)], [r for r in rows if isinstance(r, PagedRow)]
+
+
+def dispatch_table(rows: list) -> dict:
+    """The JSON table of `rows`, dense and paged."""
+    rows, paged = _split(rows)
+    shader = _shader_entry
 
     def entry(r: Row) -> dict:
         p, v, w = r.winner.problem, r.variant, r.winner
@@ -277,10 +428,7 @@ def dispatch_table(rows: list[Row]) -> dict:
                 "reduce": reduce and {**shader(reduce[1]), "grid": grid(reduce[0].grid)},
                 "passes_before": [pass_entry(r, st, s) for st, s in r.passes],
                 "kernel_push": {name: formula(e) for name, e in r.recipe.kernel_push.items()},
-                "recipe": {"steps": [step(st, s) for st, s in r.steps],
-                           "scratch": [{"name": b.name, "bytes": formula(b.nbytes), "zero_once": b.zero_once}
-                                       for b in r.recipe.scratch],
-                           "output": r.recipe.output}}
+                "recipe": _recipe_entry(r.recipe, r.steps)}
 
     def pass_entry(r: Row, st: Step, s: Shader) -> dict:
         """A step before the kernel as the table lists it: which binding it reads, and where the
@@ -294,8 +442,8 @@ def dispatch_table(rows: list[Row]) -> dict:
     return {
         "format": FORMAT_NAME, "version": FORMAT_VERSION,
         "build": _identity(BuildIdentity.current()),
-        "tuned_builds": _unique(_identity(r.build) for r in rows),
-        "devices": _unique(_identity(r.device) for r in rows),
+        "tuned_builds": _unique(_identity(r.build) for r in (*rows, *paged)),
+        "devices": _unique(_identity(r.device) for r in (*rows, *paged)),
         "push_constants": {"bytes": abi.PUSH_BYTES, "fields": push_layout()},
         "bindings": bindings(),
         "kv_types": [{"name": t.label, "block_size": t.block_size, "block_bytes": t.block_bytes} for t in KV_TYPES],
@@ -306,6 +454,8 @@ def dispatch_table(rows: list[Row]) -> dict:
         "dims": {**{f.name: "push constant" for f in abi.PUSH_FIELDS if f.glsl == "uint"}, **extent.DIMS},
         "notes": list(NOTES),
         "entries": [entry(r) for r in rows],
+        "paged_push": dict(abi.PAGED_PUSH),
+        "paged_entries": [_paged_entry(r) for r in paged],
     }
 
 
@@ -317,7 +467,7 @@ def _unique(items) -> list[dict]:
     return list({d["key"]: d for d in items}.values())
 
 
-def _write_json(rows: list[Row], out: Path) -> list[Path]:
+def _write_json(rows: list, out: Path) -> list[Path]:
     (out / SPIRV_DIR).mkdir()
     written = []
     for s in _shaders(rows):
@@ -334,8 +484,10 @@ def _kv_rule(v: Variant) -> dict:
     return {"kv_unit": unit, "kv_min_tile": int(whole_tile)}
 
 
-def _shaders(rows: list[Row]) -> list[Shader]:
-    return list({s.sha256: s for r in rows for s in (r.shader, r.twin, *(s for _, s in r.steps))}.values())
+def _shaders(rows: list) -> list[Shader]:
+    """Every shader of the rows once: a dense row's kernel, its twin and steps; a paged row's steps."""
+    each = (s for r in rows for s in ((r.shader, r.twin) if isinstance(r, Row) else ()) + tuple(s for _, s in r.steps))
+    return list({s.sha256: s for s in each}.values())
 
 
 # --- c-header ------------------------------------------------------------------------------------
@@ -417,7 +569,10 @@ def _uuid_bytes(device: DeviceIdentity) -> bytes:
     return raw
 
 
-def _write_header(rows: list[Row], out: Path) -> list[Path]:
+def _write_header(rows: list, out: Path) -> list[Path]:
+    if _split(rows)[1]:
+        raise ExportError("--paged: the c-header format carries dense entries only; paged entries are in "
+                          "the json and c formats")
     (out / HEADER_FILE).write_text(render_header(rows))
     return [out / HEADER_FILE]
 
@@ -427,47 +582,76 @@ def _c_dims(name: str) -> str:
     return f"d->{name}"
 
 
-def render_c(rows: list[Row]) -> tuple[str, str]:
-    """kgen_fa.h and kgen_fa.c: the dispatcher API and its implementation with the table."""
+def _c_binds(rec: Recipe, st: Step) -> str:
+    """Per abi binding, the buffer a step binds: a caller buffer (CALLER_BUFFERS index), a scratch
+    buffer (after them) or none."""
+    index = {name: i for i, name in enumerate(CALLER_BUFFERS)}
+    index |= {b.name: len(CALLER_BUFFERS) + i for i, b in enumerate(rec.scratch)}
+    bound = {abi.BINDING[b]: index[buf] for b, buf in st.binds}
+    return ", ".join(f"{bound[b.index]}u" if b.index in bound else "KGEN_FA_UNBOUND_" for b in abi.BINDINGS)
+
+
+def _c_recipe(rec: Recipe) -> dict:
+    """A recipe's formulas as C over a kgen_fa_dims_ `d`: grids, scratch sizes, kernel_push, binds."""
+    return {"grids": [[extent.c_expr(e, _c_dims, "ull") for e in st.grid] for st in rec.steps],
+            "scratch": [extent.c_expr(b.nbytes, _c_dims, "ull") for b in rec.scratch],
+            "kernel_push": [(name, extent.c_expr(e, _c_dims, "ull")) for name, e in rec.kernel_push.items()],
+            "binds": [_c_binds(rec, st) for st in rec.steps]}
+
+
+def _bucket_mask(buckets) -> int:
+    bits = [i * len(NKV_BUCKETS) + j for i, j in buckets]
+    assert max(bits) < 32, "the (n_q, n_kv) bucket grid outgrew a uint32_t mask"
+    return sum(1 << b for b in set(bits))
+
+
+def render_c(rows: list) -> tuple[str, str]:
+    """kgen_fa.h and kgen_fa.c: the dispatcher API and its implementation with the table (dense and
+    paged rows)."""
     mask_to_f16 = Shader("mask_to_f16", compile_source(render_mask_to_f16(), name="mask_to_f16").spirv,
                          MASK_TO_F16_WG, None)
     shaders = [*(s for s in _shaders(rows) if s.sha256 != mask_to_f16.sha256), mask_to_f16]
     dt = dispatch_table(rows)
+    rows, paged = _split(rows)
     pairs = list(zip(rows, dt["entries"]))
-    devices = list({r.device.key: r.device for r in rows}.values())
-    buffer_index = {name: i for i, name in enumerate(CALLER_BUFFERS)}
+    devices = list({r.device.key: r.device for r in (*rows, *paged)}.values())
     call_features = [f for f in FEATURES if f != "split_k"]
-
-    def binds(r: Row, st: Step) -> str:
-        scratch = {b.name: len(CALLER_BUFFERS) + i for i, b in enumerate(r.recipe.scratch)}
-        bound = {abi.BINDING[b]: buffer_index.get(buf, scratch.get(buf)) for b, buf in st.binds}
-        return ", ".join(f"{bound[b.index]}u" if b.index in bound else "KGEN_FA_UNBOUND_" for b in abi.BINDINGS)
-
+    dense_c = [_c_recipe(r.recipe) for r in rows]
     uint_push = [f.name for f in abi.PUSH_FIELDS if f.glsl == "uint"]
     c_split = lambda name: {"split_kv": "split_kv", "n_kv": "pc->n_kv"}.get(name) or f"e->{name}"
+    paged_split = lambda name: {"split_kv": "split_kv", "n_kv": "capacity", "splits": "splits"}.get(name) or f"e->{name}"
     env = _environment()
     values = dict(
-        **_c_values(rows, shaders), table=dt, pairs=pairs, shaders=shaders, devices=devices,
+        **_c_values([*rows, *paged], shaders), table=dt, pairs=pairs, shaders=shaders, devices=devices,
         call_features=call_features, call_mask=" | ".join(f"KGEN_FA_FEATURE_{f.upper()}" for f in call_features),
+        paged_mask=" | ".join(f"KGEN_FA_FEATURE_{f.upper()}" for f in PAGED_FEATURES),
         shader_index={s.sha256: i for i, s in enumerate(shaders)}, mask_to_f16_shader=len(shaders) - 1,
         mask_to_f16_per_group=MASK_TO_F16_WG * MASK_TO_F16_PER_THREAD,
         device_index={d.key: i for i, d in enumerate(devices)},
         twin_uri=[r.variant.replace(aligned=not r.variant.aligned).uri for r in rows],
-        caller_buffers=CALLER_BUFFERS, push_words=abi.PUSH_BYTES // 4, binding=abi.BINDING,
+        caller_buffers=CALLER_BUFFERS, buffer_members=C_BUFFER_MEMBERS,
+        member_of=[C_BUFFER_MEMBERS.index(b) for b in CALLER_BUFFERS],
+        push_words=abi.PUSH_BYTES // 4, binding=abi.BINDING,
         dim_names=uint_push + list(extent.DIMS) + list(ENTRY_VALUES), push_dim_names=uint_push,
-        c_grids=[[[extent.c_expr(e, _c_dims, "ull") for e in st.grid] for st in r.recipe.steps] for r in rows],
-        c_scratch=[[extent.c_expr(b.nbytes, _c_dims, "ull") for b in r.recipe.scratch] for r in rows],
-        c_kernel_push=[[(name, extent.c_expr(e, _c_dims, "ull")) for name, e in r.recipe.kernel_push.items()] for r in rows],
-        c_binds=[[binds(r, st) for st in r.recipe.steps] for r in rows],
+        c_grids=[c["grids"] for c in dense_c], c_scratch=[c["scratch"] for c in dense_c],
+        c_kernel_push=[c["kernel_push"] for c in dense_c], c_binds=[c["binds"] for c in dense_c],
         zero_once=[next((i for i, b in enumerate(r.recipe.scratch) if b.zero_once), -1) for r in rows],
-        max_steps=max(len(r.recipe.steps) for r in rows), max_scratch=max(1, max(len(r.recipe.scratch) for r in rows)),
+        max_steps=max(len(r.recipe.steps) for r in (*rows, *paged)),
+        max_scratch=max(1, max(len(r.recipe.scratch) for r in (*rows, *paged))),
         c_split_kv=extent.c_expr(split_kv("bc"), c_split), c_split_count=extent.c_expr(SPLIT_COUNT, c_split),
         bucket_names=[name for name, _, _ in BUCKETS],
-        head_min=HEAD_MIN, head_max=HEAD_MAX, head_step=HEAD_STEP)
+        head_min=HEAD_MIN, head_max=HEAD_MAX, head_step=HEAD_STEP,
+        paged_pairs=list(zip(paged, dt["paged_entries"])), paged_recipes=[_c_recipe(r.recipe) for r in paged],
+        paged_buckets=[_bucket_mask(r.buckets) for r in paged], nq_edges=len(NQ_BUCKETS) - 1,
+        nkv_edges=len(NKV_BUCKETS) - 1, nkv_count=len(NKV_BUCKETS), paged_features=PAGED_FEATURES,
+        page_step=BLOCK_SIZE_STEP, page_max=BLOCK_SIZE_MAX, min_split_tiles=MIN_SPLIT_TILES,
+        target_workgroups=TARGET_WORKGROUPS,
+        p_split_kv=extent.c_expr(split_kv("bc"), paged_split, "ull"),
+        p_split_count=extent.c_expr(SPLIT_COUNT, paged_split, "ull"))
     return (env.get_template("kgen_fa_api.h.j2").render(**values), env.get_template("kgen_fa.c.j2").render(**values))
 
 
-def _write_c(rows: list[Row], out: Path) -> list[Path]:
+def _write_c(rows: list, out: Path) -> list[Path]:
     header, source = render_c(rows)
     (out / API_HEADER).write_text(header)
     (out / API_SOURCE).write_text(source)
@@ -478,8 +662,9 @@ WRITERS = {"json": _write_json, "c-header": _write_header, "c": _write_c}
 
 
 # --- publishing ----------------------------------------------------------------------------------
-def export(entries, out_dir, fmt: str) -> list[Path]:
-    """Write `entries` ((DeviceIdentity, BuildIdentity, Winner) tuples) to `out_dir` in `fmt`.
+def export(entries, out_dir, fmt: str, paged: list[PagedRow] = ()) -> list[Path]:
+    """Write `entries` ((DeviceIdentity, BuildIdentity, Winner) tuples) and the `paged` rows
+    (paged_rows()) to `out_dir` in `fmt`.
 
     Everything is compiled and written into a temporary folder beside `out_dir` first, then moved
     in: a failure leaves `out_dir` as it was (absent if it was). Into an existing folder, the files
@@ -495,7 +680,7 @@ def export(entries, out_dir, fmt: str) -> list[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
-        written = WRITERS[fmt](rows, stage)
+        written = WRITERS[fmt]([*rows, *paged], stage)
         _publish(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -68,7 +68,7 @@ def test_compiles_as_c99_and_the_header_as_cxx11(exported, tmp_path):
                              text=True).stdout
     exported_names = sorted(line.split()[-1] for line in symbols.splitlines())
     assert exported_names == sorted(["kgen_fa_context_create", "kgen_fa_context_destroy", "kgen_fa_context_recycle",
-                                     "kgen_fa_context_device_name", "kgen_fa_plan_call", "kgen_fa_record",
+                                     "kgen_fa_context_device_name", "kgen_fa_plan_call", "kgen_fa_paged_plan_call", "kgen_fa_record",
                                      "kgen_fa_status_name"])   # everything else is static
 
 

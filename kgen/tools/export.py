@@ -27,6 +27,7 @@ from ..errors import KgenError
 from ..paths.coopmat1 import kv_rule
 from ..paths.shared import FUSED_STATS_SLOTS
 from ..planning.dispatch import BUCKET_FIELDS, NEAREST_TIERS
+from ..shapes import ALIBI_MAX_BIAS_MAX
 from ..planning.paged_plan import MIN_SPLIT_TILES, TARGET_WORKGROUPS, default_paged_variant, folded_shapes
 from ..planning.recipe import CALLER_BUFFERS as RECIPE_BUFFERS
 from ..planning.recipe import SPLIT_COUNT, Recipe, Step, fa_grid, recipe, split_kv
@@ -640,7 +641,7 @@ def render_c(rows: list) -> tuple[str, str]:
         max_scratch=max(1, max(len(r.recipe.scratch) for r in (*rows, *paged))),
         c_split_kv=extent.c_expr(split_kv("bc"), c_split), c_split_count=extent.c_expr(SPLIT_COUNT, c_split),
         bucket_names=[name for name, _, _ in BUCKETS],
-        head_min=HEAD_MIN, head_max=HEAD_MAX, head_step=HEAD_STEP,
+        head_min=HEAD_MIN, head_max=HEAD_MAX, head_step=HEAD_STEP, alibi_max_bias_max=f"{ALIBI_MAX_BIAS_MAX:.1f}",
         paged_pairs=list(zip(paged, dt["paged_entries"])), paged_recipes=[_c_recipe(r.recipe) for r in paged],
         paged_buckets=[_bucket_mask(r.buckets) for r in paged], nq_edges=len(NQ_BUCKETS) - 1,
         nkv_edges=len(NKV_BUCKETS) - 1, nkv_count=len(NKV_BUCKETS), paged_features=PAGED_FEATURES,

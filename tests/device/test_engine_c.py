@@ -340,6 +340,10 @@ def test_the_c_dispatcher_refuses_bad_calls_by_name_and_reports_what_it_does_not
         assert status == INVALID and "acc=8" in why
         status, why = run(features=ints[4] | FEATURE_BIT["alibi"])
         assert status == INVALID and "max_bias=0" in why
+        alibi = list(ints)
+        alibi[4] |= FEATURE_BIT["alibi"]
+        status, why = eng.run(alibi, [*floats[:2], 127.0, *floats[3:]], data, ref.shape, runs=1)[:2]
+        assert status == INVALID and "max_bias=127: at most 126" in why
         status, why = run(dense=True, features=0, n_kv=1 << 26)   # 2 x 2^26 rows of 64 elements: past 2^32
         assert status == INVALID and "K: its last element is at" in why and "32-bit" in why
         status, why = run(dense=True, head_k=128, head_v=128)   # valid, but no tuned class

@@ -66,6 +66,24 @@ def _seconds(raw: str) -> float:
     return value
 
 
+def _flops(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError("FLOPs, a number >= 0 such as 5e11 (0 = no bound)")
+    return value
+
+
+# KGEN_MAX_SUBMIT_WORK when unset: about 0.25 s of a slow path on the vendor's smaller GPUs, so
+# that amdgpu's job timeout and Windows' 2 s TDR stay far away. NVIDIA's compute GPUs run
+# without a watchdog, and a CPU driver (lavapipe) has none: no bound there, so their recordings
+# (and tuned timings) stay one submission.
+SUBMIT_WORK_DEFAULTS = {"AMD": 5e11, "NVIDIA": 0.0}
+SUBMIT_WORK_OTHER_GPUS = 1e11   # Intel's iGPUs, ARM, Qualcomm, ImgTec and unknown vendors
+
+
 def _cache_home() -> Path:
     return _path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "kgen"
 
@@ -83,6 +101,11 @@ KNOBS: dict[str, Knob] = {k.name: k for k in (
          "Khronos validation layer on; its errors fail the tests (make test sets it)"),
     Knob("KGEN_COMPILE_TIMEOUT", _seconds, 120.0, "seconds a compiler or SPIR-V tool may run before its "
          "process group is killed and the compile fails (0 = no limit)"),
+    Knob("KGEN_MAX_SUBMIT_WORK", _flops, None, "most FLOPs of attention (2*rows*keys*(Dk+Dv), as "
+         "KGEN_DEBUG=2 counts them) one queue submission may run, so no dispatch outruns a GPU watchdog: "
+         "longer calls are spread over several submissions and, where a workgroup alone would exceed "
+         "1/256 of it, more KV splits (0 = no bound; unset: 5e11 on AMD, none on NVIDIA and CPU "
+         "drivers, 1e11 on other GPUs)"),
     Knob("KGEN_DEBUG", _count, 0, "debug output on stdout, levels as thresholds (each includes those below): 1 = each plan's variant and how it was chosen (tuned exact / nearest class, heuristic default); 2 = each dispatch of a plan run: step, grid, GPU us, GB/s and TFLOPS of the FA step; 4 = the path of each shader's rendered GLSL (written under the cache's glsl/)"),
 )}
 
@@ -114,3 +137,14 @@ def debug(level: int) -> bool:
 
 def db_path() -> Path:
     return get("KGEN_DB") or _cache_home() / "tuning.sqlite"
+
+
+def max_submit_work(vendor: str, device_type: str) -> float:
+    """KGEN_MAX_SUBMIT_WORK for a device of `vendor` (Caps.vendor) and `device_type`: the knob
+    if set, else the vendor's default; 0.0 = no bound."""
+    work = get("KGEN_MAX_SUBMIT_WORK")
+    if work is not None:
+        return work
+    if device_type == "cpu":
+        return 0.0
+    return SUBMIT_WORK_DEFAULTS.get(vendor, SUBMIT_WORK_OTHER_GPUS)

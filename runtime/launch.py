@@ -9,12 +9,14 @@ dispatch may join the one before it (independent passes): no barrier and no time
 them, so the GPU may run them side by side, and the pair brackets the whole group.
 
 Threads: one-shot launches share the device's one command buffer and take turns on its lock; a
-Sequence has a command buffer and fence of its own, so runs of different sequences overlap, and
+Sequence has command buffers and a fence of its own, so runs of different sequences overlap, and
 runs of one sequence take turns on its lock.
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence as SequenceT
+import numbers
 import operator
 import threading
 import weakref
@@ -104,8 +106,8 @@ class Timestamps:
         self.pool = handles.create("QueryPool", "vkCreateQueryPool", lib.vkCreateQueryPool, vk_device, info, ffi.NULL)
         self._values = ffi.new("uint64_t[]", count)
 
-    def reset(self, cmd: Any) -> None:
-        lib.vkCmdResetQueryPool(cmd, self.pool, 0, self.count)
+    def reset(self, cmd: Any, first: int = 0, count: int | None = None) -> None:
+        lib.vkCmdResetQueryPool(cmd, self.pool, first, self.count - first if count is None else count)
 
     def write(self, cmd: Any, index: int) -> None:
         lib.vkCmdWriteTimestamp(cmd, BOTTOM, self.pool, index)
@@ -123,12 +125,46 @@ class Timestamps:
             self.pool = None
 
 
-def record_dispatch(cmd: Any, kernel: Any, dset: DescriptorSet, push: Any, groups: tuple[int, int, int]) -> None:
+def record_dispatch(cmd: Any, kernel: Any, dset: DescriptorSet, push: Any, groups: tuple[int, int, int],
+                    base: tuple[int, int, int] | None = None) -> None:
+    """Bind and dispatch `groups` workgroups; with `base`, the box of the grid that starts there
+    (vkCmdDispatchBase on the kernel's dispatch-base pipeline: gl_WorkGroupID counts from base)."""
     layout = kernel.layout
-    lib.vkCmdBindPipeline(cmd, BIND_POINT, kernel.handle)
+    lib.vkCmdBindPipeline(cmd, BIND_POINT, kernel.handle if base is None else kernel.dispatch_base_handle())
     lib.vkCmdBindDescriptorSets(cmd, BIND_POINT, layout, 0, 1, dset.ptr, 0, ffi.NULL)
     lib.vkCmdPushConstants(cmd, layout, COMPUTE, 0, len(push), push)
-    lib.vkCmdDispatch(cmd, groups[0], groups[1], groups[2])
+    if base is None:
+        lib.vkCmdDispatch(cmd, groups[0], groups[1], groups[2])
+    else:
+        lib.vkCmdDispatchBase(cmd, base[0], base[1], base[2], groups[0], groups[1], groups[2])
+
+
+Box = tuple[tuple[int, int, int], tuple[int, int, int]]   # (base, counts) of a part of a grid
+
+
+def boxes(groups: tuple[int, int, int], most: int) -> list[Box]:
+    """`groups` cut into boxes of at most `most` workgroups (at least one each), in order:
+    whole x-y planes while a plane fits, else whole x rows, else runs of x."""
+    x, y, z = groups
+    if x * y <= most:
+        step = min(z, most // (x * y))
+        return [((0, 0, z0), (x, y, min(step, z - z0))) for z0 in range(0, z, step)]
+    if x <= most:
+        step = most // x
+        return [((0, y0, z0), (x, min(step, y - y0), 1)) for z0 in range(z) for y0 in range(0, y, step)]
+    step = max(1, most)
+    return [((x0, y0, z0), (min(step, x - x0), 1, 1)) for z0 in range(z) for y0 in range(y)
+            for x0 in range(0, x, step)]
+
+
+def box_count(groups: tuple[int, int, int], most: int) -> int:
+    """len(boxes(groups, most)) without making them."""
+    x, y, z = groups
+    if x * y <= most:
+        return -(-z // min(z, most // (x * y)))
+    if x <= most:
+        return z * -(-y // (most // x))
+    return z * y * -(-x // max(1, most))
 
 
 def _timestamps(dev: Any, count: int) -> Timestamps | None:
@@ -186,17 +222,27 @@ class Launcher:
                 self.timer.close()
 
 
-# (kernel, buffers, push, groups) or (kernel, buffers, push, groups, joins_previous)
-Step = tuple[Any, Buffers, bytes, tuple[int, int, int]] | tuple[Any, Buffers, bytes, tuple[int, int, int], bool]
+# (kernel, buffers, push, groups[, joins_previous[, most_per_submission]])
+Step = (tuple[Any, Buffers, bytes, tuple[int, int, int]] | tuple[Any, Buffers, bytes, tuple[int, int, int], bool]
+        | tuple[Any, Buffers, bytes, tuple[int, int, int], bool, int | None])
+# A timed stretch of a recording: (submission, step it is reported on, its dispatches as
+# (kernel, descriptor set, push, groups, base or None)).
+Interval = tuple[int, int, list[tuple[Any, DescriptorSet, Any, tuple[int, int, int], tuple[int, int, int] | None]]]
 
 
 class Sequence:
-    """Dispatches recorded once into one command buffer, with a barrier between consecutive
-    dispatches and a timestamp pair around each; run() resubmits it unchanged. Push constants are
-    captured at recording; buffers are bound by handle, so their contents may change between runs.
+    """Dispatches recorded once, with a barrier between consecutive dispatches and a timestamp
+    pair around each; run() resubmits them unchanged. Push constants are captured at recording;
+    buffers are bound by handle, so their contents may change between runs.
     A step whose fifth element is True joins the step before it: it neither reads nor writes what
     that group writes, so no barrier separates them and one timestamp pair brackets the group;
     its time is reported on the group's first step and the joined steps read 0.0.
+    A step whose sixth element is a count dispatches its grid in boxes of at most that many
+    workgroups (launch.boxes), each box in a submission of its own (vkCmdDispatchBase, so every
+    workgroup sees the gl_WorkGroupID it has in the whole grid): the steps before it share the
+    first box's submission, the steps after it the last's. Such a step joins no step and none
+    joins it; its time is the sum of its boxes'. Without such a step the sequence is one command
+    buffer, one submission per run (`submissions` says how many).
 
     Threads: `lock` (reentrant) is held by run(), wait() and close(); an owner that writes the
     inputs, runs and reads the outputs as one unit holds it across the three (kgen.Plan does),
@@ -215,59 +261,93 @@ class Sequence:
         if checked[0][4]:
             raise InvalidArgument("Device.sequence", "steps[0][4]", True,
                                   "False: the first dispatch has nothing before it to join")
+        split = [s[5] is not None and box_count(s[3], s[5]) > 1 for s in checked]
+        for i in range(1, len(checked)):
+            if checked[i][4] and (split[i] or split[i - 1]):
+                raise InvalidArgument("Device.sequence", f"steps[{i}][4]", True, "False: a step dispatched "
+                                      "over several submissions joins no step, and no step joins it")
         self.kernels = tuple(s[0] for s in checked)
         self.name = f"sequence ({', '.join(dict.fromkeys(k.name for k in self.kernels))})"
-        self._joins = tuple(s[4] for s in checked)
         self._buffers = tuple({b.serial: b for s in checked for b in s[1]}.values())
         self.serials = frozenset(b.serial for b in self._buffers)
+        self._step_count = len(checked)
         try:
-            for _, bound, _, _, _ in checked:
+            for _, bound, _, _, _, _ in checked:
                 key = tuple(b.serial for b in bound)
                 if key not in self._sets:
                     self._sets[key] = dev.descriptor_sets.allocate(bound)
-            self.slot = CommandSlot(dev, one_time=False)
-            self.timer = _timestamps(dev, 2 * self._joins.count(False)) if timed else None
-            self._record(checked)
+            intervals = self._intervals(checked, split)
+            self._interval_steps = tuple(step for _, step, _ in intervals)
+            self.submissions = intervals[-1][0] + 1
+            self.slot = CommandSlot(dev, one_time=False, count=self.submissions)
+            self.timer = _timestamps(dev, 2 * len(intervals)) if timed else None
+            self._record(intervals)
         except BaseException:
             self.close()
             raise
 
     @staticmethod
-    def _check(dev: Any, i: int, step: Step) -> tuple[Any, tuple[Buffer, ...], Any, tuple[int, int, int], bool]:
-        if len(step) not in (4, 5):
+    def _check(dev: Any, i: int, step: Step) -> tuple[Any, tuple[Buffer, ...], Any, tuple[int, int, int], bool,
+                                                      int | None]:
+        if len(step) not in (4, 5, 6):
             raise InvalidArgument("Device.sequence", f"steps[{i}]", f"{len(step)} elements",
-                                  "(kernel, buffers, push, groups[, joins_previous])")
+                                  "(kernel, buffers, push, groups[, joins_previous[, most_per_submission]])")
         kernel, buffers, push, groups = step[:4]
-        joins = step[4] if len(step) == 5 else False
+        joins = step[4] if len(step) > 4 else False
+        most = step[5] if len(step) > 5 else None
         if getattr(kernel, "device", None) is not dev:
             raise InvalidArgument("Device.sequence", f"steps[{i}][0]", repr(kernel), "a Kernel of this device")
         if kernel.handle is None:
             raise ClosedError(f"Device.sequence: steps[{i}][0] ({kernel!r})")
         if not isinstance(joins, bool):
             raise InvalidArgument("Device.sequence", f"steps[{i}][4]", repr(joins), "True or False")
+        if most is not None and (isinstance(most, bool) or not isinstance(most, numbers.Integral) or most < 1):
+            raise InvalidArgument("Device.sequence", f"steps[{i}][5]", repr(most),
+                                  "None or a whole number >= 1 of workgroups per submission")
         where = f"Device.sequence: steps[{i}] ({kernel.name})"
         return (kernel, resolve(dev, where, buffers), check_push(where, push),
-                check_groups(where, groups, dev.caps.max_workgroup_count), joins)
+                check_groups(where, groups, dev.caps.max_workgroup_count), joins,
+                None if most is None else int(most))
 
-    def _record(self, checked: list) -> None:
-        cmd, timer = self.slot.begin(), self.timer
-        if timer:
-            timer.reset(cmd)
-        barrier(cmd, SETTLE)
-        group = -1
-        for i, (kernel, bound, push, groups, joins) in enumerate(checked):
-            if not joins:
-                group += 1
-                if i:
-                    barrier(cmd, BETWEEN)
-                if timer:
-                    timer.write(cmd, 2 * group)
-            record_dispatch(cmd, kernel, self._sets[tuple(b.serial for b in bound)], push, groups)
-            group_ends = i + 1 == len(checked) or not checked[i + 1][4]
-            if timer and group_ends:
-                timer.write(cmd, 2 * group + 1)
+    def _intervals(self, checked: list, split: list[bool]) -> list[Interval]:
+        """The recording as timed intervals: a group of joined steps is one, a box of a split step
+        is one, and every box after a split step's first starts the next submission."""
+        intervals: list[Interval] = []
+        submission = 0
+        for i, ((kernel, bound, push, groups, joins, most), cut) in enumerate(zip(checked, split)):
+            dset = self._sets[tuple(b.serial for b in bound)]
+            if not cut:
+                if joins:
+                    intervals[-1][2].append((kernel, dset, push, groups, None))
+                else:
+                    intervals.append((submission, i, [(kernel, dset, push, groups, None)]))
+                continue
+            for j, (base, counts) in enumerate(boxes(groups, most)):
+                submission += j > 0
+                intervals.append((submission, i, [(kernel, dset, push, counts, base)]))
+        return intervals
+
+    def _record(self, intervals: list[Interval]) -> None:
+        timer, cmd, current = self.timer, None, -1
+        per_submission = Counter(submission for submission, _, _ in intervals)
+        for k, (submission, _, dispatches) in enumerate(intervals):
+            if submission != current:
+                if cmd is not None:
+                    self.slot.end(current)
+                current, cmd = submission, self.slot.begin(submission)
+                if timer:   # the queries this buffer writes: each run writes them afresh
+                    timer.reset(cmd, 2 * k, 2 * per_submission[submission])
+                barrier(cmd, SETTLE)
+            else:
+                barrier(cmd, BETWEEN)
+            if timer:
+                timer.write(cmd, 2 * k)
+            for kernel, dset, push, groups, base in dispatches:
+                record_dispatch(cmd, kernel, dset, push, groups, base)
+            if timer:
+                timer.write(cmd, 2 * k + 1)
         barrier(cmd, TO_HOST)
-        self.slot.end()
+        self.slot.end(current)
 
     @property
     def closed(self) -> bool:
@@ -296,10 +376,13 @@ class Sequence:
                 self._collect(self.slot)
                 return list(self._last)
 
-    def _per_step(self, group_us: list[float]) -> list[float]:
-        """One figure per step: each group's time on its first step, 0.0 on the steps that joined it."""
-        groups = iter(group_us)
-        return [0.0 if joins else next(groups) for joins in self._joins]
+    def _per_step(self, interval_us: list[float]) -> list[float]:
+        """One figure per step: each group's time on its first step, 0.0 on the steps that joined
+        it, the sum of its boxes' on a step split over submissions."""
+        times = [0.0] * self._step_count
+        for step, us in zip(self._interval_steps, interval_us):
+            times[step] += us
+        return times
 
     def _collect(self, slot: CommandSlot) -> None:
         """Wait for the run in flight, if any, and keep its times (the caller holds slot.lock)."""

@@ -20,6 +20,8 @@ from .vk import VulkanError, ffi, lib
 
 # VK_PIPELINE_SHADER_STAGE_CREATE_REQUIRE_FULL_SUBGROUPS_BIT: the binding's name for it is None.
 REQUIRE_FULL_SUBGROUPS = 0x2
+# VK_PIPELINE_CREATE_DISPATCH_BASE_BIT (Vulkan 1.1): the binding's names for it are None.
+DISPATCH_BASE = 0x10
 _ENTRY = ffi.new("char[]", b"main")  # module-level: the pointer the driver sees never dangles
 
 
@@ -58,7 +60,7 @@ class Kernel:
         self._device = weakref.ref(dev)
         self._dev = dev.handle
         self.layout = dev.layouts.pipeline_layout
-        self.module = self.handle = None
+        self.module = self.handle = self._based = None
         try:
             self._create(dev, spirv)
         except BaseException:
@@ -72,6 +74,10 @@ class Kernel:
             "pCode": ffi.cast("uint32_t*", code)})
         self.module = self._named(handles.create, "ShaderModule", "vkCreateShaderModule",
                                   lib.vkCreateShaderModule, self._dev, info, ffi.NULL)
+        self.handle = self._pipeline(dev, 0)
+
+    def _pipeline(self, dev: Any, flags: int) -> Any:
+        """A compute pipeline of the module, with creation `flags` beside the statistics flag."""
         size_info = ffi.NULL
         if self.key.required_subgroup_size is not None and "subgroupSizeControl" in dev.enabled_features:
             size_info = ffi.new("VkPipelineShaderStageRequiredSubgroupSizeCreateInfo*", {
@@ -81,11 +87,20 @@ class Kernel:
                  "flags": REQUIRE_FULL_SUBGROUPS if self.key.full_subgroups else 0,
                  "stage": vulkan.VK_SHADER_STAGE_COMPUTE_BIT, "module": self.module, "pName": _ENTRY}
         info = ffi.new("VkComputePipelineCreateInfo*", {
-            "sType": vulkan.VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO, "flags": capture_flags(dev),
+            "sType": vulkan.VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO, "flags": capture_flags(dev) | flags,
             "stage": stage, "layout": self.layout, "basePipelineIndex": -1})
-        self.handle = self._named(handles.create, "Pipeline", "vkCreateComputePipelines",
-                                  lib.vkCreateComputePipelines, self._dev, dev.pipeline_cache.handle, 1,
-                                  info, ffi.NULL)
+        return self._named(handles.create, "Pipeline", "vkCreateComputePipelines",
+                           lib.vkCreateComputePipelines, self._dev, dev.pipeline_cache.handle, 1,
+                           info, ffi.NULL)
+
+    def dispatch_base_handle(self) -> Any:
+        """The same code as a pipeline created with VK_PIPELINE_CREATE_DISPATCH_BASE_BIT, which
+        vkCmdDispatchBase needs for a nonzero base; made on first use (the caller holds the
+        device's registry_lock, as Device.sequence does). `handle` stays the pipeline without
+        it, so a kernel dispatched whole runs the pipeline it was tuned with."""
+        if self._based is None:
+            self._based = self._pipeline(self._live_device(), DISPATCH_BASE)
+        return self._based
 
     def _named(self, create: Any, kind: str, call: str, *args: Any) -> Any:
         """create(...), with the kernel's name in the error: "which kernel" is the first question."""
@@ -131,11 +146,12 @@ class Kernel:
 
     def close(self) -> None:
         """Called by Device.close(); a Kernel lives as long as its device's in-process cache."""
-        if self.handle is not None:
-            handles.release("Pipeline", lib.vkDestroyPipeline, self._dev, self.handle, ffi.NULL)
+        for handle in (self.handle, self._based):
+            if handle is not None:
+                handles.release("Pipeline", lib.vkDestroyPipeline, self._dev, handle, ffi.NULL)
         if self.module is not None:
             handles.release("ShaderModule", lib.vkDestroyShaderModule, self._dev, self.module, ffi.NULL)
-        self.handle = self.module = None
+        self.handle = self.module = self._based = None
 
     def __repr__(self) -> str:
         return f"Kernel({self.name!r}{', closed' if self.handle is None else ''})"

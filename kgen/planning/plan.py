@@ -17,7 +17,8 @@ from ..shapes import (Shapes, as_f32, as_inputs, as_int, check_strides, fold_for
                       strided_copy, strided_extent)
 from ..space import why_invalid
 from ..variant import PathKind, Variant
-from .choose import aligned_for, call_dims, call_reason, choose_variant, kernel_layouts, split_values
+from .choose import (MAX_SUBMISSIONS, aligned_for, call_dims, call_reason, choose_variant, group_work,
+                     groups_per_submission, kernel_layouts, split_values)
 from .recipe import CALLER_BUFFERS, recipe
 
 F32 = np.dtype("<f4")
@@ -50,12 +51,15 @@ class Plan:
                 raise ValueError("v_in_k: V must be a view of K's whole buffer (both KVTensors on the same data)")
         if split_k is not None and split_k < 1:
             raise ValueError(f"split_k={split_k}: must be >= 1")
+        knobs.get("KGEN_MAX_SUBMIT_WORK")   # a bad value fails before the device opens
         self.device = open_for_kernels(device)
         caps = self.device.caps
+        self.work_bound = knobs.max_submit_work(caps.vendor, caps.device_type)
         if variant is None:
             # The layout rules judge the twin the call runs (aligned_for), as the C lookup does.
             variant, splits, how = choose_variant(
-                s, caps, path, split_k, fits_call=lambda v: call_reason(aligned_for(v, s.n_kv), s, self.kv_layouts))
+                s, caps, path, split_k, fits_call=lambda v: call_reason(aligned_for(v, s.n_kv), s, self.kv_layouts),
+                work_bound=self.work_bound)
         else:
             splits, how = split_k or 1, "given"
         if (reason := why_invalid(variant, caps) or call_reason(variant, s, self.kv_layouts)) is not None:
@@ -73,6 +77,7 @@ class Plan:
         self.recipe = recipe(variant)
         sizes = _buffer_sizes(self, self.dims())
         _check_device_limits(self, sizes)   # before any allocation or compile
+        self.fa_per_submission = self._fa_per_submission()
         if knobs.debug(1):
             print(f"kgen: plan {s} -> {variant.uri} (splits {self.splits}; {how})")
         self._buffers = {}
@@ -103,9 +108,29 @@ class Plan:
             if step.role == "fa":
                 self.kernel = pipeline
             binds = {abi.BINDING[binding]: self._buffer(name) for binding, name in step.binds}
-            steps.append((pipeline, binds, push[step.push], grid, i > 0 and not step.barrier))
+            steps.append((pipeline, binds, push[step.push], grid, i > 0 and not step.barrier)
+                         + ((self.fa_per_submission,) if step.role == "fa" and self.fa_per_submission else ()))
         self.steps = steps
         self._sequence = dev.sequence(steps)
+        self.submissions = self._sequence.submissions
+
+    def _fa_per_submission(self) -> int | None:
+        """FA workgroups per submission under the work bound, None when the whole grid fits one;
+        a ValueError naming KGEN_MAX_SUBMIT_WORK when the call would need over MAX_SUBMISSIONS."""
+        from ..runtime.launch import box_count
+        s, grid = self.kernel_shapes, self.recipe.fa.groups(self.dims())
+        most = groups_per_submission(s, self.variant, self.split_kv, self.work_bound)
+        if most is None or most >= math.prod(grid):
+            return None
+        if "gl_NumWorkGroups" in self.recipe.fa.source():   # a box's counts, not the grid's
+            raise UnsupportedVariant(self.variant.uri, "its kernel reads gl_NumWorkGroups, so it cannot be "
+                                     "dispatched in parts under KGEN_MAX_SUBMIT_WORK")
+        if (count := box_count(grid, most)) > MAX_SUBMISSIONS:
+            raise ValueError(f"KGEN_MAX_SUBMIT_WORK={self.work_bound:g}: this call's {self.fa_work()[1]:.3g} "
+                             f"FLOPs of attention ({group_work(s, self.variant, self.split_kv):.3g} per "
+                             f"workgroup) need {count} submissions, at most {MAX_SUBMISSIONS}; raise the "
+                             "bound or split the call")
+        return most
 
     def dims(self) -> dict[str, int]:
         """The call's dimensions the recipe's formulas take (kgen.extent), split values included."""
@@ -205,6 +230,9 @@ class Plan:
         for i, (step, recorded) in enumerate(zip(self.recipe.steps, self.steps)):
             grid, joins = recorded[3], recorded[4]
             line = f"kgen: dispatch {step.name} grid {'x'.join(map(str, grid))}"
+            if len(recorded) > 5:   # split by KGEN_MAX_SUBMIT_WORK
+                from ..runtime.launch import box_count
+                line += f" in {box_count(grid, recorded[5])} submissions"
             if not times:
                 line += " (untimed)"
             elif joins:

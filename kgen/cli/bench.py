@@ -8,7 +8,7 @@ from ..tools import bench
 from ..tools import model_report as model_charts
 from ..tools.suites import SUITES, suite
 from .files import read_json_option
-from .model import add_case_options, chosen_cases, command_words, model_cases_in
+from .model import MODEL_OPTIONS, add_case_options, chosen_cases, command_words, model_cases_in
 
 
 def register(subparsers) -> None:
@@ -26,12 +26,20 @@ def register(subparsers) -> None:
     p.add_argument("--png", metavar="FILE", help="bar chart of the results (needs --json and matplotlib)")
     p.add_argument("--no-torch", action="store_true", help="skip torch SDPA even where CUDA is available")
     p.add_argument("--plot", metavar="RESULTS.json", help="only draw the PNG of an earlier results file")
+    p.add_argument("--paged", action="store_true", help="the paged KV kernels on issue 32's decode batches "
+                   "(kgen.tools.paged_bench; --case picks among them)")
+    p.add_argument("--quick", action="store_true", help="with --paged: the small batches, as a CPU device "
+                   "always runs")
     p.set_defaults(func=cmd_bench)
 
 
 def command_of(args) -> str:
     """The command that reproduces this run, with every setting spelled out."""
-    picked = ["--suite", args.suite] if args.suite else command_words(args)
+    if args.paged:
+        picked = ["--paged", *(["--quick"] if args.quick else [])]
+        picked += [w for text in args.case or () for w in ("--case", text)]
+    else:
+        picked = ["--suite", args.suite] if args.suite else command_words(args)
     words = ["kgen", "bench", *picked, "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
     for flag, value in (("--device", args.device), ("--json", args.json), ("--png", args.png)):
         if value is not None:
@@ -44,6 +52,8 @@ def command_of(args) -> str:
 def validate(args) -> tuple[tuple, str]:
     """Everything that can be wrong with the arguments, before any device is opened; the cases
     and a label for them. A bad --model, --shape or model option raises ModelError."""
+    if args.paged or args.quick:
+        return _validate_paged(args)
     if args.plot:
         if args.suite or args.model or args.shape:
             raise ValueError("--plot redraws an earlier results file: give it without --suite")
@@ -60,6 +70,20 @@ def validate(args) -> tuple[tuple, str]:
     return tuple(chosen[0]), chosen[1]
 
 
+def _validate_paged(args) -> tuple[tuple, str]:
+    """--paged's arguments; its cases are picked once the device says which sizes it runs."""
+    from ..tools import paged_bench
+    if not args.paged:
+        raise ValueError("--quick picks the small batches of the paged suite: give --paged too")
+    others = [flag for flag, given in (("--suite", args.suite), ("--model", args.model), ("--shape", args.shape),
+                                       ("--plot", args.plot), ("--png", args.png)) if given]
+    others += [flag for name, flag in MODEL_OPTIONS.items() if getattr(args, name) is not None]
+    if others:
+        raise ValueError(f"{', '.join(others)}: not with --paged, which runs its own batches (--case picks among them)")
+    bench.check_counts(args.repeats, args.warmup)
+    return paged_bench.pick(paged_bench.FULL, args.case), "paged"
+
+
 def _check_results_file(name: str) -> None:
     """ValueError naming --plot unless `name` reads as a `kgen bench --json` results file."""
     doc = read_json_option("--plot", name)
@@ -74,6 +98,8 @@ def cmd_bench(args) -> int:
     except ValueError as exc:   # ModelError too: a usage error, before any device is opened
         print(f"kgen bench: {exc}", file=sys.stderr)
         return 2
+    if args.paged:
+        return cmd_paged(args)
     if args.plot:
         png = bench.plot(args.plot, args.png, draw=model_charts.draw_results)
         print(f"wrote {png}")
@@ -119,6 +145,40 @@ def cmd_bench(args) -> int:
     failed = [name for r, name in runs if r.error or (r.check is not None and r.check.ok is False)]
     if failed:
         print(f"kgen bench: {len(failed)} run(s) failed or gave wrong output: " + ", ".join(failed), file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_paged(args) -> int:
+    """`kgen bench --paged`: the paged suite at the issue's sizes on a GPU, the small ones on a
+    CPU device or with --quick; the text table, and every figure in --json FILE."""
+    from ..runtime import open_device
+    from ..tools import paged_bench
+    dev = open_device(args.device)
+    small = args.quick or dev.caps.device_type == "cpu"
+    cases = paged_bench.pick(paged_bench.SMALL if small else paged_bench.FULL, args.case)
+    copy = paged_bench.copy_bandwidth(dev)
+    print(f"kgen bench --paged: {len(cases)} case(s), {'small' if small else 'full'} sizes, on {dev.caps.name} "
+          f"({args.repeats} runs each, median GPU time); copy bandwidth "
+          + ("n/a" if copy[0] is None else f"{copy[0]:.1f} GB/s") + f" ({copy[1]})", flush=True)
+    position = {case.name: i for i, case in enumerate(cases, 1)}
+
+    def progress(case, r) -> None:
+        if r is None:
+            print(f"[{position[case.name]}/{len(cases)}] {case.name}: {case.describe()} ...", end=" ", flush=True)
+        else:
+            print(r["error"] or f"{r['gpu']['median_us']:.1f} us, {r['kv_gbps']:.4g} GB/s, "
+                  f"NMSE {r['check']['nmse']:.1e}", flush=True)
+
+    results = paged_bench.run(cases, dev, repeats=args.repeats, warmup=args.warmup, progress=progress,
+                              torch=not args.no_torch, copy=copy)
+    print(paged_bench.table(results))
+    if args.json:
+        path = paged_bench.write_json(results, args.json, caps=dev.caps, command=command_of(args), copy=copy,
+                                      sizes="small" if small else "full")
+        print(f"wrote {path}")
+    failed = paged_bench.failures(results)
+    if failed:
+        print(f"kgen bench: {len(failed)} case(s) failed or gave wrong output: " + ", ".join(failed), file=sys.stderr)
     return 1 if failed else 0
 
 

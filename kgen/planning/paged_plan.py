@@ -24,6 +24,7 @@ from ..space import default_variant, why_invalid
 from ..variant import PathKind, Variant
 from . import dispatch
 from .choose import split_values
+from .plan import Resident
 from .recipe import recipe
 
 F32 = np.dtype("<f4")
@@ -31,7 +32,7 @@ TARGET_WORKGROUPS = 256   # as kgen.planning.choose.split_count: a few per compu
 MIN_SPLIT_TILES = 4       # bc tiles a KV split holds at least (as choose.split_count's 4 * bc)
 
 
-class PagedPlan:
+class PagedPlan(Resident):
     def __init__(self, q, k_cache: PagedKV, v_cache: PagedKV, *, block_table, seq_lens, cu_seqlens_q=None,
                  causal=False, window=None, scale=None, softcap=0.0, sinks=None, precision="f32",
                  path: PathKind | None = None, device=None, split_k: int | None = None,
@@ -193,19 +194,6 @@ class PagedPlan:
             self.run_device()
             return self.result()
 
-    def close(self) -> None:
-        from contextlib import nullcontext
-        with self._sequence.lock if self._sequence is not None else nullcontext():
-            if self._sequence is not None:
-                self._sequence.close()
-            for buf in self._buffers.values():
-                buf.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def _cache_layout(c: PagedKV) -> tuple[tuple[int, int, int], int, int, int]:

@@ -24,7 +24,30 @@ from .recipe import CALLER_BUFFERS, recipe
 F32 = np.dtype("<f4")
 
 
-class Plan:
+class Resident:
+    """What a plan holds on the device (`_sequence`, `_buffers`) and how it lets it go."""
+    _sequence = None
+    _buffers: dict = {}
+
+    def close(self) -> None:
+        """Free the plan's device objects once a call running in another thread has finished;
+        later calls (and upload, run_device, result) raise kgen.runtime.ClosedError. The closed
+        buffers stay in place, so each use names what is closed instead of a missing key."""
+        from contextlib import nullcontext
+        with self._sequence.lock if self._sequence is not None else nullcontext():
+            if self._sequence is not None:
+                self._sequence.close()
+            for buf in self._buffers.values():
+                buf.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Plan(Resident):
     def __init__(self, shapes: Shapes, *, path: PathKind | None = None, device=None,
                  split_k: int | None = None, variant: Variant | None = None,
                  kv_layouts: dict[str, KvLayout] | None = None, q_strides=None, o_strides=None):
@@ -272,22 +295,6 @@ class Plan:
             self.run_device()
             return self.result(out)
 
-    def close(self) -> None:
-        """Free the plan's device objects once a call running in another thread has finished;
-        later calls (and upload, run_device, result) raise kgen.runtime.ClosedError. The closed
-        buffers stay in place, so each use names what is closed instead of a missing key."""
-        from contextlib import nullcontext
-        with self._sequence.lock if self._sequence is not None else nullcontext():
-            if self._sequence is not None:
-                self._sequence.close()
-            for buf in self._buffers.values():
-                buf.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def _check_out(out, shape: tuple) -> None:

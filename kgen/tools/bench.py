@@ -458,6 +458,11 @@ def write_json(results: list[CaseResult], path, *, caps=None, command: str = "",
     if caps is not None:
         doc["device"]["identity"] = DeviceIdentity.of(caps).as_dict()
         doc["build"] = BuildIdentity.current().as_dict()
+    return write_document(doc, path)
+
+
+def write_document(doc: dict, path) -> Path:
+    """`doc` as indented JSON at `path`, whole or not at all (written aside, then renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import itertools
-import json
 import operator
 import zlib
 from dataclasses import asdict, dataclass
@@ -25,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from .. import abi, reference
+from .. import reference
 from ..errors import KgenError
 from ..paged import PagedKV
 from ..quant import quantize
@@ -227,32 +226,11 @@ def _check(out: np.ndarray, want: np.ndarray, seqs: list[int], batch: int) -> di
 
 
 # --- timing -----------------------------------------------------------------------------------
-class _Recorded:
-    """A plan as kgen.timing times one: its device and its recorded steps."""
-
-    def __init__(self, plan):
-        self.device = plan.device
-        self.steps = getattr(plan, "steps", None) or _paged_steps(plan)
-
-
-def _paged_steps(plan) -> list:
-    """A PagedPlan's steps as its _build records them; PagedPlan keeps only their Sequence."""
-    dev, dims, push = plan.device, plan.dims(), plan._push()
-    steps = []
-    for i, step in enumerate(plan.recipe.steps):
-        pipeline = step.pipeline(dev, full_subgroups=bool(step.required_subgroup_size)
-                                 and dev.caps.compute_full_subgroups)
-        binds = {abi.BINDING[binding]: plan._buffer(name) for binding, name in step.binds}
-        steps.append((pipeline, binds, push, step.groups(dims), i > 0 and not step.barrier))
-    return steps
-
-
 def time_plans(plans: list, repeats: int, warmup: int) -> bench.Timing:
     """As `kgen bench` times: warm-up (at least `warmup` runs), then `repeats` runs back to back."""
     from ..timing import time_back_to_back, warm_up
-    recorded = [_Recorded(p) for p in plans]
-    warm_up(recorded, bench.WARMUP_GPU_US, min_runs=max(1, -(-warmup // len(plans))))
-    return bench.Timing.of(time_back_to_back(recorded, repeats), len(plans))
+    warm_up(plans, bench.WARMUP_GPU_US, min_runs=max(1, -(-warmup // len(plans))))
+    return bench.Timing.of(time_back_to_back(plans, repeats), len(plans))
 
 
 def _timed(make: Callable, upload: Callable, nbytes: int, repeats: int, warmup: int) -> tuple[np.ndarray, dict]:
@@ -455,9 +433,4 @@ def write_json(results: list[dict], path, *, caps, command: str, copy: tuple[flo
            "device": bench._caps_summary(caps) | {"identity": DeviceIdentity.of(caps).as_dict()},
            "build": BuildIdentity.current().as_dict(), "copy_gbps": copy[0], "copy_source": copy[1],
            "results": results}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    tmp.replace(path)
-    return path
+    return bench.write_document(doc, path)

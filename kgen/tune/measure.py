@@ -86,14 +86,38 @@ def check_shapes(timed: Shapes, c: Candidate) -> Shapes:
         alibi_max_bias=ALIBI_MAX_BIAS if timed.alibi_max_bias > 0 else 0.0)
 
 
-class GpuEvaluator:
+class PlanTimer:
+    """Times a candidate's plans as the tuner does; the first candidate of a tune warms longer."""
+    _warmup_us = WARMUP_FIRST_GPU_US
+
+    def time_plans(self, make, copies: int, runs: int) -> list[float]:
+        """`copies` uploaded plans from `make()` timed back to back for `runs` runs after the
+        warm-up; CandidateFailed on a named failure. The plans are closed and their pipeline
+        dropped (rebuilt from the pipeline cache if a later round re-times it), so a tune holds
+        one at a time, not hundreds."""
+        plans = []
+        try:
+            for _ in range(copies):
+                plans.append(make())
+            warm_up(plans, self._warmup_us, min_runs=WARMUP_MIN_RUNS, max_batch=WARMUP_MAX_RUNS)
+            self._warmup_us = WARMUP_GPU_US
+            return time_back_to_back(plans, runs)
+        except failure_types() as exc:
+            raise CandidateFailed(f"{type(exc).__name__}: {exc}"[:2000]) from exc
+        finally:
+            for plan in plans:
+                plan.close()
+            if plans:
+                plans[0].device.drop_pipeline(plans[0].kernel)
+
+
+class GpuEvaluator(PlanTimer):
     """Checks and times candidates of one class on one device (the tuner's Evaluator)."""
 
     def __init__(self, timed: Shapes, *, device=None, seed: int = 0):
         self.timed, self.device = timed, device
         self.rng = np.random.default_rng(seed)
         self._inputs: Inputs | None = None   # made on first timing: a check needs none of it
-        self._warmup_us = WARMUP_FIRST_GPU_US
 
     @property
     def inputs(self) -> Inputs:
@@ -133,25 +157,13 @@ class GpuEvaluator:
 
     def time(self, c: Candidate, runs: int) -> list[float]:
         """GPU microseconds of `runs` runs (all passes), after warm-up, rotating input copies."""
-        x, copies = self.inputs, self.copies
-        plans = []
-        try:
-            for _ in range(copies):
-                plan = Plan(self.timed, variant=c.variant, split_k=c.splits, device=self.device)
-                plans.append(plan)
-                plan.upload(x.q, x.k, x.v, mask=x.mask, sinks=x.sinks)
-            warm_up(plans, self._warmup_us, min_runs=WARMUP_MIN_RUNS, max_batch=WARMUP_MAX_RUNS)
-            self._warmup_us = WARMUP_GPU_US
-            return time_back_to_back(plans, runs)
-        except failure_types() as exc:
-            raise CandidateFailed(f"{type(exc).__name__}: {exc}"[:2000]) from exc
-        finally:
-            for plan in plans:
-                plan.close()
-            if plans:
-                # Timed: drop its pipeline (rebuilt from the pipeline cache if a later round
-                # re-times it), so a tune holds one at a time, not hundreds.
-                plans[0].device.drop_pipeline(plans[0].kernel)
+        x = self.inputs
+
+        def make() -> Plan:
+            plan = Plan(self.timed, variant=c.variant, split_k=c.splits, device=self.device)
+            plan.upload(x.q, x.k, x.v, mask=x.mask, sinks=x.sinks)
+            return plan
+        return self.time_plans(make, self.copies, runs)
 
 
 def describe_shape(s: Shapes) -> str:

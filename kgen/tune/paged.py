@@ -22,12 +22,12 @@ from ..problem import ProblemClass
 from ..reference import NMSE_MAX
 from ..shapes import Shapes
 from ..space import enumerate_space, why_invalid
-from ..timing import rotation_sets, time_back_to_back, warm_up
+from ..timing import rotation_sets
 from ..types import KvType
 from ..variant import PathKind
 from .candidates import Candidate
-from .measure import SOFTCAP, WARMUP_FIRST_GPU_US, WARMUP_GPU_US, WARMUP_MAX_RUNS, WARMUP_MIN_RUNS, failure_types
-from .search import CandidateFailed, Outcome
+from .measure import SOFTCAP, PlanTimer, failure_types
+from .search import Outcome
 
 
 @dataclass(frozen=True)
@@ -132,14 +132,13 @@ def random_call(b: PagedBatch, q_lens, seq_lens, rng: np.random.Generator, *, sh
     return Call(q, k, v, table, np.array(seq_lens, np.int32), cu, sinks)
 
 
-class PagedEvaluator:
+class PagedEvaluator(PlanTimer):
     """Checks and times paged candidates of one class on one device (the tuner's Evaluator)."""
 
     def __init__(self, batch: PagedBatch, *, device=None, seed: int = 0):
         self.batch, self.device = batch, device
         self.rng = np.random.default_rng(seed)
         self._timed: Call | None = None
-        self._warmup_us = WARMUP_FIRST_GPU_US
 
     def _features(self, b: PagedBatch) -> dict:
         return dict(causal=b.causal, window=b.window or None, scale=b.scale, softcap=b.softcap)
@@ -182,20 +181,10 @@ class PagedEvaluator:
     def time(self, c: Candidate, runs: int) -> list[float]:
         """GPU microseconds of `runs` runs (all passes), after warm-up, rotating input copies."""
         call = self.timed
+
+        def make() -> PagedPlan:
+            plan = self._plan(self.batch, call, c)
+            call.upload(plan)
+            return plan
         nbytes = call.q.nbytes + len(call.k.raw) + len(call.v.raw)
-        plans = []
-        try:
-            for _ in range(rotation_sets(nbytes)):
-                plan = self._plan(self.batch, call, c)
-                plans.append(plan)
-                call.upload(plan)
-            warm_up(plans, self._warmup_us, min_runs=WARMUP_MIN_RUNS, max_batch=WARMUP_MAX_RUNS)
-            self._warmup_us = WARMUP_GPU_US
-            return time_back_to_back(plans, runs)
-        except failure_types() as exc:
-            raise CandidateFailed(f"{type(exc).__name__}: {exc}"[:2000]) from exc
-        finally:
-            for plan in plans:
-                plan.close()
-            if plans:
-                plans[0].device.drop_pipeline(plans[0].kernel)
+        return self.time_plans(make, rotation_sets(nbytes), runs)

@@ -30,6 +30,10 @@ def register(subparsers) -> None:
                    "(kgen.tools.paged_bench; --case picks among them)")
     p.add_argument("--quick", action="store_true", help="with --paged: the small batches, as a CPU device "
                    "always runs")
+    p.add_argument("--cross", metavar="EXPORT.json", help="another device's `kgen db export`: each case run as "
+                   "this device decides, then with that device's decision forced (kgen.tools.cross_matrix)")
+    p.add_argument("--cross-device", metavar="KEY", help="with --cross: which of the export's devices "
+                   "(its DeviceIdentity key), when it holds several")
     p.set_defaults(func=cmd_bench)
 
 
@@ -41,7 +45,8 @@ def command_of(args) -> str:
     else:
         picked = ["--suite", args.suite] if args.suite else command_words(args)
     words = ["kgen", "bench", *picked, "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
-    for flag, value in (("--device", args.device), ("--json", args.json), ("--png", args.png)):
+    for flag, value in (("--cross", args.cross), ("--cross-device", args.cross_device), ("--device", args.device),
+                        ("--json", args.json), ("--png", args.png)):
         if value is not None:
             words += [flag, str(value)]
     if args.no_torch:
@@ -52,7 +57,11 @@ def command_of(args) -> str:
 def validate(args) -> tuple[tuple, str]:
     """Everything that can be wrong with the arguments, before any device is opened; the cases
     and a label for them. A bad --model, --shape or model option raises ModelError."""
+    if args.cross_device and not args.cross:
+        raise ValueError("--cross-device picks a device of a --cross export: give --cross EXPORT.json too")
     if args.paged or args.quick:
+        if args.cross:
+            raise ValueError("--cross: not with --paged (paged decisions are not tuned yet)")
         return _validate_paged(args)
     if args.plot:
         if args.suite or args.model or args.shape:
@@ -67,7 +76,22 @@ def validate(args) -> tuple[tuple, str]:
     bench.check_counts(args.repeats, args.warmup)
     if args.png and not args.json:
         raise ValueError("--png draws from the results file: give --json FILE too")
+    if args.cross:
+        if args.png:
+            raise ValueError("--png: not with --cross (its results are a table of pairs; --json FILE keeps them)")
+        args.cross_doc = _cross_export(args.cross, args.cross_device)
     return tuple(chosen[0]), chosen[1]
+
+
+def _cross_export(name: str, device_key: str | None) -> dict:
+    """--cross's export, checked before any device is opened: a `kgen db export` document with
+    one device (or the one --cross-device names)."""
+    from ..tools.cross_matrix import device_of
+    doc = read_json_option("--cross", name)
+    if not isinstance(doc, dict) or not isinstance(doc.get("devices"), list) or not isinstance(doc.get("winners"), list):
+        raise ValueError(f"--cross {name}: not a tuning export (as `kgen db export` writes: devices and winners)")
+    device_of(doc, device_key)
+    return doc
 
 
 def _validate_paged(args) -> tuple[tuple, str]:
@@ -100,6 +124,8 @@ def cmd_bench(args) -> int:
         return 2
     if args.paged:
         return cmd_paged(args)
+    if args.cross:
+        return cmd_cross(args, cases, label)
     if args.plot:
         png = bench.plot(args.plot, args.png, draw=model_charts.draw_results)
         print(f"wrote {png}")
@@ -180,6 +206,73 @@ def cmd_paged(args) -> int:
     if failed:
         print(f"kgen bench: {len(failed)} case(s) failed or gave wrong output: " + ", ".join(failed), file=sys.stderr)
     return 1 if failed else 0
+
+
+def cmd_cross(args, cases, label) -> int:
+    """`kgen bench --cross EXPORT.json`: each case as this device decides, then with the export
+    device's decision forced; a table of the pairs, their geometric-mean ratio, --json FILE."""
+    import datetime
+    import math
+    from ..identity import BuildIdentity, DeviceIdentity
+    from ..runtime import open_device
+    from ..tools import cross_matrix
+    doc = args.cross_doc
+    other = cross_matrix.device_of(doc, args.cross_device)
+    dev = open_device(args.device)
+    if DeviceIdentity.of(dev.caps).key == other.get("key"):
+        print(f"kgen bench: --cross {args.cross}: its device {other.get('name')} is this device; pass another "
+              "device's export", file=sys.stderr)
+        return 2
+    refused = cross_matrix.refused_here(doc, dev.caps)
+    print(f"kgen bench --cross: {len(cases)} case(s) of {label} on {dev.caps.name}, beside {other.get('name')}'s "
+          f"decisions ({args.repeats} runs each, median GPU time); this device's dispatcher "
+          + ("refuses them all (another device's decisions), so they are timed by force" if refused else
+             "takes some of them: the export shares this device's identity"), flush=True)
+    roofline = bench.ceilings_of(dev)
+
+    def progress(case, which, r) -> None:
+        if r is None:
+            print(f"{case.name} ({which}) ...", end=" ", flush=True)
+        else:
+            print(r.error or f"{r.gpu.median_us:.1f} us ({r.variant})", flush=True)
+
+    rows = cross_matrix.cross(list(cases), doc, dev, device_key=args.cross_device, repeats=args.repeats,
+                              warmup=args.warmup, roofline=roofline,
+                              progress=progress)
+    print(cross_table(rows, other.get("name", "?")))
+    ratios = [r.foreign_over_own for r in rows if r.foreign_over_own]
+    geomean = math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else None
+    print(f"{other.get('name')}'s decisions here: " + (f"{geomean:.3f}x this device's own time "
+          f"(geometric mean of {len(ratios)} case(s); > 1: per-device tuning pays)" if geomean else "no pair timed"))
+    if args.json:
+        path = bench.write_document({
+            "command": command_of(args),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "suite": label, "device": DeviceIdentity.of(dev.caps).as_dict() | {"name": dev.caps.name},
+            "build": BuildIdentity.current().as_dict(), "foreign_device": other,
+            "refused_by_dispatcher": refused, "foreign_over_own_geomean": geomean,
+            "rows": [r.as_dict() for r in rows]}, args.json)
+        print(f"wrote {path}")
+    runs = [(r.own, f"{r.case.name} (own)") for r in rows] + [(r.foreign, f"{r.case.name} (foreign)")
+                                                              for r in rows if r.foreign is not None]
+    failed = [name for r, name in runs if r.error or (r.check is not None and r.check.ok is False)]
+    if failed:
+        print(f"kgen bench: {len(failed)} run(s) failed or gave wrong output: " + ", ".join(failed), file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cross_table(rows, other: str) -> str:
+    """One line per case: this device's time and kernel, the other device's decision forced here."""
+    lines = [f"| case | class | own us | own kernel | {other} us | {other}'s kernel (its class) | ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        d = r.as_dict()
+        fmt = lambda us: "-" if us is None else f"{us:.1f}"
+        lines.append(f"| {d['case']} | {d['class']} | {fmt(d['own_us'])} | {d['own_variant'] or '-'} | "
+                     f"{fmt(d['foreign_us'])} | {d['foreign_variant'] or '-'} ({d['foreign_class'] or '-'}) | "
+                     + (f"{d['foreign_over_own']:.2f}x" if d["foreign_over_own"] else "-")
+                     + (f" {d['note']}" if d["note"] else "") + " |")
+    return "\n".join(lines)
 
 
 def model_report(args, cases, results, dev, roofline, say, console) -> "object | None":

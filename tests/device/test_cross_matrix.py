@@ -69,3 +69,46 @@ def test_an_export_of_several_devices_needs_one_named(setup, tmp_path):
     with pytest.raises(ValueError, match="--cross-device"):
         cross_matrix.device_of(doc, None)
     assert cross_matrix.device_of(doc, OTHER.key)["name"] == "Other GPU"
+
+
+def _bench(*words: str) -> int:
+    from kgen.cli import main
+    return main(["bench", *words])
+
+
+def test_kgen_bench_cross_times_both_and_files_the_pairs(setup, tmp_path, capsys):
+    import json
+    dev, case, problem, other = setup
+    export = tmp_path / "other.json"
+    export.write_text(json.dumps(export_of(OTHER, problem, other, tmp_path)))
+    out = tmp_path / "cross.json"
+    assert _bench("--shape", "1,4,4,1,256,64,64", "--cross", str(export), "--repeats", "3", "--warmup", "1",
+                  "--json", str(out)) == 0
+    printed = capsys.readouterr().out
+    assert "refuses them all" in printed and "Other GPU's decisions here:" in printed
+    doc = json.loads(out.read_text())
+    assert doc["refused_by_dispatcher"] is True and doc["foreign_device"]["name"] == "Other GPU"
+    (row,) = doc["rows"]
+    assert row["class"] == problem.key and row["foreign_variant"] == other.uri
+    assert row["foreign_over_own"] == pytest.approx(row["foreign_us"] / row["own_us"])
+    assert doc["foreign_over_own_geomean"] == pytest.approx(row["foreign_over_own"])
+    assert "--cross" in doc["command"]
+
+
+def test_kgen_bench_cross_refuses_bad_use_before_opening_a_device(setup, tmp_path, capsys):
+    import json
+    dev, case, problem, other = setup
+    own = tmp_path / "own.json"
+    own.write_text(json.dumps(export_of(DeviceIdentity.of(dev.caps), problem, other, tmp_path)))
+    not_export = tmp_path / "results.json"
+    not_export.write_text(json.dumps({"results": []}))
+    shape = ("--shape", "1,4,4,1,256,64,64")
+    cases = [((*shape, "--cross-device", "abc"), "give --cross EXPORT.json too"),
+             (("--paged", "--cross", str(own)), "not with --paged"),
+             ((*shape, "--cross", str(tmp_path / "missing.json")), "--cross"),
+             ((*shape, "--cross", str(not_export)), "not a tuning export"),
+             ((*shape, "--cross", str(own), "--cross-device", "nope"), "no device 'nope'"),
+             ((*shape, "--cross", str(own)), "is this device")]
+    for words, said in cases:
+        assert _bench(*words) == 2, words
+        assert said in capsys.readouterr().err, words
